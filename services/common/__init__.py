@@ -1,0 +1,1 @@
+"""Code shared by every service: the gRPC server runner, metrics, request validation."""

@@ -1,0 +1,209 @@
+"""Running a gRPC service: the aio server with standard health checking and reflection, metrics
+for every RPC, limits, and a graceful shutdown that finishes in-flight work.
+
+Every service of the system starts through ``GrpcService``; it is the one place that knows about
+server options, probes and signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Network settings of a service."""
+
+    host: str = "0.0.0.0"
+    """Address to listen on ("0.0.0.0" for all IPv4 interfaces, "127.0.0.1" for loopback only)."""
+    port: int = 50051
+    """gRPC port; 0 picks a free one (it is logged and returned by ``start``)."""
+    metrics_port: int = 9090
+    """Port of the Prometheus /metrics endpoint; -1 disables it, 0 picks a free one."""
+    max_concurrent_rpcs: int = 256
+    """RPCs handled at once; more are refused with RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest request or response message."""
+    grace_seconds: float = 30.0
+    """On SIGTERM: how long in-flight RPCs may run before they are cancelled."""
+    tls_cert_file: str = ""
+    """PEM certificate chain for TLS; empty serves plaintext (for example behind a mesh)."""
+    tls_key_file: str = ""
+    """PEM private key for TLS (with tls_cert_file)."""
+
+    def validate(self):
+        if not 0 <= self.port <= 65535:
+            return "port", f"must be in [0, 65535], got {self.port}"
+        if not -1 <= self.metrics_port <= 65535:
+            return "metrics_port", f"must be -1 or in [0, 65535], got {self.metrics_port}"
+        if self.max_concurrent_rpcs < 1:
+            return "max_concurrent_rpcs", "must be at least 1"
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            return "tls_key_file", "tls_cert_file and tls_key_file go together"
+        return None
+
+
+def _split_method(full: str) -> tuple[str, str]:
+    # "/cai.v1.Generation/Generate" -> ("cai.v1.Generation", "Generate")
+    _, service, method = full.split("/", 2)
+    return service, method
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts requests and errors and times every RPC, labelled by service, method and code."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        service, method = _split_method(details.method)
+
+        def finish(context, started: float, exc: BaseException | None) -> None:
+            code = context.code()
+            if isinstance(exc, asyncio.CancelledError):
+                code = code or grpc.StatusCode.CANCELLED
+            elif exc is not None and code is None:
+                code = grpc.StatusCode.UNKNOWN
+            name = (code or grpc.StatusCode.OK).name
+            metrics.RPC_REQUESTS.labels(service, method, name).inc()
+            if name != "OK":
+                metrics.RPC_ERRORS.labels(service, method, name).inc()
+            metrics.RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+            metrics.RPC_IN_FLIGHT.labels(service, method).dec()
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(request, context):
+                started, exc = time.perf_counter(), None
+                metrics.RPC_IN_FLIGHT.labels(service, method).inc()
+                try:
+                    return await inner(request, context)
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    finish(context, started, exc)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def stream(request, context):
+                started, exc = time.perf_counter(), None
+                metrics.RPC_IN_FLIGHT.labels(service, method).inc()
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    finish(context, started, exc)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+class GrpcService:
+    """One gRPC server process part: servicers, health, reflection, metrics, graceful stop.
+
+    ``register`` is called with the aio server to add servicers; ``service_names`` are the full
+    names (``cai.v1.Generation``) reported by health and reflection; ``on_stop`` runs after the
+    server has stopped (release engines).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        register: Callable[[grpc.aio.Server], None],
+        service_names: Sequence[str],
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ):
+        self.config = config
+        self._register = register
+        self._names = list(service_names)
+        self._on_stop = on_stop
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopped = asyncio.Event()
+        self.port = 0
+        self.metrics_port = -1
+
+    async def start(self) -> int:
+        cfg = self.config
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(
+            interceptors=[MetricsInterceptor()],
+            options=options,
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+        )
+        self._register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls_cert_file:
+            with open(cfg.tls_key_file, "rb") as key, open(cfg.tls_cert_file, "rb") as cert:
+                creds = grpc.ssl_server_credentials([(key.read(), cert.read())])
+            self.port = server.add_secure_port(address, creds)
+        else:
+            self.port = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        for name in ["", *self._names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.metrics_port >= 0:
+            self.metrics_port = metrics.start_metrics_server(cfg.metrics_port)
+        log.info(
+            "serving %s on %s:%d (metrics on %s)",
+            ", ".join(self._names), cfg.host, self.port,
+            self.metrics_port if self.metrics_port >= 0 else "off",
+        )
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops taking new RPCs (health NOT_SERVING), lets in-flight ones finish for ``grace``
+        seconds, then releases resources. Safe to call twice."""
+        if self._server is None or self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.config.grace_seconds if grace is None else grace)
+        if self._on_stop is not None:
+            await self._on_stop()
+        log.info("stopped %s", ", ".join(self._names))
+
+    async def serve_until_signal(self) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("signal received: finishing in-flight requests (up to %.0fs)", self.config.grace_seconds)
+        await self.stop()

@@ -1,0 +1,1 @@
+"""The generation service: samples answers from the current policy (``cai.v1.Generation``)."""

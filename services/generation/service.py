@@ -1,0 +1,194 @@
+"""``cai.v1.Generation`` on an engine: Generate, GenerateStream, LoadCheckpoint, GetModelInfo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import grpc
+
+from services.api.cai.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from services.common import metrics
+from services.common.requests import (
+    InvalidRequest,
+    RequestLimits,
+    check_count,
+    check_prompt_tokens,
+    conversation_messages,
+    sampling_spec,
+)
+from services.common.served_model import ServedModel
+from services.common.server import GrpcService
+from services.engines import Engine, EngineError
+from services.engines.config import start_engine
+from services.generation.config import GenerationConfig
+
+log = logging.getLogger(__name__)
+SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
+
+FINISH = {
+    "stop": common_pb2.FINISH_REASON_STOP,
+    "length": common_pb2.FINISH_REASON_LENGTH,
+    "abort": common_pb2.FINISH_REASON_ABORT,
+}
+
+TOKENS = metrics.Counter(
+    "cai_generation_tokens_total", "Tokens generated (all samples)."
+)
+PROMPT_TOKENS = metrics.Counter(
+    "cai_generation_prompt_tokens_total", "Prompt tokens processed (after the chat template)."
+)
+SAMPLES = metrics.Counter("cai_generation_samples_total", "Answers sampled.")
+SAMPLES_PER_REQUEST = metrics.Histogram(
+    "cai_generation_samples_per_request", "Answers sampled per request (prompts times n).",
+    buckets=metrics.BATCH_BUCKETS,
+)
+
+
+async def within_deadline(context, coro):
+    """Awaits ``coro``, cancelling it (and its engine work) when the caller's deadline passes."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return await coro
+    try:
+        return await asyncio.wait_for(coro, timeout=max(remaining, 0.0))
+    except asyncio.TimeoutError:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the work finished")
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, served: ServedModel, config: GenerationConfig):
+        self.served = served
+        self.config = config
+        self.limits: RequestLimits = config.limits
+
+    def _prompts(self, request, engine: Engine) -> tuple[list[list[int]], object]:
+        check_count(request.prompts, "prompts", self.limits)
+        spec = sampling_spec(request.sampling, self.limits)
+        prompts = []
+        for i, conv in enumerate(request.prompts):
+            ids = engine.encode_chat(conversation_messages(conv, f"prompts[{i}]"))
+            check_prompt_tokens(ids, f"prompts[{i}]", self.limits)
+            prompts.append(ids)
+        return prompts, spec
+
+    @staticmethod
+    def _count(prompts, samples: int, tokens: int) -> None:
+        PROMPT_TOKENS.inc(sum(len(p) for p in prompts))
+        SAMPLES.inc(samples)
+        TOKENS.inc(tokens)
+        SAMPLES_PER_REQUEST.observe(samples)
+        metrics.BATCH_ITEMS.labels(SERVICE, "Generate").observe(len(prompts))
+
+    async def Generate(self, request, context):
+        async with self.served.use() as engine:
+            try:
+                prompts, spec = self._prompts(request, engine)
+            except InvalidRequest as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            try:
+                completions = await within_deadline(context, engine.generate(prompts, spec))
+            except EngineError as exc:
+                await context.abort(grpc.StatusCode.INTERNAL, f"engine failed: {exc}")
+        response = generation_pb2.GenerateResponse(
+            model=engine.model, checkpoint_id=engine.checkpoint_id
+        )
+        tokens = 0
+        for conv, completion in zip(request.prompts, completions):
+            out = response.completions.add(
+                prompt_token_count=completion.prompt_token_count, prompt_id=conv.id
+            )
+            for s in completion.samples:
+                out.samples.add(
+                    text=s.text, token_count=len(s.token_ids), finish_reason=FINISH[s.finish_reason]
+                )
+                tokens += len(s.token_ids)
+        self._count(prompts, len(prompts) * spec.n, tokens)
+        return response
+
+    async def GenerateStream(self, request, context):
+        async with self.served.use() as engine:
+            try:
+                prompts, spec = self._prompts(request, engine)
+            except InvalidRequest as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            tokens = 0
+            deadline = context.time_remaining()
+            started = time.monotonic()
+            try:
+                async for delta in engine.stream(prompts, spec):
+                    if deadline is not None and time.monotonic() - started > deadline:
+                        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while streaming")
+                    if delta.finished:
+                        tokens += delta.token_count
+                    yield generation_pb2.GenerateChunk(
+                        prompt_index=delta.prompt_index,
+                        sample_index=delta.sample_index,
+                        text_delta=delta.text,
+                        finished=delta.finished,
+                        finish_reason=FINISH.get(delta.finish_reason, 0),
+                        token_count=delta.token_count if delta.finished else 0,
+                        checkpoint_id=engine.checkpoint_id,
+                    )
+            except EngineError as exc:
+                await context.abort(grpc.StatusCode.INTERNAL, f"engine failed: {exc}")
+        self._count(prompts, len(prompts) * spec.n, tokens)
+
+    async def LoadCheckpoint(self, request, context):
+        if not request.path:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path: must not be empty")
+        if not (Path(request.path) / "config.json").is_file():
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"path: {request.path!r} is not a model folder on the server (no config.json)",
+            )
+        async with self.served.load_lock:
+            previous = self.served.engine.checkpoint_id
+            started = time.perf_counter()
+            try:
+                engine = await start_engine(
+                    self.config.engine, request.path, request.checkpoint_id or Path(request.path).name
+                )
+            except Exception as exc:  # a broken checkpoint must not take the service down
+                metrics.CHECKPOINT_LOADS.labels(SERVICE, "failed").inc()
+                log.warning("loading %s failed: %s", request.path, exc)
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"path: could not load {request.path!r}: {exc}; still serving {previous!r}",
+                )
+            await self.served.replace(engine)
+            metrics.CHECKPOINT_LOADS.labels(SERVICE, "ok").inc()
+        log.info("now serving checkpoint %s (was %s)", engine.checkpoint_id, previous)
+        return common_pb2.LoadCheckpointResponse(
+            checkpoint_id=engine.checkpoint_id,
+            previous_checkpoint_id=previous,
+            load_seconds=time.perf_counter() - started,
+        )
+
+    async def GetModelInfo(self, request, context):
+        engine = self.served.engine
+        return common_pb2.ModelInfo(
+            model=engine.model,
+            checkpoint_id=engine.checkpoint_id,
+            engine=engine.name,
+            max_prompt_tokens=self.limits.max_prompt_tokens,
+            max_n=self.limits.max_n,
+            max_new_tokens=self.limits.max_new_tokens,
+            max_batch_items=self.limits.max_batch_items,
+        )
+
+
+async def build_generation_service(config: GenerationConfig, engine: Engine | None = None) -> GrpcService:
+    """The generation service, ready to ``start()``. Starts its engine unless one is given
+    (the embedded default shares one engine between services)."""
+    engine = engine or await start_engine(config.engine)
+    served = ServedModel(SERVICE, engine)
+    servicer = GenerationServicer(served, config)
+    return GrpcService(
+        config.server,
+        lambda server: generation_pb2_grpc.add_GenerationServicer_to_server(servicer, server),
+        [SERVICE],
+        on_stop=served.close,
+    )
