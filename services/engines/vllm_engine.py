@@ -8,7 +8,6 @@ RPC sockets inside the project's cache folder. CPU runs use eager mode.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -203,5 +202,6 @@ class VLLMEngine(Engine):
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.shutdown()  # on the loop thread: it cancels its own output task there
-            del llm
-            gc.collect()  # run AsyncLLM.__del__ now, not at interpreter exit
+            # AsyncLLM.__del__ shuts down again; at interpreter exit that fails noisily on
+            # torn-down module globals. It is done already: make the second call a no-op.
+            llm.shutdown = lambda *args, **kwargs: None

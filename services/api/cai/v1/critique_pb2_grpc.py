@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class CritiqueStub:
-    """Missing associated documentation comment in .proto file."""
+    """Critique and revision of answers against sampled constitution principles (SL-CAI).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +43,8 @@ class CritiqueStub:
 
 
 class CritiqueServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Critique and revision of answers against sampled constitution principles (SL-CAI).
+    """
 
     def Revise(self, request, context):
         """Runs `rounds` critique/revision rounds for every item. Items are batched through the engine
@@ -69,7 +71,8 @@ def add_CritiqueServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Critique:
-    """Missing associated documentation comment in .proto file."""
+    """Critique and revision of answers against sampled constitution principles (SL-CAI).
+    """
 
     @staticmethod
     def Revise(request,

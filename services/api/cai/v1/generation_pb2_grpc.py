@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class GenerationStub:
-    """Missing associated documentation comment in .proto file."""
+    """Samples answers from the current policy checkpoint; reloads checkpoints without a restart.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -58,7 +59,8 @@ class GenerationStub:
 
 
 class GenerationServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Samples answers from the current policy checkpoint; reloads checkpoints without a restart.
+    """
 
     def Generate(self, request, context):
         """Samples `sampling.n` answers for each prompt. All prompts of the request are batched through
@@ -122,7 +124,8 @@ def add_GenerationServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Generation:
-    """Missing associated documentation comment in .proto file."""
+    """Samples answers from the current policy checkpoint; reloads checkpoints without a restart.
+    """
 
     @staticmethod
     def Generate(request,

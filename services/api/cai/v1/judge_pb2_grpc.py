@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class JudgeStub:
-    """Missing associated documentation comment in .proto file."""
+    """Soft preference labels for pairs of answers under sampled judging principles (RLAIF).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +43,8 @@ class JudgeStub:
 
 
 class JudgeServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Soft preference labels for pairs of answers under sampled judging principles (RLAIF).
+    """
 
     def Compare(self, request, context):
         """Labels every comparison of the request. Comparisons are batched through the engine.
@@ -68,7 +70,8 @@ def add_JudgeServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Judge:
-    """Missing associated documentation comment in .proto file."""
+    """Soft preference labels for pairs of answers under sampled judging principles (RLAIF).
+    """
 
     @staticmethod
     def Compare(request,

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class RewardStub:
-    """Missing associated documentation comment in .proto file."""
+    """Scores answers with the trained reward (preference) model.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -53,7 +54,8 @@ class RewardStub:
 
 
 class RewardServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Scores answers with the trained reward (preference) model.
+    """
 
     def Score(self, request, context):
         """Scores every (prompt, answer) of the request in batches.
@@ -103,7 +105,8 @@ def add_RewardServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Reward:
-    """Missing associated documentation comment in .proto file."""
+    """Scores answers with the trained reward (preference) model.
+    """
 
     @staticmethod
     def Score(request,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class TrainerStub:
-    """Missing associated documentation comment in .proto file."""
+    """Reports the state of the trainer that consumes the labeled-comparisons queue.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +43,8 @@ class TrainerStub:
 
 
 class TrainerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Reports the state of the trainer that consumes the labeled-comparisons queue.
+    """
 
     def Status(self, request, context):
         """What the trainer is doing now.
@@ -68,7 +70,8 @@ def add_TrainerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Trainer:
-    """Missing associated documentation comment in .proto file."""
+    """Reports the state of the trainer that consumes the labeled-comparisons queue.
+    """
 
     @staticmethod
     def Status(request,
