@@ -19,7 +19,8 @@ from services.common.server import ServerConfig
 from services.engines import SamplingSpec, create_engine
 from services.engines.config import EngineConfig
 from services.generation.config import GenerationConfig
-from services.generation.service import build_generation_service
+from services.common.served_model import ServedModel
+from services.generation.service import SERVICE, build_generation_service
 
 
 async def main(args) -> None:
@@ -40,7 +41,7 @@ async def main(args) -> None:
         engine=EngineConfig(model=model),
         server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1),
     )
-    service = await build_generation_service(config, engine)
+    service = await build_generation_service(config, ServedModel(SERVICE, engine))
     await service.start()
     request = generation_pb2.GenerateRequest(
         prompts=[common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content=p)]) for p in PROMPTS],

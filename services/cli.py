@@ -50,30 +50,47 @@ async def _serve(service, port_file: str | None) -> None:
     await service.serve_until_signal()
 
 
-def cmd_serve_generation(args) -> int:
+SERVICES = {
+    # name: (config module and class, builder module and function)
+    "generation": ("services.generation.config:GenerationConfig", "services.generation.service:build_generation_service"),
+    "critique": ("services.critique.config:CritiqueConfig", "services.critique.service:build_critique_service"),
+}
+
+
+def _load(ref: str):
+    import importlib
+
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def cmd_serve(args) -> int:
     from services.config import ConfigError, load_config, replace_config
+    from services.constitution import ConstitutionError
     from services.engines import EngineError
-    from services.generation.config import GenerationConfig
-    from services.generation.service import build_generation_service
     from services.models.registry import ModelNotFound
 
+    config_ref, builder_ref = SERVICES[args.service]
+    config_cls, build = _load(config_ref), _load(builder_ref)
     try:
-        config = load_config(GenerationConfig, args.config) if args.config else GenerationConfig()
-        config = replace_config(
-            config,
-            engine=replace_config(config.engine, **_engine_overrides(args)),
-            server=replace_config(config.server, **_server_overrides(args)),
-        )
+        config = load_config(config_cls, args.config) if args.config else config_cls()
+        changes = {}
+        if hasattr(config, "engine"):
+            changes["engine"] = replace_config(config.engine, **_engine_overrides(args))
+        changes["server"] = replace_config(config.server, **_server_overrides(args))
+        if getattr(args, "constitution", None):
+            changes["constitution"] = args.constitution
+        config = replace_config(config, **changes)
     except ConfigError as exc:
         return _fail(str(exc))
 
     async def main():
-        service = await build_generation_service(config)
+        service = await build(config)
         await _serve(service, args.port_file)
 
     try:
         asyncio.run(main())
-    except (ModelNotFound, EngineError) as exc:
+    except (ModelNotFound, EngineError, ConstitutionError, OSError) as exc:
         return _fail(str(exc))
     return 0
 
@@ -150,6 +167,60 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# --- cai sl-data / train ---------------------------------------------------------------------
+
+
+def cmd_sl_data(args) -> int:
+    from services.config import ConfigError, load_config, replace_config
+    from services.pipeline.sl_data import SLDataConfig, produce_sl_data
+    from services.prompts import PromptFileError
+
+    try:
+        cfg = load_config(SLDataConfig, args.config) if args.config else SLDataConfig()
+        cfg = replace_config(
+            cfg, prompts=args.prompts, helpfulness=args.helpfulness, rounds=args.rounds,
+            limit=args.limit, batch_size=args.batch_size, max_tokens=args.max_tokens, seed=args.seed,
+            generation=args.generation, critique=args.critique, constitution=args.constitution,
+            policy=replace_config(cfg.policy, model=args.model, kind=args.engine),
+        )
+    except ConfigError as exc:
+        return _fail(str(exc))
+    try:
+        manifest = asyncio.run(produce_sl_data(cfg, args.out, progress=not args.no_progress))
+    except (PromptFileError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # grpc errors from remote services
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            return _fail(f"service call failed: {exc.code().name}: {exc.details()}")
+        raise
+    print(f"wrote {args.out}: {manifest['files']}")
+    return 0
+
+
+def cmd_train_sft(args) -> int:
+    from services.config import ConfigError, replace_config
+    from services.trainer.sft_config import SFTRunConfig
+
+    try:
+        cfg = replace_config(
+            SFTRunConfig(data=args.data, out=args.out), model=args.model, rounds=args.rounds,
+            lora=args.lora or None, epochs=args.epochs, max_steps=args.max_steps,
+            learning_rate=args.learning_rate, batch_size=args.batch_size,
+        )
+    except ConfigError as exc:
+        return _fail(str(exc))
+    from services.trainer.sft_trainer import train_sft
+
+    try:
+        out = train_sft(cfg)
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"wrote SFT checkpoint {out}")
+    return 0
+
+
 # --- cai run ---------------------------------------------------------------------------------
 
 
@@ -176,16 +247,54 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     serve = sub.add_parser("serve", help="run a service").add_subparsers(dest="service", required=True)
-    gen = serve.add_parser("generation", help="the generation service (cai.v1.Generation)")
-    gen.add_argument("--config", help="YAML file with engine/server/limits sections")
-    gen.add_argument("--model", help="model folder, hub id or packaged name (default smollm2-135m-instruct)")
-    gen.add_argument("--engine", choices=["vllm", "transformers"], help="inference engine (default vllm)")
-    gen.add_argument("--checkpoint-id", help="id reported for the initial checkpoint")
-    gen.add_argument("--host", help="listen address (default 0.0.0.0)")
-    gen.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks one)")
-    gen.add_argument("--metrics-port", type=int, help="Prometheus port (default 9090; -1 off)")
-    gen.add_argument("--port-file", help="write the bound ports as JSON to this file once serving")
-    gen.set_defaults(func=cmd_serve_generation)
+    helps = {
+        "generation": "the generation service (cai.v1.Generation)",
+        "critique": "the critique service (cai.v1.Critique)",
+    }
+    for name in SERVICES:
+        p = serve.add_parser(name, help=helps[name])
+        p.add_argument("--config", help="YAML file with the service's sections (engine, server, limits, ...)")
+        p.add_argument("--model", help="model folder, hub id or packaged name (default smollm2-135m-instruct)")
+        p.add_argument("--engine", choices=["vllm", "transformers"], help="inference engine (default vllm)")
+        p.add_argument("--checkpoint-id", help="id reported for the initial checkpoint")
+        if name != "generation":
+            p.add_argument("--constitution", help="constitution file (default constitutions/default.yaml)")
+        p.add_argument("--host", help="listen address (default 0.0.0.0)")
+        p.add_argument("--port", type=int, help="gRPC port (0 picks one)")
+        p.add_argument("--metrics-port", type=int, help="Prometheus port (-1 off, 0 picks one)")
+        p.add_argument("--port-file", help="write the bound ports as JSON to this file once serving")
+        p.set_defaults(func=cmd_serve)
+
+    sl = sub.add_parser("sl-data", help="make the SL-CAI dataset through the services")
+    sl.add_argument("--prompts", help="red-team prompts, JSONL or a local dataset folder (default: shipped)")
+    sl.add_argument("--helpfulness", help="helpfulness prompts (default: shipped; '' for none)")
+    sl.add_argument("--out", required=True, help="dataset folder (re-run to resume)")
+    sl.add_argument("--rounds", type=int, help="critique/revision rounds (default 4)")
+    sl.add_argument("--limit", type=int, help="only the first N prompts of each file")
+    sl.add_argument("--batch-size", type=int)
+    sl.add_argument("--max-tokens", type=int)
+    sl.add_argument("--seed", type=int)
+    sl.add_argument("--generation", help="generation service address (default: start one in-process)")
+    sl.add_argument("--critique", help="critique service address (default: start one in-process)")
+    sl.add_argument("--model", help="policy for the in-process services")
+    sl.add_argument("--engine", choices=["vllm", "transformers"])
+    sl.add_argument("--constitution", help="constitution for the in-process critique service")
+    sl.add_argument("--config", help="YAML with the same settings")
+    sl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sl.set_defaults(func=cmd_sl_data)
+
+    train = sub.add_parser("train", help="train a model").add_subparsers(dest="train_command", required=True)
+    sft = train.add_parser("sft", help="supervised fine-tuning on SL-CAI data (TRL)")
+    sft.add_argument("--data", required=True, help="folder written by cai sl-data")
+    sft.add_argument("--model", help="policy to fine-tune (default smollm2-135m-instruct)")
+    sft.add_argument("--out", required=True, help="checkpoint folder")
+    sft.add_argument("--rounds", type=int, help="SL-CAI-n: revisions of round n (default: last)")
+    sft.add_argument("--lora", action="store_true", help="train LoRA adapters (merged on save)")
+    sft.add_argument("--epochs", type=float)
+    sft.add_argument("--max-steps", type=int)
+    sft.add_argument("--learning-rate", type=float)
+    sft.add_argument("--batch-size", type=int)
+    sft.set_defaults(func=cmd_train_sft)
 
     tiny = sub.add_parser("tiny-model", help="build a tiny local model (no download)")
     tiny.add_argument("dir")

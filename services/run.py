@@ -53,7 +53,8 @@ async def _run(config: RunConfig, out: Path) -> dict:
     from services.common.server import ServerConfig
     from services.engines.config import start_engine
     from services.generation.config import GenerationConfig
-    from services.generation.service import build_generation_service
+    from services.common.served_model import ServedModel
+    from services.generation.service import SERVICE as GENERATION, build_generation_service
 
     prompts = load_prompts(config.red_team_prompts)[: config.num_prompts]
     stages: dict[str, float] = {}
@@ -63,7 +64,7 @@ async def _run(config: RunConfig, out: Path) -> dict:
     gen_config = GenerationConfig(
         engine=config.policy, server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)
     )
-    service = await build_generation_service(gen_config, engine)
+    service = await build_generation_service(gen_config, ServedModel(GENERATION, engine))
     await service.start()
     stages["start"] = time.perf_counter() - t0
     try:

@@ -85,6 +85,17 @@ def generation_server(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def critique_server(tiny_model, tmp_path_factory):
+    """The critique service on vLLM with the tiny model and the default constitution."""
+    server = ServerProcess(
+        ["serve", "critique", "--model", tiny_model, "--engine", "vllm"],
+        tmp_path_factory.mktemp("critique"),
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def generation_channel(generation_server):
     with grpc.insecure_channel(generation_server.address) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)

@@ -29,7 +29,7 @@ def test_load_sections(tmp_path):
         ("server: {prot: 1}", "server.prot: unknown field"),
         ("engine: [1, 2]", "engine: expected a mapping"),
         ("server: {port: 70000}", "server.port: must be in [0, 65535]"),
-        ("limits: {max_n: [1", "gen.yaml:1: not valid YAML"),
+        ("limits: {max_n: [1", "gen.yaml:2: not valid YAML"),
     ],
 )
 def test_errors_name_the_field(tmp_path, text, expected):

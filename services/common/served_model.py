@@ -24,6 +24,7 @@ class ServedModel:
         self._idle: dict[int, asyncio.Event] = {}
         self.load_lock = asyncio.Lock()
         self._closing: set[asyncio.Task] = set()
+        self._closed = False
         self._publish(None)
 
     @property
@@ -72,7 +73,11 @@ class ServedModel:
         return old
 
     async def close(self) -> None:
-        """Closes the serving engine (and waits for retired ones to close)."""
+        """Closes the serving engine (and waits for retired ones to close). Idempotent: services
+        sharing one served model each call it on stop."""
+        if self._closed:
+            return
+        self._closed = True
         for key, event in list(self._idle.items()):
             event.set()
         await asyncio.gather(*self._closing, return_exceptions=True)

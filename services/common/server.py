@@ -207,3 +207,14 @@ class GrpcService:
         await stop.wait()
         log.info("signal received: finishing in-flight requests (up to %.0fs)", self.config.grace_seconds)
         await self.stop()
+
+
+async def within_deadline(context, coro):
+    """Awaits ``coro``, cancelling it (and its engine work) when the caller's deadline passes."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return await coro
+    try:
+        return await asyncio.wait_for(coro, timeout=max(remaining, 0.0))
+    except asyncio.TimeoutError:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the work finished")

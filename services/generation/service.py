@@ -20,7 +20,7 @@ from services.common.requests import (
     sampling_spec,
 )
 from services.common.served_model import ServedModel
-from services.common.server import GrpcService
+from services.common.server import GrpcService, within_deadline
 from services.engines import Engine, EngineError
 from services.engines.config import start_engine
 from services.generation.config import GenerationConfig
@@ -45,17 +45,6 @@ SAMPLES_PER_REQUEST = metrics.Histogram(
     "cai_generation_samples_per_request", "Answers sampled per request (prompts times n).",
     buckets=metrics.BATCH_BUCKETS,
 )
-
-
-async def within_deadline(context, coro):
-    """Awaits ``coro``, cancelling it (and its engine work) when the caller's deadline passes."""
-    remaining = context.time_remaining()
-    if remaining is None:
-        return await coro
-    try:
-        return await asyncio.wait_for(coro, timeout=max(remaining, 0.0))
-    except asyncio.TimeoutError:
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the work finished")
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServicer):
@@ -180,11 +169,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         )
 
 
-async def build_generation_service(config: GenerationConfig, engine: Engine | None = None) -> GrpcService:
-    """The generation service, ready to ``start()``. Starts its engine unless one is given
-    (the embedded default shares one engine between services)."""
-    engine = engine or await start_engine(config.engine)
-    served = ServedModel(SERVICE, engine)
+async def build_generation_service(
+    config: GenerationConfig, served: ServedModel | None = None
+) -> GrpcService:
+    """The generation service, ready to ``start()``. Starts its engine unless a served model is
+    given (the embedded default shares one policy engine between generation and critique)."""
+    served = served or ServedModel(SERVICE, await start_engine(config.engine))
     servicer = GenerationServicer(served, config)
     return GrpcService(
         config.server,

@@ -1,0 +1,79 @@
+"""The chat prompts of the supervised phase.
+
+Each critique is asked for in a chat: the few-shot examples come first as earlier turns (each with
+its own sampled principle), then the conversation under review, shown as a transcript, with the
+critique request of this round's principle. The revision request follows the model's critique in
+the same chat, so the revision sees the critique it must address.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from services.constitution import CritiqueExample, CritiquePrinciple
+
+SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}
+TASK = (
+    "You review an AI assistant's reply to a human. First you critique the reply as asked; then "
+    "you rewrite it as asked. Write only the critique or only the rewritten reply, nothing else."
+)
+
+
+def transcript(messages: Sequence[dict], answer: str) -> str:
+    """The conversation and the assistant's reply as ``Human: ...`` / ``Assistant: ...`` text."""
+    lines = [f"{SPEAKERS.get(m['role'], m['role'])}: {m['content']}" for m in messages]
+    lines.append(f"Assistant: {answer}")
+    return "\n\n".join(lines)
+
+
+def critique_request(messages: Sequence[dict], answer: str, principle: CritiquePrinciple) -> str:
+    return (
+        "Conversation:\n\n" + transcript(messages, answer) + "\n\n"
+        f"Critique request: {principle.critique}"
+    )
+
+
+def revision_request(principle: CritiquePrinciple) -> str:
+    return f"Revision request: {principle.revision}"
+
+
+def critique_chat(
+    messages: Sequence[dict],
+    answer: str,
+    principle: CritiquePrinciple,
+    examples: Sequence[tuple[CritiqueExample, CritiquePrinciple]] = (),
+) -> list[dict]:
+    """The chat asking for a critique of ``answer`` under ``principle``, after the examples."""
+    chat = [{"role": "system", "content": TASK}]
+    for example, example_principle in examples:
+        chat += [
+            {"role": "user", "content": critique_request(example.conversation, example.answer, example_principle)},
+            {"role": "assistant", "content": example.critique},
+            {"role": "user", "content": revision_request(example_principle)},
+            {"role": "assistant", "content": example.revision},
+        ]
+    chat.append({"role": "user", "content": critique_request(messages, answer, principle)})
+    return chat
+
+
+def revision_chat(critique_chat_: list[dict], critique: str, principle: CritiquePrinciple) -> list[dict]:
+    """The same chat continued: the model's critique, then the revision request."""
+    return [
+        *critique_chat_,
+        {"role": "assistant", "content": critique},
+        {"role": "user", "content": revision_request(principle)},
+    ]
+
+
+_PREFIX = re.compile(r"^\s*(revision|revised (reply|response|answer)|rewrite|critique)\s*:\s*", re.I)
+
+
+def clean_output(text: str) -> str:
+    """Model output without a leading ``Revision:``/``Critique:`` label and outer whitespace."""
+    return _PREFIX.sub("", text, count=1).strip()
+
+
+def is_degenerate(text: str) -> bool:
+    """Empty, or nothing a reader could use (no letter or digit at all)."""
+    return not any(ch.isalnum() for ch in text)

@@ -1,0 +1,116 @@
+"""Critique/revision rounds on an engine, batched across items: the work behind ``Critique.Revise``.
+
+Round ``r`` of every item is one batch through the engine for the critiques and one for the
+revisions; the next round works on the revisions. Each (item, round) samples its principle
+independently from a generator seeded by (seed, item key, round), so a chain is reproducible from
+its seed whatever batch it travels in; each few-shot example is shown with its own sampled
+principle.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from services.common.requests import InvalidRequest
+from services.constitution import Constitution, CritiquePrinciple
+from services.critique import prompting
+from services.engines import Engine, SamplingSpec
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    principle_id: str
+    critique: str
+    revision: str
+    kept_previous: bool
+
+
+@dataclass(frozen=True)
+class ReviseItem:
+    messages: tuple[dict, ...]
+    answer: str
+    key: str = ""
+    """Stable key of the item for principle sampling (the prompt id); empty: its index."""
+
+
+@dataclass(frozen=True)
+class Chain:
+    rounds: tuple[RoundResult, ...]
+    final_answer: str
+
+    @property
+    def principle_ids(self) -> list[str]:
+        return [r.principle_id for r in self.rounds]
+
+
+class Reviser:
+    def __init__(self, engine: Engine, constitution: Constitution, *, few_shot: int = 2,
+                 max_prompt_tokens: int = 2048):
+        self.engine = engine
+        self.constitution = constitution
+        self.few_shot = few_shot
+        self.max_prompt_tokens = max_prompt_tokens
+
+    def draw(self, seed: int, key: str, round_: int, among: Sequence[str] = ()):
+        """The principle of one (item, round) and the few-shot examples with their principles."""
+        rng = random.Random(f"{seed}/{key}/{round_}")
+        principle = self.constitution.sample_critique(rng, among)
+        pool = list(self.constitution.critique_examples)
+        examples = rng.sample(pool, min(self.few_shot, len(pool)))
+        return principle, [(e, self.constitution.sample_critique(rng)) for e in examples]
+
+    def _fit(self, messages, answer, principle: CritiquePrinciple, examples, field: str):
+        """The critique chat with as many examples as fit in max_prompt_tokens."""
+        for k in range(len(examples), -1, -1):
+            chat = prompting.critique_chat(messages, answer, principle, examples[:k])
+            ids = self.engine.encode_chat(chat)
+            if len(ids) <= self.max_prompt_tokens:
+                return chat, ids
+        raise InvalidRequest(
+            field, f"{len(ids)} tokens with the critique request exceeds "
+                   f"max_prompt_tokens={self.max_prompt_tokens}"
+        )
+
+    async def revise(
+        self,
+        items: Sequence[ReviseItem],
+        rounds: int,
+        critique_spec: SamplingSpec,
+        revision_spec: SamplingSpec,
+        seed: int,
+        among: Sequence[str] = (),
+    ) -> list[Chain]:
+        answers = [item.answer for item in items]
+        results: list[list[RoundResult]] = [[] for _ in items]
+        for r in range(1, rounds + 1):
+            drawn = [
+                self.draw(seed, item.key or str(i), r, among) for i, item in enumerate(items)
+            ]
+            chats, prompts = [], []
+            for i, (item, (principle, examples)) in enumerate(zip(items, drawn)):
+                chat, ids = self._fit(item.messages, answers[i], principle, examples, f"items[{i}]")
+                chats.append(chat)
+                prompts.append(ids)
+            spec_c = critique_spec if critique_spec.seed is None else replace(critique_spec, seed=critique_spec.seed + 2 * r)
+            critiques = [
+                prompting.clean_output(c.samples[0].text)
+                for c in await self.engine.generate(prompts, replace(spec_c, n=1))
+            ]
+            revision_prompts = [
+                self.engine.encode_chat(prompting.revision_chat(chat, critique, principle))
+                for chat, critique, (principle, _) in zip(chats, critiques, drawn)
+            ]
+            spec_r = revision_spec if revision_spec.seed is None else replace(revision_spec, seed=revision_spec.seed + 2 * r + 1)
+            revisions = [
+                prompting.clean_output(c.samples[0].text)
+                for c in await self.engine.generate(revision_prompts, replace(spec_r, n=1))
+            ]
+            for i, ((principle, _), critique, revision) in enumerate(zip(drawn, critiques, revisions)):
+                kept = prompting.is_degenerate(revision)
+                if not kept:
+                    answers[i] = revision
+                results[i].append(RoundResult(r, principle.id, critique, answers[i], kept))
+        return [Chain(tuple(rs), answers[i]) for i, rs in enumerate(results)]

@@ -1,0 +1,252 @@
+"""``cai sl-data``: the supervised-phase (SL-CAI) dataset, produced through the services.
+
+For every red-team prompt the policy answers (Generation), then the answer goes through
+``rounds`` of critique and revision (Critique). One row is written per round, so SL-CAI-n for any
+n is the rows with ``round == n``. Helpfulness prompts get the policy's answers as rows with
+``round == 0``. Rows are conversational prompt/completion, which TRL's SFT trainer reads as they
+are; every row carries its provenance.
+
+Output folder:
+  sl_cai.jsonl       harmlessness rows, one per (prompt, round)
+  helpfulness.jsonl  helpfulness rows
+  manifest.json      what produced the data (config, constitution, model), counts
+
+Re-running with the same folder resumes: prompts whose rows are all written are skipped; rows are
+written per prompt and flushed to disk, so an interrupted run neither loses nor duplicates rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from services.common.jsonl import append_rows, read_rows
+from services.engines.config import EngineConfig
+from services.prompts import HELPFULNESS, RED_TEAM, Prompt, load_prompts
+
+HARMLESS_FILE = "sl_cai.jsonl"
+HELPFUL_FILE = "helpfulness.jsonl"
+
+
+@dataclass(frozen=True)
+class SLDataConfig:
+    """Settings of ``cai sl-data`` (flags of the same names override)."""
+
+    prompts: str = str(RED_TEAM)
+    """Red-team prompts: JSONL file or a local Hugging Face dataset folder."""
+    helpfulness: str = str(HELPFULNESS)
+    """Helpfulness prompts (answered without revision); empty string: none."""
+    rounds: int = 4
+    """Critique/revision rounds per prompt."""
+    limit: int = 0
+    """Use only the first N prompts of each file (0: all)."""
+    batch_size: int = 16
+    """Prompts per Generate/Revise request."""
+    max_tokens: int = 128
+    """Longest initial answer, critique and revision, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature (the method samples at 1)."""
+    seed: int = 0
+    """Seed of principle sampling and text sampling."""
+    generation: str = ""
+    """Address of a generation service; empty starts one in-process (the embedded default)."""
+    critique: str = ""
+    """Address of a critique service; empty starts one in-process."""
+    policy: EngineConfig = field(default_factory=EngineConfig)
+    """The policy for the embedded services (ignored when both addresses are given)."""
+    constitution: str = ""
+    """Constitution for the embedded critique service (default: constitutions/default.yaml)."""
+
+    def validate(self):
+        if self.rounds < 1:
+            return "rounds", "must be at least 1"
+        if self.batch_size < 1:
+            return "batch_size", "must be at least 1"
+        if bool(self.generation) != bool(self.critique):
+            return "critique", "give both service addresses (generation and critique) or neither"
+        return None
+
+
+def _conversation(prompt: Prompt):
+    from services.api.cai.v1 import common_pb2
+
+    return common_pb2.Conversation(
+        id=prompt.id, messages=[common_pb2.ChatMessage(**m) for m in prompt.messages]
+    )
+
+
+def _provenance(p) -> dict:
+    return {
+        "constitution_file": p.constitution_file,
+        "constitution_sha256": p.constitution_sha256,
+        "principle_ids": [x for x in p.principle_id.split(",") if x],
+        "model": p.model,
+        "checkpoint": p.checkpoint,
+        "prompt_id": p.prompt_id,
+        "created_at": p.created_at.ToJsonString(),
+    }
+
+
+async def _answers(gen_stub, prompts: list[Prompt], cfg: SLDataConfig):
+    from services.api.cai.v1 import common_pb2, generation_pb2
+
+    request = generation_pb2.GenerateRequest(
+        prompts=[_conversation(p) for p in prompts],
+        sampling=common_pb2.SamplingParams(n=1, max_tokens=cfg.max_tokens,
+                                           temperature=cfg.temperature, seed=cfg.seed),
+    )
+    return await gen_stub.Generate(request, timeout=3600)
+
+
+def _nonempty(text: str) -> str:
+    # The critique service rejects empty answers; an empty initial answer is a real outcome of
+    # sampling, so it is revised from a visible placeholder rather than dropped.
+    return text if text.strip() else "(no answer)"
+
+
+async def _harmless_batch(gen_stub, crit_stub, prompts: list[Prompt], cfg: SLDataConfig) -> list[dict]:
+    from services.api.cai.v1 import common_pb2, critique_pb2
+
+    answers = await _answers(gen_stub, prompts, cfg)
+    request = critique_pb2.ReviseRequest(
+        items=[critique_pb2.ReviseItem(prompt=_conversation(p), answer=_nonempty(c.samples[0].text))
+               for p, c in zip(prompts, answers.completions)],
+        rounds=cfg.rounds,
+        sampling=common_pb2.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature),
+        seed=cfg.seed,
+    )
+    response = await crit_stub.Revise(request, timeout=3600)
+    rows = []
+    for p, completion, chain in zip(prompts, answers.completions, response.chains):
+        prov = _provenance(chain.provenance)
+        for r in chain.rounds:
+            rows.append({
+                "prompt": list(p.messages),
+                "completion": [{"role": "assistant", "content": r.revision}],
+                "kind": "harmlessness",
+                "prompt_id": p.id,
+                "category": p.category,
+                "round": r.round,
+                "rounds": cfg.rounds,
+                "principle_id": r.principle_id,
+                "critique": r.critique,
+                "kept_previous": r.kept_previous,
+                "initial_answer": completion.samples[0].text,
+                "provenance": {**prov, "principle_ids": prov["principle_ids"][: r.round],
+                               "generation_checkpoint": answers.checkpoint_id},
+            })
+    return rows
+
+
+async def _helpful_batch(gen_stub, prompts: list[Prompt], cfg: SLDataConfig) -> list[dict]:
+    answers = await _answers(gen_stub, prompts, cfg)
+    return [
+        {
+            "prompt": list(p.messages),
+            "completion": [{"role": "assistant", "content": c.samples[0].text}],
+            "kind": "helpfulness",
+            "prompt_id": p.id,
+            "category": p.category,
+            "round": 0,
+            "provenance": {"model": answers.model, "checkpoint": answers.checkpoint_id, "prompt_id": p.id},
+        }
+        for p, c in zip(prompts, answers.completions)
+    ]
+
+
+async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool) -> dict:
+    import grpc
+    from tqdm import tqdm
+
+    from services.api.cai.v1 import critique_pb2_grpc, generation_pb2_grpc
+
+    harmful = load_prompts(cfg.prompts)
+    helpful = load_prompts(cfg.helpfulness) if cfg.helpfulness else []
+    if cfg.limit:
+        harmful, helpful = harmful[: cfg.limit], helpful[: cfg.limit]
+    done_h = {r["prompt_id"] for r in read_rows(out / HARMLESS_FILE)}
+    done_p = {r["prompt_id"] for r in read_rows(out / HELPFUL_FILE)}
+    todo_h = [p for p in harmful if p.id not in done_h]
+    todo_p = [p for p in helpful if p.id not in done_p]
+    written = 0
+    started = time.perf_counter()
+    async with grpc.aio.insecure_channel(addresses["generation"]) as gch, \
+            grpc.aio.insecure_channel(addresses["critique"]) as cch:
+        gen = generation_pb2_grpc.GenerationStub(gch)
+        crit = critique_pb2_grpc.CritiqueStub(cch)
+        bar = tqdm(total=len(harmful) + len(helpful), initial=len(harmful) + len(helpful) - len(todo_h) - len(todo_p),
+                   desc="sl-data", unit="prompt", disable=not progress)
+        for i in range(0, len(todo_h), cfg.batch_size):
+            batch = todo_h[i : i + cfg.batch_size]
+            rows = await _harmless_batch(gen, crit, batch, cfg)
+            append_rows(out / HARMLESS_FILE, rows)
+            written += len(rows)
+            bar.update(len(batch))
+        for i in range(0, len(todo_p), cfg.batch_size):
+            batch = todo_p[i : i + cfg.batch_size]
+            rows = await _helpful_batch(gen, batch, cfg)
+            append_rows(out / HELPFUL_FILE, rows)
+            written += len(rows)
+            bar.update(len(batch))
+        bar.close()
+    seconds = time.perf_counter() - started
+    return {"rows_written": written, "seconds": seconds,
+            "prompts_skipped_as_done": len(harmful) + len(helpful) - len(todo_h) - len(todo_p)}
+
+
+async def produce_sl_data(cfg: SLDataConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Writes (or completes) the SL-CAI dataset in ``out_dir``; returns the manifest."""
+    from services.constitution import load_constitution
+    from services.pipeline.embedded import embedded_policy_services
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())["config"]
+        for key in ("rounds", "seed", "prompts"):
+            if previous.get(key) != asdict(cfg)[key]:
+                raise ValueError(
+                    f"{out}: holds data made with {key}={previous.get(key)!r}; resuming with "
+                    f"{key}={asdict(cfg)[key]!r} would mix datasets (use another --out)"
+                )
+    if cfg.generation:
+        stats = await _produce(cfg, out, {"generation": cfg.generation, "critique": cfg.critique}, progress)
+    else:
+        async with embedded_policy_services(cfg.policy, cfg.constitution or None) as addresses:
+            stats = await _produce(cfg, out, addresses, progress)
+    rows_h = read_rows(out / HARMLESS_FILE)
+    rows_p = read_rows(out / HELPFUL_FILE)
+    constitution = load_constitution(cfg.constitution or None) if not cfg.critique else None
+    manifest = {
+        "config": asdict(cfg),
+        "files": {HARMLESS_FILE: len(rows_h), HELPFUL_FILE: len(rows_p)},
+        "harmlessness_prompts": len({r["prompt_id"] for r in rows_h}),
+        "helpfulness_prompts": len(rows_p),
+        "constitution_sha256": rows_h[0]["provenance"]["constitution_sha256"] if rows_h else (
+            constitution.sha256 if constitution else ""),
+        "last_run": stats,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def load_sft_dataset(data_dir: str | Path, rounds: int | None = None, helpfulness: bool = True):
+    """The SFT dataset for SL-CAI-n: harmlessness rows of round n (default: the last round) plus
+    helpfulness rows, as a ``datasets.Dataset`` with conversational prompt/completion columns."""
+    import datasets
+
+    data_dir = Path(data_dir)
+    rows = read_rows(data_dir / HARMLESS_FILE)
+    if not rows:
+        raise ValueError(f"{data_dir / HARMLESS_FILE}: no rows (run `cai sl-data` first)")
+    n = rounds or max(r["round"] for r in rows)
+    chosen = [r for r in rows if r["round"] == n]
+    if not chosen:
+        raise ValueError(f"{data_dir}: no rows of round {n} (the data has rounds 1..{max(r['round'] for r in rows)})")
+    if helpfulness:
+        chosen += read_rows(data_dir / HELPFUL_FILE)
+    return datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in chosen])

@@ -1,0 +1,52 @@
+"""Configuration of supervised fine-tuning on SL-CAI data (``cai train sft``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.models.registry import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class SFTRunConfig:
+    data: str = ""
+    """Folder written by ``cai sl-data``."""
+    out: str = ""
+    """Folder for the fine-tuned checkpoint (created)."""
+    model: str = DEFAULT_MODEL
+    """Policy to fine-tune: folder, hub id or packaged name."""
+    rounds: int = 0
+    """SL-CAI-n: train on the revisions of round n; 0 means the last round in the data."""
+    helpfulness: bool = True
+    """Mix in the helpfulness rows (the original method keeps the model helpful this way)."""
+    lora: bool = False
+    """Train LoRA adapters instead of all weights; they are merged into the saved checkpoint."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling."""
+    epochs: float = 1.0
+    """Passes over the data (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run the epochs)."""
+    learning_rate: float = 1e-5
+    """Peak learning rate."""
+    batch_size: int = 4
+    """Rows per device per step."""
+    gradient_accumulation_steps: int = 1
+    """Steps whose gradients are summed before an update."""
+    max_length: int = 1024
+    """Longest training sequence, in tokens (longer ones are cut)."""
+    seed: int = 0
+    """Seed of shuffling and initialisation."""
+
+    def validate(self):
+        if not self.data:
+            return "data", "is required"
+        if not self.out:
+            return "out", "is required"
+        if self.rounds < 0:
+            return "rounds", "must be 0 (last) or more"
+        if self.learning_rate <= 0:
+            return "learning_rate", "must be positive"
+        return None
