@@ -54,6 +54,8 @@ SERVICES = {
     # name: (config module and class, builder module and function)
     "generation": ("services.generation.config:GenerationConfig", "services.generation.service:build_generation_service"),
     "critique": ("services.critique.config:CritiqueConfig", "services.critique.service:build_critique_service"),
+    "judge": ("services.judge.config:JudgeConfig", "services.judge.service:build_judge_service"),
+    "reward": ("services.reward.config:RewardConfig", "services.reward.service:build_reward_service"),
 }
 
 
@@ -77,6 +79,8 @@ def cmd_serve(args) -> int:
         changes = {}
         if hasattr(config, "engine"):
             changes["engine"] = replace_config(config.engine, **_engine_overrides(args))
+        elif args.service == "reward":
+            changes.update(model=args.model, checkpoint_id=args.checkpoint_id)
         changes["server"] = replace_config(config.server, **_server_overrides(args))
         if getattr(args, "constitution", None):
             changes["constitution"] = args.constitution
@@ -90,7 +94,7 @@ def cmd_serve(args) -> int:
 
     try:
         asyncio.run(main())
-    except (ModelNotFound, EngineError, ConstitutionError, OSError) as exc:
+    except (ModelNotFound, EngineError, ConstitutionError, OSError, ValueError) as exc:
         return _fail(str(exc))
     return 0
 
@@ -199,6 +203,44 @@ def cmd_sl_data(args) -> int:
     return 0
 
 
+def cmd_label(args) -> int:
+    from services.config import ConfigError, load_config, replace_config
+    from services.pipeline.label import LabelConfig, run_label
+    from services.prompts import PromptFileError
+
+    try:
+        cfg = load_config(LabelConfig, args.config) if args.config else LabelConfig(queue=args.queue or "")
+        cfg = replace_config(
+            cfg, queue=args.queue, prompts=args.prompts, helpfulness_pairs=args.helpfulness_pairs,
+            samples_per_prompt=args.samples, pairs=args.pairs, limit=args.limit,
+            batch_size=args.batch_size, max_tokens=args.max_tokens, mode=args.mode,
+            swap_debias=False if args.no_swap else None, seed=args.seed,
+            generation=args.generation, judge=args.judge, constitution=args.constitution,
+            metrics_port=args.metrics_port,
+            policy=replace_config(cfg.policy, model=args.model, kind=args.engine),
+        )
+    except ConfigError as exc:
+        return _fail(str(exc))
+    try:
+        stats = asyncio.run(run_label(cfg, progress=not args.no_progress))
+    except (PromptFileError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    except Exception as exc:
+        import grpc
+
+        from services.queue import QueueError
+
+        if isinstance(exc, grpc.RpcError):
+            return _fail(f"service call failed: {exc.code().name}: {exc.details()}")
+        if isinstance(exc, QueueError):
+            return _fail(str(exc))
+        raise
+    print(f"published {stats['comparisons_published']} labeled comparisons "
+          f"({stats['comparisons_per_second']:.2f}/s) and {stats['helpfulness_published']} helpfulness "
+          f"comparisons to {cfg.queue}; {stats['prompts_skipped_as_done']} prompts were already done")
+    return 0
+
+
 def cmd_train_sft(args) -> int:
     from services.config import ConfigError, replace_config
     from services.trainer.sft_config import SFTRunConfig
@@ -250,12 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     helps = {
         "generation": "the generation service (cai.v1.Generation)",
         "critique": "the critique service (cai.v1.Critique)",
+        "judge": "the judge service (cai.v1.Judge): soft preference labels",
+        "reward": "the reward service (cai.v1.Reward): scores answers with the reward model",
     }
     for name in SERVICES:
         p = serve.add_parser(name, help=helps[name])
         p.add_argument("--config", help="YAML file with the service's sections (engine, server, limits, ...)")
         p.add_argument("--model", help="model folder, hub id or packaged name (default smollm2-135m-instruct)")
-        p.add_argument("--engine", choices=["vllm", "transformers"], help="inference engine (default vllm)")
+        if name != "reward":
+            p.add_argument("--engine", choices=["vllm", "transformers"], help="inference engine (default vllm)")
         p.add_argument("--checkpoint-id", help="id reported for the initial checkpoint")
         if name != "generation":
             p.add_argument("--constitution", help="constitution file (default constitutions/default.yaml)")
@@ -282,6 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--config", help="YAML with the same settings")
     sl.add_argument("--no-progress", action="store_true", help="no progress bar")
     sl.set_defaults(func=cmd_sl_data)
+
+    lab = sub.add_parser("label", help="label comparisons with the judge and publish them to the queue")
+    lab.add_argument("--queue", help="sqlite:///path.db or redis://host:port/db")
+    lab.add_argument("--prompts", help="prompts to answer and compare (default: shipped red-team prompts)")
+    lab.add_argument("--helpfulness-pairs", help="helpfulness preference pairs to mix in ('' for none)")
+    lab.add_argument("--samples", type=int, help="answers per prompt (default 2)")
+    lab.add_argument("--pairs", choices=["adjacent", "all"])
+    lab.add_argument("--limit", type=int, help="only the first N prompts")
+    lab.add_argument("--batch-size", type=int)
+    lab.add_argument("--max-tokens", type=int)
+    lab.add_argument("--mode", choices=["logprob", "chain-of-thought"])
+    lab.add_argument("--no-swap", action="store_true", help="judge each pair in one order only")
+    lab.add_argument("--seed", type=int)
+    lab.add_argument("--generation", help="generation service address (default: start one in-process)")
+    lab.add_argument("--judge", help="judge service address (default: start one in-process)")
+    lab.add_argument("--model", help="policy (and judge) model for the in-process services")
+    lab.add_argument("--engine", choices=["vllm", "transformers"])
+    lab.add_argument("--constitution", help="constitution for the in-process judge")
+    lab.add_argument("--metrics-port", type=int, help="serve this job's Prometheus metrics on this port")
+    lab.add_argument("--config", help="YAML with the same settings")
+    lab.add_argument("--no-progress", action="store_true")
+    lab.set_defaults(func=cmd_label)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="train_command", required=True)
     sft = train.add_parser("sft", help="supervised fine-tuning on SL-CAI data (TRL)")

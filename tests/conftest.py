@@ -96,6 +96,17 @@ def critique_server(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def judge_server(tiny_model, tmp_path_factory):
+    """The judge service on vLLM with the tiny model and the default constitution."""
+    server = ServerProcess(
+        ["serve", "judge", "--model", tiny_model, "--engine", "vllm"],
+        tmp_path_factory.mktemp("judge"),
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def generation_channel(generation_server):
     with grpc.insecure_channel(generation_server.address) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)

@@ -8,11 +8,19 @@ when the last of them returns. Nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import grpc
+
+from services.api.cai.v1 import common_pb2
 from services.common import metrics
 from services.engines import Engine
+
+log = logging.getLogger(__name__)
 
 
 class ServedModel:
@@ -82,3 +90,41 @@ class ServedModel:
             event.set()
         await asyncio.gather(*self._closing, return_exceptions=True)
         await self._engine.close()
+
+
+async def load_checkpoint(
+    served: ServedModel,
+    request: common_pb2.LoadCheckpointRequest,
+    context,
+    start: Callable[[str, str], Awaitable[Engine]],
+) -> common_pb2.LoadCheckpointResponse:
+    """``LoadCheckpoint`` for any model-serving service: checks the path, starts the new engine
+    with ``start(path, checkpoint_id)`` and swaps it in. A checkpoint that fails to load leaves
+    the old one serving and answers FAILED_PRECONDITION."""
+    if not request.path:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path: must not be empty")
+    if not (Path(request.path) / "config.json").is_file():
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"path: {request.path!r} is not a model folder on the server (no config.json)",
+        )
+    async with served.load_lock:
+        previous = served.engine.checkpoint_id
+        started = time.perf_counter()
+        try:
+            engine = await start(request.path, request.checkpoint_id or Path(request.path).name)
+        except Exception as exc:  # a broken checkpoint must not take the service down
+            metrics.CHECKPOINT_LOADS.labels(served.service, "failed").inc()
+            log.warning("loading %s failed: %s", request.path, exc)
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"path: could not load {request.path!r}: {exc}; still serving {previous!r}",
+            )
+        await served.replace(engine)
+        metrics.CHECKPOINT_LOADS.labels(served.service, "ok").inc()
+    log.info("%s now serves checkpoint %s (was %s)", served.service, engine.checkpoint_id, previous)
+    return common_pb2.LoadCheckpointResponse(
+        checkpoint_id=engine.checkpoint_id,
+        previous_checkpoint_id=previous,
+        load_seconds=time.perf_counter() - started,
+    )

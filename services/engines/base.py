@@ -81,12 +81,15 @@ class Engine(abc.ABC):
         self.tokenizer = tokenizer
         self.checkpoint_id = checkpoint_id
 
-    def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of a conversation after the model's chat template."""
-        text = self.tokenizer.apply_chat_template(
+    def chat_text(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """A conversation rendered by the model's chat template (special tokens as text)."""
+        return self.tokenizer.apply_chat_template(
             list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
         )
-        return self.encode_text(text)
+
+    def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a conversation after the model's chat template."""
+        return self.encode_text(self.chat_text(messages, add_generation_prompt))
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of text that already holds any special tokens it needs."""

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from pathlib import Path
 
 import grpc
 
@@ -19,13 +16,12 @@ from services.common.requests import (
     conversation_messages,
     sampling_spec,
 )
-from services.common.served_model import ServedModel
+from services.common.served_model import ServedModel, load_checkpoint
 from services.common.server import GrpcService, within_deadline
 from services.engines import Engine, EngineError
 from services.engines.config import start_engine
 from services.generation.config import GenerationConfig
 
-log = logging.getLogger(__name__)
 SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 
 FINISH = {
@@ -126,34 +122,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         self._count(prompts, len(prompts) * spec.n, tokens)
 
     async def LoadCheckpoint(self, request, context):
-        if not request.path:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path: must not be empty")
-        if not (Path(request.path) / "config.json").is_file():
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"path: {request.path!r} is not a model folder on the server (no config.json)",
-            )
-        async with self.served.load_lock:
-            previous = self.served.engine.checkpoint_id
-            started = time.perf_counter()
-            try:
-                engine = await start_engine(
-                    self.config.engine, request.path, request.checkpoint_id or Path(request.path).name
-                )
-            except Exception as exc:  # a broken checkpoint must not take the service down
-                metrics.CHECKPOINT_LOADS.labels(SERVICE, "failed").inc()
-                log.warning("loading %s failed: %s", request.path, exc)
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"path: could not load {request.path!r}: {exc}; still serving {previous!r}",
-                )
-            await self.served.replace(engine)
-            metrics.CHECKPOINT_LOADS.labels(SERVICE, "ok").inc()
-        log.info("now serving checkpoint %s (was %s)", engine.checkpoint_id, previous)
-        return common_pb2.LoadCheckpointResponse(
-            checkpoint_id=engine.checkpoint_id,
-            previous_checkpoint_id=previous,
-            load_seconds=time.perf_counter() - started,
+        return await load_checkpoint(
+            self.served, request, context, lambda path, cid: start_engine(self.config.engine, path, cid)
         )
 
     async def GetModelInfo(self, request, context):

@@ -200,7 +200,7 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
 async def produce_sl_data(cfg: SLDataConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Writes (or completes) the SL-CAI dataset in ``out_dir``; returns the manifest."""
     from services.constitution import load_constitution
-    from services.pipeline.embedded import embedded_policy_services
+    from services.pipeline.embedded import EmbeddedSpec, embedded_services
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,8 @@ async def produce_sl_data(cfg: SLDataConfig, out_dir: str | Path, progress: bool
     if cfg.generation:
         stats = await _produce(cfg, out, {"generation": cfg.generation, "critique": cfg.critique}, progress)
     else:
-        async with embedded_policy_services(cfg.policy, cfg.constitution or None) as addresses:
+        spec = EmbeddedSpec(policy=cfg.policy, constitution=cfg.constitution)
+        async with embedded_services(spec, ("generation", "critique")) as addresses:
             stats = await _produce(cfg, out, addresses, progress)
     rows_h = read_rows(out / HARMLESS_FILE)
     rows_p = read_rows(out / HELPFUL_FILE)

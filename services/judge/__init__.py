@@ -1,0 +1,1 @@
+"""The judge service: soft preference labels under sampled principles (``cai.v1.Judge``)."""

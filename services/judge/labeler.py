@@ -1,0 +1,129 @@
+"""Soft labels on an engine, batched: the work behind ``Judge.Compare``.
+
+Log-prob mode is one prefill per comparison and order (``next_token_logprobs``), all comparisons
+of a request in one engine batch. Chain-of-thought mode first samples reasoning (batched), then
+reads the option probabilities after it and clamps them. With ``swap`` every pair is also judged
+with the answers exchanged and the two results averaged, so that
+``compare(A, B).p_a == 1 - compare(B, A).p_a``: the principle and few-shot examples of a
+comparison depend only on (seed, comparison key), and chain-of-thought reasoning is seeded by
+the order of the answers, so both calls see the same two judgments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from services.common.requests import InvalidRequest
+from services.constitution import Constitution, JudgingPrinciple
+from services.engines import Engine, SamplingSpec
+from services.judge import prompting
+
+LOGPROB = "logprob"
+CHAIN_OF_THOUGHT = "chain-of-thought"
+
+
+@dataclass(frozen=True)
+class ComparisonItem:
+    messages: tuple[dict, ...]
+    answer_a: str
+    answer_b: str
+    principle_id: str = ""
+    """Judging principle to use; empty: sampled."""
+    key: str = ""
+    """Stable key for sampling (the comparison id); empty: its index."""
+
+
+@dataclass(frozen=True)
+class Label:
+    p_a: float
+    principle_id: str
+    logprob_a: float
+    logprob_b: float
+    reasoning: str = ""
+
+
+def _seed(*parts) -> int:
+    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+class Judge:
+    def __init__(self, engine: Engine, constitution: Constitution, *, few_shot: int = 2,
+                 max_prompt_tokens: int = 4096, cot_min_p: float = 0.4, cot_max_p: float = 0.6):
+        self.engine = engine
+        self.constitution = constitution
+        self.few_shot = few_shot
+        self.max_prompt_tokens = max_prompt_tokens
+        self.cot_range = (cot_min_p, cot_max_p)
+        probe = engine.chat_text([{"role": "user", "content": "Which is better?"}])
+        self.options = prompting.find_option_tokens(engine.encode_text, probe)
+
+    def draw(self, seed: int, key: str, principle_id: str = ""):
+        """The principle of a comparison (the given one, or sampled) and its few-shot examples,
+        each with its own sampled principle."""
+        rng = random.Random(f"{seed}/{key}")
+        sampled = self.constitution.sample_judging(rng)
+        principle = self.constitution.judging_principle(principle_id) if principle_id else sampled
+        pool = list(self.constitution.judging_examples)
+        examples = rng.sample(pool, min(self.few_shot, len(pool)))
+        return principle, [(e, self.constitution.sample_judging(rng)) for e in examples]
+
+    def _chat(self, item: ComparisonItem, first: str, second: str, principle: JudgingPrinciple,
+              examples, cot: bool, field: str) -> str:
+        """The prompt text (template applied, assistant turn open) with as many examples as fit."""
+        for k in range(len(examples), -1, -1):
+            text = self.engine.chat_text(
+                prompting.judge_chat(item.messages, first, second, principle, examples[:k], cot)
+            )
+            n = len(self.engine.encode_text(text))
+            if n <= self.max_prompt_tokens:
+                return text
+        raise InvalidRequest(field, f"{n} tokens with the judging question exceeds "
+                                    f"max_prompt_tokens={self.max_prompt_tokens}")
+
+    async def _read(self, texts: list[str]) -> list[tuple[float, float, float]]:
+        prompts = [self.engine.encode_text(t + prompting.ANSWER_OPENING) for t in texts]
+        logprobs = await self.engine.next_token_logprobs(prompts, self.options.all)
+        return [self.options.p_a(lp) for lp in logprobs]
+
+    async def _reason(self, texts: list[str], seeds: list[int], spec: SamplingSpec) -> list[str]:
+        spec = replace(spec, n=1, stop=tuple(spec.stop) + (prompting.ANSWER_OPENING.rstrip(" ("),))
+        outs = await asyncio.gather(*(
+            self.engine.generate([self.engine.encode_text(t)], replace(spec, seed=s))
+            for t, s in zip(texts, seeds)
+        ))
+        return [o[0].samples[0].text.strip() for o in outs]
+
+    async def compare(self, items: Sequence[ComparisonItem], mode: str = LOGPROB, swap: bool = False,
+                      seed: int = 0, cot_spec: SamplingSpec | None = None) -> list[Label]:
+        cot = mode == CHAIN_OF_THOUGHT
+        drawn = [self.draw(seed, item.key or str(i), item.principle_id) for i, item in enumerate(items)]
+        orders = [(i, item.answer_a, item.answer_b) for i, item in enumerate(items)]
+        if swap:
+            orders += [(i, item.answer_b, item.answer_a) for i, item in enumerate(items)]
+        texts = [
+            self._chat(items[i], first, second, drawn[i][0], drawn[i][1], cot, f"comparisons[{i}]")
+            for i, first, second in orders
+        ]
+        reasoning = [""] * len(texts)
+        if cot:
+            seeds = [_seed(seed, items[i].key or i, first, second) for i, first, second in orders]
+            reasoning = await self._reason(texts, seeds, cot_spec or SamplingSpec(max_tokens=256))
+            texts = [f"{t}{r}\n" for t, r in zip(texts, reasoning)]
+        read = await self._read(texts)
+        lo, hi = self.cot_range
+        labels = []
+        for i, item in enumerate(items):
+            p, la, lb = read[i]
+            if cot:
+                p = min(max(p, lo), hi)
+            if swap:
+                q = read[len(items) + i][0]
+                if cot:
+                    q = min(max(q, lo), hi)
+                p = (p + (1.0 - q)) / 2.0
+            labels.append(Label(p, drawn[i][0].id, la, lb, reasoning[i]))
+        return labels

@@ -1,0 +1,79 @@
+"""``cai.v1.Reward``: Score, LoadCheckpoint, GetModelInfo."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.api.cai.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from services.common import metrics
+from services.common.requests import InvalidRequest, check_count, conversation_messages
+from services.common.served_model import ServedModel, load_checkpoint
+from services.common.server import GrpcService, within_deadline
+from services.reward.config import RewardConfig
+from services.reward.scorer import RewardScorer
+
+SERVICE = reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name
+
+SCORED = metrics.Counter("cai_reward_scored_total", "Answers scored by the reward model.")
+SCORES = metrics.Histogram(
+    "cai_reward_score", "Distribution of reward scores.",
+    buckets=(-10, -5, -3, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 5, 10),
+)
+
+
+class RewardServicer(reward_pb2_grpc.RewardServicer):
+    def __init__(self, served: ServedModel, config: RewardConfig):
+        self.served = served
+        self.config = config
+        self.limits = config.limits
+
+    async def Score(self, request, context):
+        try:
+            check_count(request.items, "items", self.limits)
+            prompts = [conversation_messages(it.prompt, f"items[{i}].prompt") for i, it in enumerate(request.items)]
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        answers = [it.answer for it in request.items]
+        async with self.served.use() as scorer:
+            for i, (p, a) in enumerate(zip(prompts, answers)):
+                n = scorer.count_tokens(p, a)
+                if n > self.limits.max_prompt_tokens:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"items[{i}]: {n} tokens exceeds max_prompt_tokens={self.limits.max_prompt_tokens}")
+            scores = await within_deadline(context, scorer.score(prompts, answers))
+        metrics.BATCH_ITEMS.labels(SERVICE, "Score").observe(len(answers))
+        SCORED.inc(len(scores))
+        for s in scores:
+            SCORES.observe(s)
+        return reward_pb2.ScoreResponse(scores=scores, checkpoint_id=scorer.checkpoint_id)
+
+    async def LoadCheckpoint(self, request, context):
+        cfg = self.config
+        return await load_checkpoint(
+            self.served, request, context,
+            lambda path, cid: RewardScorer.load(path, cid, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size),
+        )
+
+    async def GetModelInfo(self, request, context):
+        scorer = self.served.engine
+        return common_pb2.ModelInfo(
+            model=scorer.model, checkpoint_id=scorer.checkpoint_id, engine=scorer.name,
+            max_prompt_tokens=self.limits.max_prompt_tokens, max_batch_items=self.limits.max_batch_items,
+        )
+
+
+async def build_reward_service(config: RewardConfig, served: ServedModel | None = None) -> GrpcService:
+    """The reward service, ready to ``start()``."""
+    if served is None:
+        if not config.model:
+            raise ValueError("model: the reward service needs a reward-model folder (--model)")
+        scorer = await RewardScorer.load(config.model, config.checkpoint_id, device=config.device,
+                                         dtype=config.dtype, batch_size=config.batch_size)
+        served = ServedModel(SERVICE, scorer)
+    servicer = RewardServicer(served, config)
+    return GrpcService(
+        config.server,
+        lambda server: reward_pb2_grpc.add_RewardServicer_to_server(servicer, server),
+        [SERVICE],
+        on_stop=served.close,
+    )
