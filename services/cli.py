@@ -56,6 +56,7 @@ SERVICES = {
     "critique": ("services.critique.config:CritiqueConfig", "services.critique.service:build_critique_service"),
     "judge": ("services.judge.config:JudgeConfig", "services.judge.service:build_judge_service"),
     "reward": ("services.reward.config:RewardConfig", "services.reward.service:build_reward_service"),
+    "trainer": ("services.trainer.config:TrainerConfig", "services.trainer.service:build_trainer_service"),
 }
 
 
@@ -81,6 +82,8 @@ def cmd_serve(args) -> int:
             changes["engine"] = replace_config(config.engine, **_engine_overrides(args))
         elif args.service == "reward":
             changes.update(model=args.model, checkpoint_id=args.checkpoint_id)
+        elif args.service == "trainer":
+            changes.update(queue=args.queue, work_dir=args.work_dir, reward_base_model=args.model)
         changes["server"] = replace_config(config.server, **_server_overrides(args))
         if getattr(args, "constitution", None):
             changes["constitution"] = args.constitution
@@ -241,6 +244,68 @@ def cmd_label(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+
+    from services.engines.config import EngineConfig
+    from services.pipeline.embedded import EmbeddedSpec, embedded_services
+    from services.pipeline.evaluate import EvalConfig, evaluate
+    from services.prompts import HELPFULNESS, RED_TEAM, PromptFileError, load_prompts
+
+    policies = {}
+    for item in args.policy:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            return _fail(f"--policy {item!r}: expected NAME=PATH")
+        policies[name] = path
+    if len(policies) < 2:
+        return _fail("give at least two --policy NAME=PATH to compare")
+    try:
+        red = load_prompts(args.red_team or RED_TEAM)
+        helpful = load_prompts(args.helpfulness or HELPFULNESS)
+    except PromptFileError as exc:
+        return _fail(str(exc))
+    sets = {"red_team": red[-args.prompts:], "helpfulness": helpful[-args.prompts:]}
+    cfg = EvalConfig(max_tokens=args.max_tokens, seed=args.seed)
+
+    async def main():
+        reward_service = None
+        addresses = {"reward": args.reward or ""}
+        if args.reward_model and not args.reward:
+            from services.common.server import ServerConfig
+            from services.reward.config import RewardConfig
+            from services.reward.service import build_reward_service
+
+            reward_service = await build_reward_service(RewardConfig(
+                model=args.reward_model, server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)))
+            await reward_service.start()
+            addresses["reward"] = f"127.0.0.1:{reward_service.port}"
+        try:
+            if args.generation:
+                return await evaluate(policies, sets, {**addresses, "generation": args.generation, "judge": args.judge}, cfg)
+            first = next(iter(policies.values()))
+            spec = EmbeddedSpec(policy=EngineConfig(model=first, kind=args.engine or "vllm"),
+                                judge=EngineConfig(model=args.judge_model or first, kind=args.engine or "vllm"),
+                                constitution=args.constitution or "")
+            async with embedded_services(spec, ("generation", "judge")) as started:
+                return await evaluate(policies, sets, {**addresses, **started}, cfg)
+        finally:
+            if reward_service is not None:
+                await reward_service.stop(grace=2)
+
+    if bool(args.generation) != bool(args.judge):
+        return _fail("give both --generation and --judge addresses, or neither")
+    results = asyncio.run(main())
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    for pair in results["pairs"]:
+        rates = ", ".join(f"{s}: {pair[s]['win_rate_a']:.2f}" for s in sets)
+        print(f"{pair['a']} vs {pair['b']}: win rate of {pair['a']} {rates}")
+    for name, v in results["policies"].items():
+        print(f"{name}: reward {v['reward_mean']}, refusal rate {v['refusal_rate']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_train_sft(args) -> int:
     from services.config import ConfigError, replace_config
     from services.trainer.sft_config import SFTRunConfig
@@ -267,7 +332,7 @@ def cmd_train_sft(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from services.run import run_main
+    from services.pipeline.run import run_main
 
     return run_main(args.config, args.out)
 
@@ -294,15 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
         "critique": "the critique service (cai.v1.Critique)",
         "judge": "the judge service (cai.v1.Judge): soft preference labels",
         "reward": "the reward service (cai.v1.Reward): scores answers with the reward model",
+        "trainer": "the trainer (cai.v1.Trainer): consumes the queue, trains reward model and policy",
     }
     for name in SERVICES:
         p = serve.add_parser(name, help=helps[name])
         p.add_argument("--config", help="YAML file with the service's sections (engine, server, limits, ...)")
-        p.add_argument("--model", help="model folder, hub id or packaged name (default smollm2-135m-instruct)")
-        if name != "reward":
+        p.add_argument("--model", help="model folder, hub id or packaged name (trainer: the reward model's base)")
+        if name == "trainer":
+            p.add_argument("--queue", help="sqlite:///path.db or redis://host:port/db")
+            p.add_argument("--work-dir", help="folder for training data and checkpoints")
+        else:
+            p.add_argument("--checkpoint-id", help="id reported for the initial checkpoint")
+        if name not in ("reward", "trainer"):
             p.add_argument("--engine", choices=["vllm", "transformers"], help="inference engine (default vllm)")
-        p.add_argument("--checkpoint-id", help="id reported for the initial checkpoint")
-        if name != "generation":
+        if name in ("critique", "judge"):
             p.add_argument("--constitution", help="constitution file (default constitutions/default.yaml)")
         p.add_argument("--host", help="listen address (default 0.0.0.0)")
         p.add_argument("--port", type=int, help="gRPC port (0 picks one)")
@@ -349,6 +419,23 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--config", help="YAML with the same settings")
     lab.add_argument("--no-progress", action="store_true")
     lab.set_defaults(func=cmd_label)
+
+    ev = sub.add_parser("eval", help="compare policies on held-out prompts (judge win rates, reward, refusals)")
+    ev.add_argument("--policy", action="append", required=True, metavar="NAME=PATH", help="a policy (twice or more)")
+    ev.add_argument("--reward-model", help="reward-model folder (scored in-process)")
+    ev.add_argument("--reward", help="reward service address instead of --reward-model")
+    ev.add_argument("--judge-model", help="judge model for the in-process judge (default: the first policy)")
+    ev.add_argument("--generation", help="generation service address (default: in-process)")
+    ev.add_argument("--judge", help="judge service address (default: in-process)")
+    ev.add_argument("--engine", choices=["vllm", "transformers"])
+    ev.add_argument("--constitution")
+    ev.add_argument("--red-team", help="prompts (the last --prompts are used)")
+    ev.add_argument("--helpfulness", help="prompts (the last --prompts are used)")
+    ev.add_argument("--prompts", type=int, default=16, help="held-out prompts per set")
+    ev.add_argument("--max-tokens", type=int, default=64)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="eval.json")
+    ev.set_defaults(func=cmd_eval)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="train_command", required=True)
     sft = train.add_parser("sft", help="supervised fine-tuning on SL-CAI data (TRL)")

@@ -127,7 +127,7 @@ class GrpcService:
 
     ``register`` is called with the aio server to add servicers; ``service_names`` are the full
     names (``cai.v1.Generation``) reported by health and reflection; ``on_stop`` runs after the
-    server has stopped (release engines).
+    server has stopped (release engines); ``on_start`` after it started.
     """
 
     def __init__(
@@ -136,11 +136,17 @@ class GrpcService:
         register: Callable[[grpc.aio.Server], None],
         service_names: Sequence[str],
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        on_start: Callable[[], Awaitable[None]] | None = None,
+        done: Callable[[], Awaitable[None]] | None = None,
     ):
         self.config = config
         self._register = register
         self._names = list(service_names)
         self._on_stop = on_stop
+        self._on_start = on_start
+        self.done = done
+        """Optional: a coroutine function that returns when the service has finished its work
+        (a trainer with a bounded job); ``serve_until_signal`` then stops the server."""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stopped = asyncio.Event()
@@ -175,6 +181,8 @@ class GrpcService:
             self.port = server.add_insecure_port(address)
         await server.start()
         self._server = server
+        if self._on_start is not None:
+            await self._on_start()
         for name in ["", *self._names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port >= 0:
@@ -199,13 +207,20 @@ class GrpcService:
         log.info("stopped %s", ", ".join(self._names))
 
     async def serve_until_signal(self) -> None:
-        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+        """Runs until SIGTERM or SIGINT (or until the service says it is done), then stops
+        gracefully."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("signal received: finishing in-flight requests (up to %.0fs)", self.config.grace_seconds)
+        waiters = [asyncio.create_task(stop.wait())]
+        if self.done is not None:
+            waiters.append(asyncio.create_task(self.done()))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if stop.is_set():
+            log.info("signal received: finishing in-flight requests (up to %.0fs)", self.config.grace_seconds)
         await self.stop()
 
 

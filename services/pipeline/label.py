@@ -133,7 +133,8 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
     if cfg.limit:
         prompts = prompts[: cfg.limit]
     pairs = pair_indices(cfg.samples_per_prompt, cfg.pairs)
-    stats = {"comparisons_published": 0, "helpfulness_published": 0, "prompts_skipped_as_done": 0}
+    stats = {"comparisons_published": 0, "helpfulness_published": 0, "prompts_skipped_as_done": 0,
+             "timeline": []}
     started = time.perf_counter()
     async with grpc.aio.insecure_channel(addresses["generation"]) as gch, \
             grpc.aio.insecure_channel(addresses["judge"]) as jch:
@@ -192,6 +193,7 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
                     },
                 })
             stats["comparisons_published"] += await asyncio.to_thread(queue.publish, items)
+            stats["timeline"].append([time.perf_counter() - started, stats["comparisons_published"]])
             bar.update(len(batch))
         bar.close()
     if cfg.helpfulness_pairs:
