@@ -138,6 +138,7 @@ class GrpcService:
         on_stop: Callable[[], Awaitable[None]] | None = None,
         on_start: Callable[[], Awaitable[None]] | None = None,
         done: Callable[[], Awaitable[None]] | None = None,
+        healthy: Callable[[], bool] | None = None,
     ):
         self.config = config
         self._register = register
@@ -145,6 +146,8 @@ class GrpcService:
         self._on_stop = on_stop
         self._on_start = on_start
         self.done = done
+        self._healthy = healthy
+        self._watch: asyncio.Task | None = None
         """Optional: a coroutine function that returns when the service has finished its work
         (a trainer with a bounded job); ``serve_until_signal`` then stops the server."""
         self._server: grpc.aio.Server | None = None
@@ -187,6 +190,8 @@ class GrpcService:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port >= 0:
             self.metrics_port = metrics.start_metrics_server(cfg.metrics_port)
+        if self._healthy is not None:
+            self._watch = asyncio.create_task(self._watch_health())
         log.info(
             "serving %s on %s:%d (metrics on %s)",
             ", ".join(self._names), cfg.host, self.port,
@@ -194,12 +199,24 @@ class GrpcService:
         )
         return self.port
 
+    async def _watch_health(self, every: float = 2.0) -> None:
+        """Reports NOT_SERVING (so probes restart the pod) once the engine has died."""
+        while True:
+            await asyncio.sleep(every)
+            if not self._healthy():
+                log.error("engine is no longer healthy: reporting NOT_SERVING")
+                for name in ["", *self._names]:
+                    await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+                return
+
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking new RPCs (health NOT_SERVING), lets in-flight ones finish for ``grace``
         seconds, then releases resources. Safe to call twice."""
         if self._server is None or self._stopped.is_set():
             return
         self._stopped.set()
+        if self._watch is not None:
+            self._watch.cancel()
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.grace_seconds if grace is None else grace)
         if self._on_stop is not None:
@@ -233,3 +250,16 @@ async def within_deadline(context, coro):
         return await asyncio.wait_for(coro, timeout=max(remaining, 0.0))
     except asyncio.TimeoutError:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the work finished")
+
+
+async def abort_engine_error(context, exc: Exception, engine=None) -> None:
+    """An engine failure as a status: a refused input is the caller's (INVALID_ARGUMENT), a
+    dead engine is UNAVAILABLE (the health check reports NOT_SERVING; restart the service),
+    anything else INTERNAL."""
+    from services.engines import EngineInputError
+
+    if isinstance(exc, EngineInputError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the engine refused the input: {exc}")
+    if engine is not None and not engine.healthy:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the engine is dead, restart the service: {exc}")
+    await context.abort(grpc.StatusCode.INTERNAL, f"engine failed: {exc}")

@@ -12,7 +12,7 @@ from services.common import metrics
 from services.common.provenance import provenance
 from services.common.requests import InvalidRequest, check_count, conversation_messages, sampling_spec
 from services.common.served_model import ServedModel
-from services.common.server import GrpcService, within_deadline
+from services.common.server import GrpcService, abort_engine_error, within_deadline
 from services.constitution import Constitution, load_constitution
 from services.critique.config import CritiqueConfig
 from services.critique.reviser import ReviseItem, Reviser
@@ -84,7 +84,7 @@ class CritiqueServicer(critique_pb2_grpc.CritiqueServicer):
             except InvalidRequest as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except EngineError as exc:
-                await context.abort(grpc.StatusCode.INTERNAL, f"engine failed: {exc}")
+                await abort_engine_error(context, exc, engine)
         metrics.BATCH_ITEMS.labels(SERVICE, "Revise").observe(len(items))
         response = critique_pb2.ReviseResponse()
         for item, chain in zip(items, chains):
@@ -113,4 +113,5 @@ async def build_critique_service(config: CritiqueConfig, served: ServedModel | N
         lambda server: critique_pb2_grpc.add_CritiqueServicer_to_server(servicer, server),
         [SERVICE],
         on_stop=served.close,
+        healthy=lambda: served.engine.healthy,
     )

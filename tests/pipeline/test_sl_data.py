@@ -78,6 +78,7 @@ def test_cli_embedded_default_and_bad_prompt_file(tiny_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(lines[0]) + "\n" + '{"id": "x", "messages": [{"role": "user"}]}\n')
     cmd[cmd.index(str(prompts))] = str(bad)
+    cmd[cmd.index(str(out))] = str(tmp_path / "other")
     failed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert failed.returncode == 2
     assert f"{bad}:2: messages[0].content" in failed.stderr
