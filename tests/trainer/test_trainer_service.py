@@ -128,7 +128,7 @@ def test_status_reports_progress_and_checkpoints(tiny_reward_model, tmp_path):
     config = tmp_path / "trainer.yaml"
     config.write_text(json.dumps({
         "queue": url, "work_dir": str(tmp_path / "work"), "reward_base_model": tiny_reward_model,
-        "train_every": 12, "exit_when_idle_seconds": 3, "reward_max_steps": 2, "reward_batch_size": 4,
+        "train_every": 12, "consume_batch": 4, "exit_when_idle_seconds": 3, "reward_max_steps": 2, "reward_batch_size": 4,
         "server": {"host": "127.0.0.1", "port": port, "metrics_port": -1},
     }))
     proc = start_trainer(config, tmp_path / "log")

@@ -1,0 +1,308 @@
+"""The labeled-comparisons queue: the interface, the item contract and the metrics both backends share.
+
+Semantics (the same on every backend; ``tests/queue/test_queue_contract.py`` checks them on each):
+
+* **Items.** A labeled comparison is a JSON object (see :func:`validate_comparison`). Its ``id`` is
+  the idempotent comparison id: :meth:`ComparisonQueue.publish` appends an id at most once per
+  stream, ever, so a producer that restarts and publishes a batch again adds nothing.
+* **Delivery is at-least-once, per consumer group.** Every group sees every item of the stream.
+  :meth:`~ComparisonQueue.consume` hands new items to one consumer of the group (two consumers of a
+  group never get the same new item); they stay *pending* for that consumer until
+  :meth:`~ComparisonQueue.ack`. A consumer that dies before acknowledging loses nothing: another
+  consumer (or the same one restarted) takes its pending items over with
+  :meth:`~ComparisonQueue.claim_stale` once they have been idle long enough, and ``attempts`` counts
+  the deliveries.
+* **Redelivery is recognised.** :meth:`~ComparisonQueue.ack` marks the comparison ids *done* for the
+  group in the same transaction as the acknowledgement; a later delivery of a done id (a duplicate
+  appended by a foreign producer, the stream re-read after :meth:`~ComparisonQueue.seek`) is
+  acknowledged and skipped, never returned. Consumers must still be idempotent for the window
+  between taking an item durably and acknowledging it (a crash there redelivers it), which is why
+  the trainer keys its own data by comparison id.
+* **Malformed items are never dropped silently.** A payload that is not JSON or fails
+  :func:`validate_comparison` is moved, once per stream entry, to the dead-letter stream
+  ``<stream>:dead`` with the reason and the original text, acknowledged, and not returned.
+  :meth:`~ComparisonQueue.publish` refuses malformed items up front; only
+  :meth:`~ComparisonQueue.publish_raw` (a foreign producer) can put one on the stream.
+* **Position.** :meth:`~ComparisonQueue.position` is the group's last-delivered position in the
+  stream (opaque text, backend-specific); a trainer saves it with a checkpoint and can restore it
+  with :meth:`~ComparisonQueue.seek`. Seeking moves only the cursor for *new* items: pending items
+  stay pending and done marks stay (so a rewind does not train on done comparisons twice; use a new
+  group to re-read everything).
+
+Metrics (default Prometheus registry, label ``backend`` only, plus ``group`` on the lag gauge):
+``cai_queue_published_total``, ``cai_queue_consumed_total`` (acknowledged deliveries),
+``cai_queue_dead_lettered_total``, ``cai_queue_redelivered_total`` (deliveries taken over by
+``claim_stale``, and deliveries of already-done ids that were skipped), and the gauges
+``cai_queue_depth`` / ``cai_queue_lag`` set whenever :meth:`~ComparisonQueue.depth` /
+:meth:`~ComparisonQueue.lag` are called.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+PUBLISHED = Counter("cai_queue_published_total", "Labeled comparisons newly appended to the queue.", ["backend"])
+CONSUMED = Counter("cai_queue_consumed_total", "Queue deliveries acknowledged by consumers.", ["backend"])
+DEAD_LETTERED = Counter("cai_queue_dead_lettered_total",
+                        "Malformed queue entries moved to the dead-letter stream.", ["backend"])
+REDELIVERED = Counter("cai_queue_redelivered_total",
+                      "Deliveries of items a group had been given before: taken over from a stale "
+                      "consumer, or already done and skipped.", ["backend"])
+DEPTH = Gauge("cai_queue_depth", "Entries in the queue stream (last read by depth()).", ["backend"])
+LAG = Gauge("cai_queue_lag", "Entries a consumer group has not acknowledged yet: not delivered plus "
+            "pending (last read by lag()).", ["backend", "group"])
+
+KINDS = ("harmlessness", "helpfulness")
+"""Allowed values of an item's optional ``kind`` (default ``harmlessness``)."""
+
+PROVENANCE_KEYS = ("constitution_sha256", "judge_model", "policy_checkpoint", "created_at")
+"""Keys an item's ``provenance`` must carry (strings; more keys are kept)."""
+
+
+class QueueError(Exception):
+    """The queue cannot do what was asked: a bad URL, an unreachable or failing backend, a bad position."""
+
+
+class MalformedItem(QueueError, ValueError):
+    """An item given to :meth:`ComparisonQueue.publish` is not a valid labeled comparison.
+
+    Nothing of the batch it came in was published.
+    """
+
+    def __init__(self, index: int, field: str, reason: str):
+        #: Position of the offending item in the batch given to ``publish``.
+        self.index = index
+        #: The field at fault (``item`` when the item as a whole is wrong).
+        self.field = field
+        #: What is wrong with it.
+        self.reason = reason
+        super().__init__(f"item {index}: {field}: {reason}")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One item handed to a consumer; pass it back to :meth:`ComparisonQueue.ack` once it is durable."""
+
+    delivery_id: str
+    """The backend's id of the stream entry (Redis entry id, SQLite row number as text)."""
+    item: dict
+    """The labeled comparison, as published (it passed :func:`validate_comparison`)."""
+    attempts: int
+    """How many times this entry has been delivered to the group: 1 on first delivery."""
+
+
+def _check(item: Any) -> tuple[str, str] | None:
+    """(field, reason) for the first problem with ``item``, or None when it is a valid comparison."""
+    if not isinstance(item, dict):
+        return "item", f"must be a JSON object, got {type(item).__name__}"
+    cid = item.get("id")
+    if not isinstance(cid, str) or not cid:
+        return "id", "is required (a non-empty string)" if cid is None else f"must be a non-empty string, got {cid!r:.80}"
+    prompt = item.get("prompt")
+    if not isinstance(prompt, list) or not prompt:
+        return "prompt", "is required (a non-empty list of {role, content} messages)"
+    for i, m in enumerate(prompt):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not m.get("role") \
+                or not isinstance(m.get("content"), str):
+            return f"prompt[{i}]", "must be a {role, content} message with string role and content"
+    if prompt[-1]["role"] != "user":
+        return "prompt", f"last message must have role 'user', got {prompt[-1]['role']!r:.40}"
+    for key in ("answer_a", "answer_b"):
+        if not isinstance(item.get(key), str):
+            return key, "is required (a string)" if key not in item else f"must be a string, got {type(item[key]).__name__}"
+    p_a = item.get("p_a")
+    if "p_a" not in item:
+        return "p_a", "is required (a number in [0, 1])"
+    if isinstance(p_a, bool) or not isinstance(p_a, (int, float)) or math.isnan(p_a) or not 0.0 <= p_a <= 1.0:
+        return "p_a", f"must be a number in [0, 1], got {p_a!r:.40}"
+    if not isinstance(item.get("principle_id"), str):
+        return "principle_id", "is required (a string)" if "principle_id" not in item else "must be a string"
+    prov = item.get("provenance")
+    if not isinstance(prov, dict):
+        return "provenance", "is required (an object)" if prov is None else "must be an object"
+    for key in PROVENANCE_KEYS:
+        if not isinstance(prov.get(key), str):
+            return f"provenance.{key}", "is required (a string)" if key not in prov else "must be a string"
+    kind = item.get("kind", "harmlessness")
+    if kind not in KINDS:
+        return "kind", f"must be one of {', '.join(KINDS)}, got {kind!r:.40}"
+    return None
+
+
+def validate_comparison(item: Any) -> str | None:
+    """Why ``item`` is not a valid labeled comparison (``"<field>: <reason>"``), or None when it is.
+
+    Required: ``id`` (non-empty str), ``prompt`` (non-empty list of ``{role, content}`` string
+    messages, the last one with role ``user``), ``answer_a`` and ``answer_b`` (str), ``p_a`` (a
+    number in [0, 1], not NaN, not a bool), ``principle_id`` (str, may be empty), ``provenance`` (an
+    object with string ``constitution_sha256``, ``judge_model``, ``policy_checkpoint``,
+    ``created_at``). Optional ``kind``: ``harmlessness`` (default) or ``helpfulness``. Other keys
+    are allowed and kept. JSON-serialisability is checked by ``publish`` when it encodes the item.
+    """
+    problem = _check(item)
+    return None if problem is None else f"{problem[0]}: {problem[1]}"
+
+
+def encode_items(items: Sequence[Any]) -> list[tuple[str, str]]:
+    """(comparison id, JSON text) for each item; raises MalformedItem for the first bad one."""
+    out = []
+    for index, item in enumerate(items):
+        problem = _check(item)
+        if problem is not None:
+            raise MalformedItem(index, *problem)
+        try:
+            text = json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise MalformedItem(index, "item", f"is not JSON-serialisable: {exc}") from None
+        out.append((item["id"], text))
+    return out
+
+
+def decode_payload(payload: str | None) -> tuple[dict | None, str | None]:
+    """(item, None) for a valid payload, or (None, reason) naming what is wrong with it."""
+    if payload is None:
+        return None, "entry has no payload"
+    try:
+        item = json.loads(payload)
+    except (TypeError, ValueError) as exc:
+        return None, f"payload is not valid JSON: {exc}"
+    reason = validate_comparison(item)
+    if reason is not None:
+        return None, f"invalid comparison: {reason}"
+    return item, None
+
+
+class ComparisonQueue(abc.ABC):
+    """A stream of labeled comparisons with consumer groups; see the module docstring for semantics.
+
+    Synchronous and safe to share between threads; callers on an event loop wrap calls in
+    ``asyncio.to_thread``. Open one with :func:`services.queue.open_queue`.
+    """
+
+    backend: str = ""
+    """Backend name (``sqlite`` or ``redis``), the value of the metrics' ``backend`` label."""
+
+    def __init__(self, stream: str):
+        if not stream:
+            raise QueueError("stream name must not be empty")
+        #: Name of the stream; the dead letters are in ``<stream>:dead``.
+        self.stream = stream
+
+    # -- producing ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def publish(self, items: Iterable[dict]) -> int:
+        """Validates every item, then appends those whose ``id`` was never published, atomically.
+
+        Returns how many were new. Raises :class:`MalformedItem` (naming the index and field) if
+        any item is malformed; then nothing of the batch is published.
+        """
+
+    @abc.abstractmethod
+    def publish_raw(self, payloads: Iterable[str]) -> None:
+        """Appends raw payload texts without validation or idempotency (a foreign producer)."""
+
+    @abc.abstractmethod
+    def is_published(self, comparison_id: str) -> bool:
+        """Whether :meth:`publish` has appended an item with this id to the stream."""
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def consume(self, group: str, consumer: str, count: int = 64, block_ms: int = 0) -> list[Delivery]:
+        """Up to ``count`` new items for ``consumer`` of ``group``, oldest first.
+
+        Creates the group (reading from the start of the stream) if missing. Waits up to
+        ``block_ms`` for items when there are none (0: do not wait). Malformed entries are
+        dead-lettered and already-done ids are skipped (both acknowledged, neither returned), so
+        fewer than ``count`` may come back while more are waiting. Returned items stay pending
+        until :meth:`ack`.
+        """
+
+    @abc.abstractmethod
+    def claim_stale(self, group: str, consumer: str, min_idle_ms: int, count: int = 64) -> list[Delivery]:
+        """Takes over up to ``count`` items pending in ``group`` for at least ``min_idle_ms``.
+
+        Any consumer's items qualify, this one's included (a consumer restarted under the same name
+        gets its own back). ``attempts`` counts this delivery. Returns [] if the group is missing.
+        """
+
+    @abc.abstractmethod
+    def ack(self, group: str, deliveries: Iterable[Delivery]) -> int:
+        """Acknowledges ``deliveries`` and marks their comparison ids done for ``group``, atomically.
+
+        Returns how many were still pending (acknowledging twice is harmless).
+        """
+
+    @abc.abstractmethod
+    def is_done(self, group: str, comparison_id: str) -> bool:
+        """Whether ``group`` has acknowledged an item with this comparison id."""
+
+    # -- position ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def position(self, group: str) -> str:
+        """The group's last-delivered position (opaque text; the start of the stream if no group)."""
+
+    @abc.abstractmethod
+    def seek(self, group: str, position: str) -> None:
+        """Sets the group's last-delivered position (creating the group); next consume reads after it.
+
+        Pending items and done marks are left as they are. Raises QueueError for a position
+        that is not one of this backend's.
+        """
+
+    # -- numbers -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def depth(self) -> int:
+        """Entries in the stream: everything ever appended (valid or not); nothing is trimmed."""
+
+    @abc.abstractmethod
+    def lag(self, group: str) -> int:
+        """Entries ``group`` has not finished: never delivered to it (after its position, malformed
+        ones included) plus delivered but not acknowledged (:meth:`pending`). 0 when the group is
+        drained; :meth:`depth` when the group does not exist yet."""
+
+    @abc.abstractmethod
+    def pending(self, group: str) -> int:
+        """Entries delivered to ``group`` and not acknowledged yet (0 if the group is missing)."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[dict]:
+        """The oldest ``limit`` dead letters: ``{reason, payload, time, delivery_id, group}``.
+
+        ``payload`` is the original text, ``time`` a Unix timestamp, ``delivery_id`` the stream entry
+        it came from, ``group`` the group that found it malformed.
+        """
+
+    @abc.abstractmethod
+    def dead_letter_count(self) -> int:
+        """How many entries are in the dead-letter stream."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Releases the connection; the queue object cannot be used afterwards."""
+
+    def __enter__(self) -> ComparisonQueue:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- helpers for the backends ------------------------------------------------------------
+
+    def _update_depth(self, n: int) -> int:
+        DEPTH.labels(self.backend).set(n)
+        return n
+
+    def _update_lag(self, group: str, n: int) -> int:
+        LAG.labels(self.backend, group).set(n)
+        return n
