@@ -67,7 +67,7 @@ def train_sft(cfg: SFTRunConfig) -> Path:
         sha = json.loads(data_manifest.read_text()).get("constitution_sha256", "") if data_manifest.exists() else ""
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         write_manifest(
-            tmp, kind="sft", step=trainer.state.global_step, base_model=cfg.model,
+            tmp, id=out.name, kind="sft", step=trainer.state.global_step, base_model=cfg.model,
             data={"folder": str(Path(cfg.data).resolve()), "rows": len(dataset), "rounds": cfg.rounds or "last"},
             constitution_sha256=sha,
             metrics={"train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
