@@ -30,50 +30,54 @@ from services.prompts import RED_TEAM, load_prompts
 async def main(args) -> None:
     model = small_model()
     engine = await create_engine("vllm", model, options={"max_model_len": 4096})
-    constitution = load_constitution()
-    judge = Judge(engine, constitution)
+    judge = Judge(engine, load_constitution())
     prompts = load_prompts(RED_TEAM)[: args.comparisons]
-    items = [ComparisonItem(p.messages, "I can help with a safe version of that.", "No.", key=p.id) for p in prompts]
-    await judge.compare(items[:2], seed=0)  # warm up
-
-    with Timer() as t_logprob:
-        for _ in range(args.repeats):
-            await judge.compare(items, seed=0)
-    n = len(items) * args.repeats
-
-    chats = []
-    for i, item in enumerate(items):
-        principle, examples = judge.draw(0, item.key)
-        chats.append(engine.encode_text(judge._chat(item, item.answer_a, item.answer_b, principle, examples, False, "")))
-    with Timer() as t_text:
-        for _ in range(args.repeats):
-            await engine.generate(chats, SamplingSpec(max_tokens=args.text_tokens, temperature=0.0))
-
     served = ServedModel(SERVICE, engine)
     service = await build_judge_service(JudgeConfig(engine=EngineConfig(model=model),
                                                     server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)), served)
     await service.start()
-    request = judge_pb2.CompareRequest(comparisons=[
-        judge_pb2.Comparison(prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(**m) for m in it.messages]),
-                             answer_a=it.answer_a, answer_b=it.answer_b, id=it.key) for it in items], seed=0)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-        stub = judge_pb2_grpc.JudgeStub(channel)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    stub = judge_pb2_grpc.JudgeStub(channel)
+
+    def items(tag: str) -> list[ComparisonItem]:
+        # fresh answers for every timed pass: no pass profits from another's cached prompts
+        return [ComparisonItem(p.messages, f"I can help with a safe version of that ({tag}).", f"No. ({tag})", key=p.id)
+                for p in prompts]
+
+    async def logprob(tag):
+        await judge.compare(items(tag), seed=0)
+
+    async def text(tag):
+        texts = []
+        for it in items(tag):
+            principle, examples = judge.draw(0, it.key)
+            texts.append(engine.encode_text(judge._chat(it, it.answer_a, it.answer_b, principle, examples, False, "")))
+        await engine.generate(texts, SamplingSpec(max_tokens=args.text_tokens, temperature=0.0))
+
+    async def through_service(tag):
+        request = judge_pb2.CompareRequest(seed=0, comparisons=[
+            judge_pb2.Comparison(prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(**m) for m in it.messages]),
+                                 answer_a=it.answer_a, answer_b=it.answer_b, id=it.key) for it in items(tag)])
         await stub.Compare(request, timeout=600)
-        with Timer() as t_svc:
-            for _ in range(args.repeats):
-                await stub.Compare(request, timeout=600)
-    await service.stop(grace=1)
-    with Timer() as t_in:
-        for _ in range(args.repeats):
-            await judge.compare(items, seed=0)
-    await engine.close()
+
+    await logprob("warm-up")
+    await through_service("warm-up")
+    seconds = {"logprob": 0.0, "text": 0.0, "service": 0.0, "in_process": 0.0}
+    for r in range(args.repeats):
+        for name, fn in (("logprob", logprob), ("text", text), ("service", through_service), ("in_process", logprob)):
+            with Timer() as t:
+                await fn(f"{name}-{r}")
+            seconds[name] += t.seconds
+    await channel.close()
+    await service.stop(grace=1)  # closes the engine
+    n = len(prompts) * args.repeats
     figures = {
-        "model": "bench-small-25m", "comparisons": len(items), "repeats": args.repeats,
-        "logprob_labels_per_s": n / t_logprob.seconds,
-        "text_labels_per_s": n / t_text.seconds, "text_max_tokens": args.text_tokens,
-        "ratio_logprob_over_text": t_text.seconds / t_logprob.seconds,
-        "service_labels_per_s": n / t_svc.seconds, "in_process_labels_per_s": n / t_in.seconds,
-        "ratio_service_over_in_process": t_in.seconds / t_svc.seconds,
+        "model": "bench-small-25m", "comparisons": len(prompts), "repeats": args.repeats,
+        "logprob_labels_per_s": n / seconds["logprob"],
+        "text_labels_per_s": n / seconds["text"], "text_max_tokens": args.text_tokens,
+        "ratio_logprob_over_text": seconds["text"] / seconds["logprob"],
+        "service_labels_per_s": n / seconds["service"], "in_process_labels_per_s": n / seconds["in_process"],
+        "ratio_service_over_in_process": seconds["in_process"] / seconds["service"],
         "option_tokens": [list(judge.options.a), list(judge.options.b)],
         "answer_opening": prompting.ANSWER_OPENING,
     }

@@ -73,35 +73,28 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def _policy_service(name: str, tiny_model: str, factory):
+    """A `cai serve NAME` process on vLLM with the tiny model (and the default constitution)."""
+    return ServerProcess(["serve", name, "--model", tiny_model, "--engine", "vllm"], factory.mktemp(name))
+
+
 @pytest.fixture(scope="session")
 def generation_server(tiny_model, tmp_path_factory):
-    """The generation service on vLLM with the tiny model, as a real process."""
-    server = ServerProcess(
-        ["serve", "generation", "--model", tiny_model, "--engine", "vllm"],
-        tmp_path_factory.mktemp("generation"),
-    )
+    server = _policy_service("generation", tiny_model, tmp_path_factory)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def critique_server(tiny_model, tmp_path_factory):
-    """The critique service on vLLM with the tiny model and the default constitution."""
-    server = ServerProcess(
-        ["serve", "critique", "--model", tiny_model, "--engine", "vllm"],
-        tmp_path_factory.mktemp("critique"),
-    )
+    server = _policy_service("critique", tiny_model, tmp_path_factory)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def judge_server(tiny_model, tmp_path_factory):
-    """The judge service on vLLM with the tiny model and the default constitution."""
-    server = ServerProcess(
-        ["serve", "judge", "--model", tiny_model, "--engine", "vllm"],
-        tmp_path_factory.mktemp("judge"),
-    )
+    server = _policy_service("judge", tiny_model, tmp_path_factory)
     yield server
     server.stop()
 

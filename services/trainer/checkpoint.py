@@ -1,4 +1,5 @@
-"""Checkpoints: a Hugging Face folder (safetensors) plus ``manifest.json`` saying what it is."""
+"""Checkpoints: a Hugging Face folder (safetensors) plus ``manifest.json`` saying what it is;
+and the training arguments the trainers share."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ import time
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+
+
+def training_args() -> dict:
+    """TRL/transformers training arguments every trainer here shares: bf16 only on a GPU that
+    supports it (TRL defaults to bf16, which silently autocasts on a CPU), the CPU otherwise;
+    loss logged every step; checkpoints written by us (with a manifest), not by the Trainer."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return {
+        "bf16": on_gpu and torch.cuda.is_bf16_supported(),
+        "use_cpu": not on_gpu,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+    }
 
 
 def write_manifest(folder: Path, *, kind: str, step: int, base_model: str, data: dict,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from services.trainer.checkpoint import write_manifest
+from services.trainer.checkpoint import training_args, write_manifest
 from services.trainer.config import PolicyTrainingConfig
 
 log = logging.getLogger(__name__)
@@ -67,25 +67,25 @@ def _ppo(pt, start, reference, reward_fn, prompts, out, seed, on_step) -> list[d
                        mini_batch_size=max(1, pt.batch_size // 2), max_new_tokens=pt.max_new_tokens,
                        kl_coef=pt.kl_coef, lora=pt.lora, seed=seed, steps=pt.steps)
     trainer = PPOTrainer(config, start, reward_fn, ref_path=reference)
-    batches = (list(itertools.islice(itertools.cycle(prompts), i * pt.batch_size, (i + 1) * pt.batch_size))
-               for i in itertools.count())
-    history = trainer.train(batches, pt.steps, callback=on_step)
-    trainer.save(out)
+    cycle = itertools.cycle(prompts)
+    batches = ([next(cycle) for _ in range(pt.batch_size)] for _ in itertools.count())
+    try:
+        history = trainer.train(batches, pt.steps, callback=on_step)
+        trainer.save(out)
+    finally:
+        trainer.close()
     return history
 
 
 def _trl(pt, start, reward_fn, prompts, out, seed, on_step) -> list[dict]:
     """TRL's GRPO or RLOO with the same reward function (beta = the KL coefficient)."""
     import datasets
-    import torch
     from transformers import TrainerCallback
 
-    on_gpu = torch.cuda.is_available()
     common = dict(
         output_dir=str(out.with_name(out.name + ".work")), per_device_train_batch_size=pt.batch_size,
         num_generations=2, max_completion_length=pt.max_new_tokens, learning_rate=pt.learning_rate,
-        max_steps=pt.steps, beta=pt.kl_coef, logging_steps=1, report_to=[], save_strategy="no",
-        bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu, seed=seed, disable_tqdm=True,
+        max_steps=pt.steps, beta=pt.kl_coef, seed=seed, disable_tqdm=True, **training_args(),
     )
     if pt.algorithm == "grpo":
         from trl import GRPOConfig as Config, GRPOTrainer as Trainer

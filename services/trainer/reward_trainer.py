@@ -28,7 +28,7 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from services.config import ConfigError
-from services.trainer.checkpoint import write_manifest
+from services.trainer.checkpoint import training_args, write_manifest
 from services.trainer.reward_config import RewardRunConfig
 
 HARMLESSNESS = "harmlessness"
@@ -246,7 +246,6 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
     train_rows, eval_rows = split_eval(mixed, cfg.eval_fraction, cfg.seed)
     out = Path(cfg.out)
     work = out.with_name(out.name + ".work")
-    on_gpu = torch.cuda.is_available()
     args = RewardConfig(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
@@ -256,14 +255,10 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
         seed=cfg.seed,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),  # TRL defaults to bf16; never on CPU
-        use_cpu=not on_gpu,
         model_init_kwargs={"dtype": torch.float32},
-        logging_steps=1,
         eval_strategy="no",
-        save_strategy="no",
-        report_to=[],
         disable_tqdm=True,
+        **training_args(),
     )
     peft_config = None
     if cfg.lora:

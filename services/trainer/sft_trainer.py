@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from services.trainer.checkpoint import write_manifest
+from services.trainer.checkpoint import training_args, write_manifest
 from services.trainer.sft_config import SFTRunConfig
 
 
@@ -27,7 +27,6 @@ def train_sft(cfg: SFTRunConfig) -> Path:
     dataset = load_sft_dataset(cfg.data, cfg.rounds or None, cfg.helpfulness)
     out = Path(cfg.out)
     work = out.with_name(out.name + ".work")
-    on_gpu = torch.cuda.is_available()
     args = SFTConfig(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
@@ -37,12 +36,8 @@ def train_sft(cfg: SFTRunConfig) -> Path:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
         seed=cfg.seed,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),  # TRL defaults to bf16; never on CPU
-        use_cpu=not on_gpu,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
         disable_tqdm=True,
+        **training_args(),
     )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
