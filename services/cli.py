@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from services.common.channels import open_channel
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -33,6 +34,8 @@ def _server_overrides(args) -> dict:
         "host": args.host,
         "port": args.port,
         "metrics_port": args.metrics_port,
+        "tls_cert_file": args.tls_cert_file,
+        "tls_key_file": args.tls_key_file,
     }
 
 
@@ -161,7 +164,7 @@ def cmd_generate(args) -> int:
                  for p in args.prompt],
         sampling=sampling,
     )
-    with grpc.insecure_channel(args.addr) as channel:
+    with open_channel(args.addr) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         try:
             response = stub.Generate(request, timeout=args.timeout)
@@ -377,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="listen address (default 0.0.0.0)")
         p.add_argument("--port", type=int, help="gRPC port (0 picks one)")
         p.add_argument("--metrics-port", type=int, help="Prometheus port (-1 off, 0 picks one)")
+        p.add_argument("--tls-cert-file", help="PEM certificate chain: serve gRPC over TLS")
+        p.add_argument("--tls-key-file", help="PEM private key (with --tls-cert-file)")
         p.add_argument("--port-file", help="write the bound ports as JSON to this file once serving")
         p.set_defaults(func=cmd_serve)
 
@@ -480,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     protos = sub.add_parser("protos", help="regenerate the gRPC code from protos/")
     protos.add_argument("--check", action="store_true", help="only check it is fresh")
     protos.set_defaults(func=cmd_protos)
+
+    from services.k8s.cli import add_parser as add_k8s_parser
+
+    add_k8s_parser(sub)
     return parser
 
 

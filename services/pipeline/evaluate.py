@@ -12,6 +12,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
+from services.common.channels import open_aio_channel
 from services.prompts import Prompt
 
 REFUSAL = re.compile(
@@ -55,7 +56,7 @@ async def evaluate(policies: dict[str, str], sets: dict[str, list[Prompt]], addr
         common_pb2, generation_pb2, generation_pb2_grpc, judge_pb2, judge_pb2_grpc, reward_pb2, reward_pb2_grpc)
 
     answers: dict[str, dict[str, list[str]]] = {}
-    async with grpc.aio.insecure_channel(addresses["generation"]) as gch:
+    async with open_aio_channel(addresses["generation"]) as gch:
         gen = generation_pb2_grpc.GenerationStub(gch)
         original = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)
         for name, path in policies.items():
@@ -78,7 +79,7 @@ async def evaluate(policies: dict[str, str], sets: dict[str, list[Prompt]], addr
     for name in policies:
         for set_name, texts in answers[name].items():
             results["policies"][name]["refusal_rate"][set_name] = sum(map(is_refusal, texts)) / max(len(texts), 1)
-    async with grpc.aio.insecure_channel(addresses["judge"]) as jch:
+    async with open_aio_channel(addresses["judge"]) as jch:
         judge = judge_pb2_grpc.JudgeStub(jch)
         for a, b in itertools.combinations(policies, 2):
             row = {"a": a, "b": b}
@@ -94,7 +95,7 @@ async def evaluate(policies: dict[str, str], sets: dict[str, list[Prompt]], addr
                                  "wins_a": sum(p > 0.5 for p in labels), "wins_b": sum(p < 0.5 for p in labels)}
             results["pairs"].append(row)
     if addresses.get("reward"):
-        async with grpc.aio.insecure_channel(addresses["reward"]) as rch:
+        async with open_aio_channel(addresses["reward"]) as rch:
             reward = reward_pb2_grpc.RewardStub(rch)
             for name in policies:
                 for set_name, prompts in sets.items():

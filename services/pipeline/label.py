@@ -21,6 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from services.common.channels import open_aio_channel
 from services.engines.config import EngineConfig
 from services.prompts import HELPFULNESS_PAIRS, RED_TEAM, Prompt, load_prompts
 
@@ -136,8 +137,8 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
     stats = {"comparisons_published": 0, "helpfulness_published": 0, "prompts_skipped_as_done": 0,
              "timeline": []}
     started = time.perf_counter()
-    async with grpc.aio.insecure_channel(addresses["generation"]) as gch, \
-            grpc.aio.insecure_channel(addresses["judge"]) as jch:
+    async with open_aio_channel(addresses["generation"]) as gch, \
+            open_aio_channel(addresses["judge"]) as jch:
         gen = generation_pb2_grpc.GenerationStub(gch)
         judge = judge_pb2_grpc.JudgeStub(jch)
         policy = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)

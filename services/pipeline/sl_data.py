@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.common.channels import open_aio_channel
 from services.common.jsonl import append_rows, read_rows
 from services.engines.config import EngineConfig
 from services.prompts import HELPFULNESS, RED_TEAM, Prompt, load_prompts
@@ -173,8 +174,8 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
     todo_p = [p for p in helpful if p.id not in done_p]
     written = 0
     started = time.perf_counter()
-    async with grpc.aio.insecure_channel(addresses["generation"]) as gch, \
-            grpc.aio.insecure_channel(addresses["critique"]) as cch:
+    async with open_aio_channel(addresses["generation"]) as gch, \
+            open_aio_channel(addresses["critique"]) as cch:
         gen = generation_pb2_grpc.GenerationStub(gch)
         crit = critique_pb2_grpc.CritiqueStub(cch)
         bar = tqdm(total=len(harmful) + len(helpful), initial=len(harmful) + len(helpful) - len(todo_h) - len(todo_p),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from services.common.channels import open_aio_channel
 from services.api.cai.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 
@@ -38,7 +39,7 @@ class RewardClient:
 
         loop = id(asyncio.get_running_loop())
         if loop not in self._channels:
-            self._channels[loop] = grpc.aio.insecure_channel(self.address)
+            self._channels[loop] = open_aio_channel(self.address)
         return reward_pb2_grpc.RewardStub(self._channels[loop])
 
     async def __call__(self, prompts: Sequence[Sequence[dict]], completions: Sequence, **_) -> list[float]:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
+from services.common.channels import open_channel
 from services.common.jsonl import append_rows, read_rows
 from services.trainer.config import TrainerConfig
 
@@ -242,7 +243,7 @@ def promote(address: str, service: str, path: Path) -> None:
     from services.api.cai.v1 import common_pb2, generation_pb2_grpc, reward_pb2_grpc
 
     stub_cls = reward_pb2_grpc.RewardStub if service == "reward" else generation_pb2_grpc.GenerationStub
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address) as channel:
         response = stub_cls(channel).LoadCheckpoint(
             common_pb2.LoadCheckpointRequest(path=str(Path(path).resolve()), checkpoint_id=Path(path).name), timeout=600)
     log.info("promoted %s to the %s service at %s (was %s)", response.checkpoint_id, service, address,
