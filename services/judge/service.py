@@ -24,6 +24,8 @@ MODES = {judge_pb2.JUDGE_MODE_LOGPROB: LOGPROB, judge_pb2.JUDGE_MODE_CHAIN_OF_TH
 LABELS = metrics.Counter(
     "cai_judge_labels_total", "Labeled comparisons produced (soft labels returned).", ["mode"]
 )
+for _mode in (LOGPROB, CHAIN_OF_THOUGHT):
+    LABELS.labels(_mode)  # series exist from the start, so rate() sees the first labels too
 P_A = metrics.Histogram(
     "cai_judge_label_p_a", "Distribution of the soft labels p_a.",
     buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
