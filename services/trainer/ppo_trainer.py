@@ -13,7 +13,7 @@ Several processes (``accelerate launch``) each take an equal slice of every prom
 are averaged by the prepared model and the metrics over all processes.
 
 ``save`` writes a plain model folder (LoRA merged, safetensors, tokenizer) that vLLM and transformers
-load, plus ``value_head.safetensors`` and ``ppo_state.json``. To resume, build the trainer with that
+load, plus ``ppo/value_head.safetensors`` and ``ppo/state.json``. To resume, build the trainer with that
 folder as ``policy_path`` (and the original reference as ``ref_path``), then call ``load_state``.
 """
 
@@ -60,8 +60,9 @@ from services.trainer.ppo_config import PPOConfig
 
 log = logging.getLogger(__name__)
 
-VALUE_HEAD_FILE = "value_head.safetensors"
-STATE_FILE = "ppo_state.json"
+# In a subfolder: serving engines (vLLM) load every *.safetensors at the top of a model folder.
+VALUE_HEAD_FILE = "ppo/value_head.safetensors"
+STATE_FILE = "ppo/state.json"
 
 Conversation = list[dict]
 RewardFn = Callable[[list[Conversation], list[str]], "list[float] | Awaitable[list[float]]"]
@@ -381,7 +382,7 @@ class PPOTrainer:
 
     def save(self, path: str | Path) -> Path:
         """Writes the policy (LoRA adapters merged into a copy) and tokenizer as a plain model folder,
-        with ``value_head.safetensors`` and ``ppo_state.json`` (step, kl_coef) beside them."""
+        with ``ppo/value_head.safetensors`` and ``ppo/state.json`` (step, kl_coef) beside them."""
         path = Path(path)
         acc = self.accelerator
         acc.wait_for_everyone()
@@ -394,6 +395,7 @@ class PPOTrainer:
             policy.save_pretrained(path, safe_serialization=True)
             self.tokenizer.save_pretrained(path)
             head = {k: v.detach().float().cpu().contiguous() for k, v in unwrapped.value_head.state_dict().items()}
+            (path / VALUE_HEAD_FILE).parent.mkdir(exist_ok=True)
             save_file(head, path / VALUE_HEAD_FILE)
             state = {"step": self.global_step, "kl_coef": self.kl_controller.value}
             (path / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")

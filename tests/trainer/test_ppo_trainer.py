@@ -110,6 +110,8 @@ def test_save_and_resume(tiny_model, tmp_path):
     out = trainer.save(tmp_path / "ppo")
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
     assert (out / VALUE_HEAD_FILE).is_file() and (out / STATE_FILE).is_file()
+    # serving engines load every top-level *.safetensors as model weights: only the model's there
+    assert [p.name for p in out.glob("*.safetensors")] == ["model.safetensors"]
 
     policy = trainer.accelerator.unwrap_model(trainer.model).policy
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
