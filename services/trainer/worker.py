@@ -25,7 +25,6 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge
@@ -43,7 +42,6 @@ RM_ACCURACY = Gauge("cai_reward_model_accuracy", "Held-out reward-model accuracy
 PPO_REWARD = Gauge("cai_ppo_reward_mean", "Mean reward of the latest policy-optimisation step.")
 PPO_KL = Gauge("cai_ppo_kl", "KL to the reference policy at the latest policy-optimisation step.")
 LAST_CHECKPOINT = Gauge("cai_trainer_last_checkpoint_timestamp_seconds", "Unix time of the latest checkpoint.")
-PHASES = ("idle", "reward_model", "policy", "done", "failed")
 
 
 def _redact(url: str) -> str:
@@ -248,9 +246,3 @@ def promote(address: str, service: str, path: Path) -> None:
             common_pb2.LoadCheckpointRequest(path=str(Path(path).resolve()), checkpoint_id=Path(path).name), timeout=600)
     log.info("promoted %s to the %s service at %s (was %s)", response.checkpoint_id, service, address,
              response.previous_checkpoint_id)
-
-
-def config_summary(cfg: TrainerConfig) -> dict:
-    summary = asdict(cfg)
-    summary["queue"] = _redact(cfg.queue)
-    return summary
