@@ -100,8 +100,6 @@ def test_dashboard_label_throughput_from_a_real_prometheus(generation_server, ju
         assert label_rate > 0, f"{queries[0]} gave {label_rate}"
         tokens = prometheus.query("sum(rate(cai_generation_tokens_total[1m]))")
         assert tokens and tokens > 0
-        published = prometheus.query('sum(cai_queue_published_total{backend="sqlite"})')
-        assert published and published > 0  # the job may exit before the scrape of its last batch
     finally:
         prometheus.stop()
 
