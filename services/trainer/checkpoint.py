@@ -26,6 +26,24 @@ def training_args() -> dict:
     }
 
 
+def run_args(cfg, output_dir: Path) -> dict:
+    """TRL arguments of a supervised run from a run config with the fields SFT and reward-model
+    training share (epochs, max_steps, learning_rate, batch_size, gradient_accumulation_steps,
+    max_length, seed), plus ``training_args()``."""
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "learning_rate": cfg.learning_rate,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "max_length": cfg.max_length,
+        "seed": cfg.seed,
+        "disable_tqdm": True,
+        **training_args(),
+    }
+
+
 def write_manifest(folder: Path, *, kind: str, step: int, base_model: str, data: dict,
                    constitution_sha256: str = "", metrics: dict | None = None, **extra) -> dict:
     manifest = {

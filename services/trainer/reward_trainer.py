@@ -28,7 +28,7 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from services.config import ConfigError
-from services.trainer.checkpoint import training_args, write_manifest
+from services.trainer.checkpoint import run_args, write_manifest
 from services.trainer.reward_config import RewardRunConfig
 
 HARMLESSNESS = "harmlessness"
@@ -247,18 +247,9 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
     out = Path(cfg.out)
     work = out.with_name(out.name + ".work")
     args = RewardConfig(
-        output_dir=str(work),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
         model_init_kwargs={"dtype": torch.float32},
         eval_strategy="no",
-        disable_tqdm=True,
-        **training_args(),
+        **run_args(cfg, work),
     )
     peft_config = None
     if cfg.lora:

@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from services.trainer.checkpoint import training_args, write_manifest
+from services.trainer.checkpoint import run_args, write_manifest
 from services.trainer.sft_config import SFTRunConfig
 
 
@@ -28,16 +28,7 @@ def train_sft(cfg: SFTRunConfig) -> Path:
     out = Path(cfg.out)
     work = out.with_name(out.name + ".work")
     args = SFTConfig(
-        output_dir=str(work),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-        disable_tqdm=True,
-        **training_args(),
+        **run_args(cfg, work),
     )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
