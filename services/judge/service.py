@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import grpc
@@ -71,7 +72,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
             items.append(ComparisonItem(tuple(messages), c.answer_a, c.answer_b, c.principle_id, c.id))
         spec = sampling_spec(request.cot_sampling, self.limits, "cot_sampling")
         if not request.cot_sampling.max_tokens:
-            spec = spec.__class__(**{**spec.__dict__, "max_tokens": self.config.cot_max_tokens})
+            spec = dataclasses.replace(spec, max_tokens=self.config.cot_max_tokens)
         seed = request.seed if request.HasField("seed") else random.getrandbits(62)
         return items, mode, seed, spec
 

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.api.cai.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common.server import GrpcService
 from services.trainer.config import TrainerConfig
-from services.trainer.worker import TrainerWorker, _redact
+from services.trainer.worker import TrainerWorker, redact_url
 
 SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 PHASES = {
@@ -35,7 +35,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         response = trainer_pb2.TrainerStatus(
             phase=PHASES[s["phase"]], items_consumed=s["items_consumed"],
             items_dead_lettered=s["items_dead_lettered"], step=s["step"],
-            queue_url=_redact(self.config.queue), queue_lag=s["queue_lag"], error=s["error"],
+            queue_url=redact_url(self.config.queue), queue_lag=s["queue_lag"], error=s["error"],
         )
         for k, v in s["metrics"].items():
             response.metrics[k] = float(v)

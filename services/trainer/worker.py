@@ -44,7 +44,7 @@ PPO_KL = Gauge("cai_ppo_kl", "KL to the reference policy at the latest policy-op
 LAST_CHECKPOINT = Gauge("cai_trainer_last_checkpoint_timestamp_seconds", "Unix time of the latest checkpoint.")
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     if "@" in url:
         scheme, _, rest = url.partition("://")
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
@@ -187,7 +187,7 @@ class TrainerWorker:
             harmless, helpfulness=helpful,
         )
         manifest = read_manifest(path)
-        manifest["queue"] = {"url": _redact(cfg.queue), "group": cfg.group, "position": queue.position(cfg.group)}
+        manifest["queue"] = {"url": redact_url(cfg.queue), "group": cfg.group, "position": queue.position(cfg.group)}
         manifest["data"]["rows_on_disk"] = len(rows)
         manifest["constitution_sha256s"] = sorted({r["provenance"].get("constitution_sha256", "") for r in harmless} - {""})
         (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
