@@ -3,12 +3,14 @@
 Round ``r`` of every item is one batch through the engine for the critiques and one for the
 revisions; the next round works on the revisions. Each (item, round) samples its principle
 independently from a generator seeded by (seed, item key, round), so a chain is reproducible from
-its seed whatever batch it travels in; each few-shot example is shown with its own sampled
+its seed whatever batch it travels in and wherever it sits in it; each few-shot example is shown with its own sampled
 principle.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -33,7 +35,15 @@ class ReviseItem:
     messages: tuple[dict, ...]
     answer: str
     key: str = ""
-    """Stable key of the item for principle sampling (the prompt id); empty: its index."""
+    """Stable key of the item for principle sampling (the prompt id); empty: a hash of its
+    content (conversation and answer), never its index in the request."""
+
+    @property
+    def draw_key(self) -> str:
+        if self.key:
+            return self.key
+        content = json.dumps([list(self.messages), self.answer], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ class Reviser:
         results: list[list[RoundResult]] = [[] for _ in items]
         for r in range(1, rounds + 1):
             drawn = [
-                self.draw(seed, item.key or str(i), r, among) for i, item in enumerate(items)
+                self.draw(seed, item.draw_key, r, among) for item in items
             ]
             chats, prompts = [], []
             for i, (item, (principle, examples)) in enumerate(zip(items, drawn)):

@@ -4,15 +4,18 @@ Log-prob mode is one prefill per comparison and order (``next_token_logprobs``),
 of a request in one engine batch. Chain-of-thought mode first samples reasoning (batched), then
 reads the option probabilities after it and clamps them. With ``swap`` every pair is also judged
 with the answers exchanged and the two results averaged, so that
-``compare(A, B).p_a == 1 - compare(B, A).p_a``: the principle and few-shot examples of a
-comparison depend only on (seed, comparison key), and chain-of-thought reasoning is seeded by
-the order of the answers, so both calls see the same two judgments.
+``compare(A, B).p_a == 1 - compare(B, A).p_a``, within one request as across requests: the
+principle and few-shot examples of a comparison depend only on the seed and its content (the
+conversation and the unordered pair of answers, ``draw_key``), never on its index or id, and
+chain-of-thought reasoning is seeded by the content and the order of the answers, so both
+orders see the same two judgments and the same pair gets the same label wherever it sits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -34,7 +37,13 @@ class ComparisonItem:
     principle_id: str = ""
     """Judging principle to use; empty: sampled."""
     key: str = ""
-    """Stable key for sampling (the comparison id); empty: its index."""
+    """The caller's id of the comparison (echoed; not used for sampling: see ``draw_key``)."""
+
+    @property
+    def draw_key(self) -> str:
+        """What the principle and few-shot draw depend on (with the seed): the conversation and the
+        unordered pair of answers, so (A, B) and (B, A) draw alike wherever they sit."""
+        return draw_key(self.messages, self.answer_a, self.answer_b)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,12 @@ class Label:
     logprob_a: float
     logprob_b: float
     reasoning: str = ""
+
+
+def draw_key(messages, answer_a: str, answer_b: str) -> str:
+    """A content key of a comparison, independent of the order of its answers."""
+    content = json.dumps([list(messages), sorted((answer_a, answer_b))], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
 def _seed(*parts) -> int:
@@ -100,7 +115,7 @@ class Judge:
     async def compare(self, items: Sequence[ComparisonItem], mode: str = LOGPROB, swap: bool = False,
                       seed: int = 0, cot_spec: SamplingSpec | None = None) -> list[Label]:
         cot = mode == CHAIN_OF_THOUGHT
-        drawn = [self.draw(seed, item.key or str(i), item.principle_id) for i, item in enumerate(items)]
+        drawn = [self.draw(seed, item.draw_key, item.principle_id) for item in items]
         orders = [(i, item.answer_a, item.answer_b) for i, item in enumerate(items)]
         if swap:
             orders += [(i, item.answer_b, item.answer_a) for i, item in enumerate(items)]
@@ -110,7 +125,7 @@ class Judge:
         ]
         reasoning = [""] * len(texts)
         if cot:
-            seeds = [_seed(seed, items[i].key or i, first, second) for i, first, second in orders]
+            seeds = [_seed(seed, items[i].draw_key, first, second) for i, first, second in orders]
             reasoning = await self._reason(texts, seeds, cot_spec or SamplingSpec(max_tokens=256))
             texts = [f"{t}{r}\n" for t, r in zip(texts, reasoning)]
         read = await self._read(texts)

@@ -15,7 +15,7 @@ from services.api.cai.v1 import common_pb2, judge_pb2, judge_pb2_grpc
 from services.constitution import load_constitution
 from services.engines import create_engine
 from services.judge import prompting
-from services.judge.labeler import Judge
+from services.judge.labeler import Judge, draw_key
 from tests.conftest import metric, scrape
 
 PROMPT = [{"role": "user", "content": "How do I get back at my neighbour?"}]
@@ -46,7 +46,7 @@ async def test_p_a_is_softmax_of_option_logprobs_from_the_reference(stub, tiny_m
     engine = await create_engine("transformers", tiny_model)
     try:
         judge = Judge(engine, load_constitution())
-        _, examples = judge.draw(5, "c1", principle)
+        _, examples = judge.draw(5, draw_key(PROMPT, A, B), principle)
         text = engine.chat_text(prompting.judge_chat(PROMPT, A, B, load_constitution().judging_principle(principle), examples))
         ids = engine.encode_text(text + prompting.ANSWER_OPENING)
         options = judge.options
