@@ -11,9 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from services.queue.base import ComparisonQueue, Delivery, MalformedItem, QueueError, validate_comparison
+from services.queue.base import (
+    RETENTION_PARAMS, ComparisonQueue, Delivery, MalformedItem, QueueError, Retention, validate_comparison,
+)
 
-__all__ = ["ComparisonQueue", "Delivery", "MalformedItem", "QueueError", "open_queue", "validate_comparison"]
+__all__ = ["ComparisonQueue", "Delivery", "MalformedItem", "QueueError", "Retention", "open_queue",
+           "validate_comparison"]
 
 _USAGE = "expected sqlite:///path.db (sqlite:////abs/path.db for an absolute path) or redis://host:port/db"
 
@@ -37,6 +40,8 @@ def open_queue(url: str, stream: str = "comparisons") -> ComparisonQueue:
 
     A ``?stream=NAME`` query parameter in the URL overrides ``stream`` (so one URL in a config file
     names the stream too). The stream name prefixes every key (Redis) or is a column (SQLite).
+    The :class:`~services.queue.base.Retention` fields are parameters too:
+    ``?dedup_window_s=21600&trim_every=1000&trim_interval_s=30&dead_letter_max=10000`` (the defaults).
     """
     if not isinstance(url, str) or not url.strip():
         raise QueueError(f"queue URL is empty; {_USAGE}")
@@ -47,9 +52,14 @@ def open_queue(url: str, stream: str = "comparisons") -> ComparisonQueue:
     scheme = scheme.lower()
     base, _, query = rest.partition("?")
     params = parse_qs(query, keep_blank_values=True)
-    unknown = set(params) - {"stream"} if scheme == "sqlite" else set()
+    unknown = set(params) - {"stream", *RETENTION_PARAMS} if scheme == "sqlite" else set()
     if unknown:
-        raise QueueError(f"queue URL {redact(url)!r}: unknown parameter(s) {', '.join(sorted(unknown))}; only stream=NAME")
+        raise QueueError(f"queue URL {redact(url)!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                         f"only stream=NAME, {', '.join(f'{p}=N' for p in RETENTION_PARAMS)}")
+    try:
+        retention = Retention.from_params({k: params.pop(k)[-1] for k in RETENTION_PARAMS if k in params})
+    except QueueError as exc:
+        raise QueueError(f"queue URL {redact(url)!r}: {exc}") from None
     if "stream" in params:
         stream = params.pop("stream")[-1]
         if not stream:
@@ -59,7 +69,7 @@ def open_queue(url: str, stream: str = "comparisons") -> ComparisonQueue:
 
         if not base.startswith("/") or base in ("/", "") or base.endswith("/"):
             raise QueueError(f"queue URL {redact(url)!r} names no database file; {_USAGE}")
-        return SQLiteQueue(Path(base[1:]), stream=stream)
+        return SQLiteQueue(Path(base[1:]), stream=stream, retention=retention)
     if scheme in ("redis", "rediss"):
         from services.queue.redis_queue import RedisQueue
 
@@ -74,5 +84,6 @@ def open_queue(url: str, stream: str = "comparisons") -> ComparisonQueue:
         if db and not db.isdigit():
             raise QueueError(f"queue URL {redact(url)!r}: the database must be a number, got {db!r}; {_USAGE}")
         rest_query = "&".join(f"{k}={v}" for k, vs in params.items() for v in vs)
-        return RedisQueue(urlunsplit(parts._replace(query=rest_query)), stream=stream, display_url=redact(url))
+        return RedisQueue(urlunsplit(parts._replace(query=rest_query)), stream=stream, display_url=redact(url),
+                          retention=retention)
     raise QueueError(f"unsupported queue URL scheme {scheme!r} in {redact(url)!r}; {_USAGE}")

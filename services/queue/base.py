@@ -3,8 +3,12 @@
 Semantics (the same on every backend; ``tests/queue/test_queue_contract.py`` checks them on each):
 
 * **Items.** A labeled comparison is a JSON object (see :func:`validate_comparison`). Its ``id`` is
-  the idempotent comparison id: :meth:`ComparisonQueue.publish` appends an id at most once per
-  stream, ever, so a producer that restarts and publishes a batch again adds nothing.
+  the idempotent comparison id: :meth:`ComparisonQueue.publish` drops an id published on the stream
+  within the last :attr:`Retention.dedup_window_s` (W) of its first publish, so a producer that
+  restarts and publishes a batch again adds nothing. The id sets are bounded by that window: an id
+  re-published more than W after its first publish may be appended again (always after 2W; SQLite
+  forgets at W, Redis between W and 2W), and the consumer's own durable id set (the trainer keys
+  its data by comparison id) is what drops that late duplicate.
 * **Delivery is at-least-once, per consumer group.** Every group sees every item of the stream.
   :meth:`~ComparisonQueue.consume` hands new items to one consumer of the group (two consumers of a
   group never get the same new item); they stay *pending* for that consumer until
@@ -16,37 +20,55 @@ Semantics (the same on every backend; ``tests/queue/test_queue_contract.py`` che
   group in the same transaction as the acknowledgement; a later delivery of a done id (a duplicate
   appended by a foreign producer, the stream re-read after :meth:`~ComparisonQueue.seek`) is
   acknowledged and skipped, never returned. Consumers must still be idempotent for the window
-  between taking an item durably and acknowledging it (a crash there redelivers it), which is why
-  the trainer keys its own data by comparison id.
+  between taking an item durably and acknowledging it (a crash there redelivers it), and for ids
+  done more than the dedup window ago (done marks are bounded like the published ids), which is
+  why the trainer keys its own data by comparison id.
 * **Malformed items are never dropped silently.** A payload that is not JSON or fails
   :func:`validate_comparison` is moved, once per stream entry, to the dead-letter stream
   ``<stream>:dead`` with the reason and the original text, acknowledged, and not returned.
   :meth:`~ComparisonQueue.publish` refuses malformed items up front; only
-  :meth:`~ComparisonQueue.publish_raw` (a foreign producer) can put one on the stream.
+  :meth:`~ComparisonQueue.publish_raw` (a foreign producer) can put one on the stream. The
+  dead-letter stream keeps the newest :attr:`Retention.dead_letter_max` letters (older ones are
+  dropped; ``cai_queue_dead_lettered_total`` still counts every one).
+* **Trimming: the stream stays bounded.** An entry acknowledged (or dead-lettered, or skipped as
+  done) by *every* consumer group of the stream is deleted by :meth:`~ComparisonQueue.trim`, which
+  :meth:`~ComparisonQueue.ack` runs every :attr:`Retention.trim_every` acknowledgements or
+  :attr:`Retention.trim_interval_s` seconds. An entry some group has pending or has not been
+  delivered yet is never trimmed, so a consumer group that stops consuming holds the stream (delete
+  an abandoned group with :meth:`~ComparisonQueue.delete_group`). A stream with no group is never
+  trimmed. **A group sees only what is still in the stream when it is created**: create the
+  consumer group (:meth:`~ComparisonQueue.create_group`; the trainer does it when it starts) before
+  publishing what it must read. Without any group the stream grows until its backend's cap (Redis
+  ``--maxmemory`` with ``noeviction``) refuses further publishes with an error; nothing is dropped.
 * **Position.** :meth:`~ComparisonQueue.position` is the group's last-delivered position in the
   stream (opaque text, backend-specific); a trainer saves it with a checkpoint and can restore it
   with :meth:`~ComparisonQueue.seek`. Seeking moves only the cursor for *new* items: pending items
   stay pending and done marks stay (so a rewind does not train on done comparisons twice; use a new
-  group to re-read everything).
+  group to re-read everything still in the stream). Entries trimmed away cannot be re-read.
 
 Metrics (default Prometheus registry, label ``backend`` only, plus ``group`` on the lag gauge):
 ``cai_queue_published_total``, ``cai_queue_consumed_total`` (acknowledged deliveries),
 ``cai_queue_dead_lettered_total``, ``cai_queue_redelivered_total`` (deliveries taken over by
-``claim_stale``, and deliveries of already-done ids that were skipped), and the gauges
+``claim_stale``, and deliveries of already-done ids that were skipped), ``cai_queue_trimmed_total``
+(acknowledged entries deleted by :meth:`~ComparisonQueue.trim`), and the gauges
 ``cai_queue_depth`` / ``cai_queue_lag`` set whenever :meth:`~ComparisonQueue.depth` /
-:meth:`~ComparisonQueue.lag` are called.
+:meth:`~ComparisonQueue.lag` are called (``cai_queue_depth`` also after every trim).
 """
 
 from __future__ import annotations
 
 import abc
 import json
+import logging
 import math
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge
+from services.errors import Unavailable
 
 PUBLISHED = Counter("cai_queue_published_total", "Labeled comparisons newly appended to the queue.", ["backend"])
 CONSUMED = Counter("cai_queue_consumed_total", "Queue deliveries acknowledged by consumers.", ["backend"])
@@ -55,7 +77,9 @@ DEAD_LETTERED = Counter("cai_queue_dead_lettered_total",
 REDELIVERED = Counter("cai_queue_redelivered_total",
                       "Deliveries of items a group had been given before: taken over from a stale "
                       "consumer, or already done and skipped.", ["backend"])
-DEPTH = Gauge("cai_queue_depth", "Entries in the queue stream (last read by depth()).", ["backend"])
+DEPTH = Gauge("cai_queue_depth", "Entries in the queue stream now (last read by depth() or trim()).", ["backend"])
+TRIMMED = Counter("cai_queue_trimmed_total",
+                  "Stream entries deleted because every consumer group had acknowledged them.", ["backend"])
 LAG = Gauge("cai_queue_lag", "Entries a consumer group has not acknowledged yet: not delivered plus "
             "pending (last read by lag()).", ["backend", "group"])
 
@@ -65,8 +89,61 @@ KINDS = ("harmlessness", "helpfulness")
 PROVENANCE_KEYS = ("constitution_sha256", "judge_model", "policy_checkpoint", "created_at")
 """Keys an item's ``provenance`` must carry (strings; more keys are kept)."""
 
+log = logging.getLogger(__name__)
 
-class QueueError(Exception):
+
+@dataclass(frozen=True)
+class Retention:
+    """How much a queue keeps; every field is also a queue URL parameter (``?dedup_window_s=3600``)."""
+
+    dedup_window_s: float = 6 * 3600.0
+    """W: a comparison id re-published within W seconds of its first publish is dropped, and a done
+    mark lasts at least W. The id sets hold about W (SQLite) to 2W (Redis) of ids; each id costs
+    roughly 100 bytes in Redis."""
+    trim_every: int = 1000
+    """``ack`` trims the stream after this many acknowledgements (0: never automatically; call
+    ``trim``)."""
+    trim_interval_s: float = 30.0
+    """... or when this many seconds have passed since the last trim (and something was acknowledged)."""
+    dead_letter_max: int = 10_000
+    """The dead-letter stream keeps the newest this many letters."""
+
+    _TYPES = {"dedup_window_s": float, "trim_every": int, "trim_interval_s": float, "dead_letter_max": int}
+
+    def __post_init__(self):
+        for name, kind in self._TYPES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise QueueError(f"{name} must be a number, got {value!r}")
+            if kind is int and int(value) != value:
+                raise QueueError(f"{name} must be a whole number, got {value!r}")
+        if not self.dedup_window_s > 0:
+            raise QueueError(f"dedup_window_s must be > 0 seconds, got {self.dedup_window_s!r}")
+        if self.trim_every < 0 or self.trim_interval_s <= 0:
+            raise QueueError(f"trim_every must be >= 0 and trim_interval_s > 0, got {self.trim_every!r} "
+                             f"and {self.trim_interval_s!r}")
+        if self.dead_letter_max < 1:
+            raise QueueError(f"dead_letter_max must be >= 1, got {self.dead_letter_max!r}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> Retention:
+        """Builds one from URL query values (text); raises QueueError naming the parameter."""
+        values = {}
+        for name, text in params.items():
+            kind = cls._TYPES[name]
+            try:
+                values[name] = kind(text) if kind is float else int(text)
+            except ValueError:
+                raise QueueError(f"{name} must be a {'number' if kind is float else 'whole number'}, "
+                                 f"got {text!r}") from None
+        return cls(**values)
+
+
+RETENTION_PARAMS = tuple(Retention._TYPES)
+"""The queue URL parameters that set :class:`Retention` fields."""
+
+
+class QueueError(Unavailable):
     """The queue cannot do what was asked: a bad URL, an unreachable or failing backend, a bad position."""
 
 
@@ -189,11 +266,16 @@ class ComparisonQueue(abc.ABC):
     backend: str = ""
     """Backend name (``sqlite`` or ``redis``), the value of the metrics' ``backend`` label."""
 
-    def __init__(self, stream: str):
+    def __init__(self, stream: str, retention: Retention | None = None):
         if not stream:
             raise QueueError("stream name must not be empty")
         #: Name of the stream; the dead letters are in ``<stream>:dead``.
         self.stream = stream
+        #: What the queue keeps: the dedup window, how often ``ack`` trims, the dead-letter cap.
+        self.retention = retention or Retention()
+        self._trim_lock = threading.Lock()
+        self._acks_since_trim = 0
+        self._last_trim = time.monotonic()
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -243,7 +325,31 @@ class ComparisonQueue(abc.ABC):
 
     @abc.abstractmethod
     def is_done(self, group: str, comparison_id: str) -> bool:
-        """Whether ``group`` has acknowledged an item with this comparison id."""
+        """Whether ``group`` has acknowledged an item with this comparison id (within the dedup window)."""
+
+    # -- groups and trimming -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_group(self, group: str) -> None:
+        """Creates ``group`` reading from the oldest entry still in the stream (no-op if it exists).
+
+        Create a consumer group before publishing what it must read: once every *existing* group
+        has acknowledged an entry, :meth:`trim` deletes it.
+        """
+
+    @abc.abstractmethod
+    def delete_group(self, group: str) -> None:
+        """Deletes ``group``, its pending entries and done marks (an abandoned group holds the stream)."""
+
+    @abc.abstractmethod
+    def trim(self) -> int:
+        """Deletes the entries every consumer group has finished with; returns how many.
+
+        Finished: acknowledged, dead-lettered or skipped as done. The bound is the oldest entry any
+        group still has pending or not yet delivered; entries from it on are kept. A stream with no
+        group is left as it is. Also forgets published ids and done marks older than the dedup
+        window. Counts ``cai_queue_trimmed_total`` and sets ``cai_queue_depth``.
+        """
 
     # -- position ----------------------------------------------------------------------------
 
@@ -263,7 +369,7 @@ class ComparisonQueue(abc.ABC):
 
     @abc.abstractmethod
     def depth(self) -> int:
-        """Entries in the stream: everything ever appended (valid or not); nothing is trimmed."""
+        """Entries in the stream now (valid or not): appended and not trimmed yet."""
 
     @abc.abstractmethod
     def lag(self, group: str) -> int:
@@ -298,6 +404,33 @@ class ComparisonQueue(abc.ABC):
         self.close()
 
     # -- helpers for the backends ------------------------------------------------------------
+
+    def _after_ack(self, acked: int) -> None:
+        """Trims when :attr:`retention` says it is time; called by ``ack`` with how many it acknowledged.
+
+        A failed trim is logged and retried at the next acknowledgement: the acknowledgement itself
+        has succeeded and must not be reported as failed.
+        """
+        every = self.retention.trim_every
+        if not every or not acked:
+            return
+        with self._trim_lock:
+            self._acks_since_trim += acked
+            due = (self._acks_since_trim >= every
+                   or time.monotonic() - self._last_trim >= self.retention.trim_interval_s)
+            if not due:
+                return
+            self._acks_since_trim = 0
+            self._last_trim = time.monotonic()
+        try:
+            self.trim()
+        except QueueError as exc:
+            log.warning("queue %s: trimming failed, will retry: %s", self.stream, exc)
+
+    def _trimmed(self, removed: int, depth: int) -> int:
+        TRIMMED.labels(self.backend).inc(removed)
+        self._update_depth(depth)
+        return removed
 
     def _update_depth(self, n: int) -> int:
         DEPTH.labels(self.backend).set(n)

@@ -3,15 +3,25 @@
 Keys, all prefixed by the stream name so ``SCAN <stream>*`` finds (and a test can delete) them:
 
 * ``<stream>``: the stream; each entry has one field, ``payload`` (the item's JSON text).
-* ``<stream>:published``: set of comparison ids ever published (idempotent publish).
-* ``<stream>:done:<group>``: set of comparison ids each group has acknowledged.
+* ``<stream>:published:<bucket>``: sets of comparison ids published (idempotent publish), one per
+  time bucket of W = ``dedup_window_s`` (``bucket = server time // W``); a publish checks the
+  current and the previous bucket, and each set expires at the end of the bucket after its own, so
+  an id is remembered for at least W and at most 2W after its first publish.
+* ``<stream>:done:<group>:<bucket>``: the same, for the comparison ids each group has acknowledged.
 * ``<stream>:dead``: the dead-letter stream (fields ``reason``, ``payload``, ``time``, ``entry``,
-  ``group``) and ``<stream>:dead:entries``, the set of entry ids already dead-lettered (once each).
+  ``group``), capped at ``dead_letter_max`` entries (``XADD MAXLEN``), and ``<stream>:dead:seen``,
+  a sorted set of the stream entries already dead-lettered (once each; scored by the entry's
+  millisecond time and trimmed with the stream).
 
-Atomicity: ``publish`` is one Lua script (SADD to the published set, XADD only when the id is new);
-dead-lettering is one Lua script (XADD to the dead stream once per entry, XACK); ``ack`` is one
-MULTI/EXEC with XACK and SADD to the done set. Positions are stream entry ids (``<ms>-<seq>``), the
-group's ``last-delivered-id``. The stream is never trimmed, so ``lag`` is exact.
+Times are the Redis server's (``TIME`` inside the scripts), so producers with skewed clocks agree
+on the buckets. Keys from before the bounded id sets (``<stream>:published``, ``<stream>:done:<group>``,
+``<stream>:dead:entries``) are no longer read; delete them after upgrading.
+
+Atomicity: ``publish``, ``ack`` (XACK and the done marks), dead-lettering and ``trim`` are one Lua
+script each. ``trim`` reads every group's bound inside its script (``XINFO GROUPS``; the oldest
+pending entry from ``XPENDING``, else the entry after ``last-delivered-id``) and runs ``XTRIM MINID``
+to the smallest, so an entry some group has not acknowledged is never trimmed. Positions are
+stream entry ids (``<ms>-<seq>``), the group's ``last-delivered-id``.
 """
 
 from __future__ import annotations
@@ -24,33 +34,102 @@ from contextlib import contextmanager
 import redis
 
 from services.queue.base import (
-    CONSUMED, DEAD_LETTERED, PUBLISHED, REDELIVERED, ComparisonQueue, Delivery, QueueError, decode_payload,
-    encode_items,
+    CONSUMED, DEAD_LETTERED, PUBLISHED, REDELIVERED, ComparisonQueue, Delivery, QueueError, Retention,
+    decode_payload, encode_items,
 )
 
-_PUBLISH = """
+# Every script that uses the id windows starts with this: ARGV[1] is W in milliseconds; `cur` and
+# `prev` are the current and previous bucket numbers, `expire_at` when the current bucket's set goes.
+_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local w = tonumber(ARGV[1])
+local b = math.floor(now / w)
+local cur = string.format('%d', b)
+local prev = string.format('%d', b - 1)
+local expire_at = (b + 2) * w
+"""
+
+# KEYS: stream. ARGV: W ms, published-set prefix, then (id, payload)*.
+_PUBLISH = _WINDOW + """
+local key, old = ARGV[2] .. cur, ARGV[2] .. prev
 local n = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+for i = 3, #ARGV, 2 do
+  if redis.call('SISMEMBER', old, ARGV[i]) == 0 and redis.call('SADD', key, ARGV[i]) == 1 then
     redis.call('XADD', KEYS[1], '*', 'payload', ARGV[i + 1])
     n = n + 1
   end
 end
+if n > 0 then redis.call('PEXPIREAT', key, expire_at) end
 return n
 """
 
-# KEYS: stream, dead stream, dead-entries set. ARGV: group, time, then (entry id, reason, payload)*.
+# ARGV: W ms, set prefix, then ids. Returns 1/0 for each id: in the current or previous bucket.
+_MEMBERS = _WINDOW + """
+local out = {}
+for i = 3, #ARGV do
+  local hit = redis.call('SISMEMBER', ARGV[2] .. cur, ARGV[i]) == 1 or redis.call('SISMEMBER', ARGV[2] .. prev, ARGV[i]) == 1
+  out[#out + 1] = hit and 1 or 0
+end
+return out
+"""
+
+# KEYS: stream. ARGV: W ms, done-set prefix, group, number of entry ids k, k entry ids, comparison ids.
+_ACK = _WINDOW + """
+local k = tonumber(ARGV[4])
+local acked = 0
+for i = 5, 4 + k, 500 do
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[3], unpack(ARGV, i, math.min(i + 499, 4 + k)))
+end
+local key = ARGV[2] .. cur
+for i = 5 + k, #ARGV, 500 do
+  redis.call('SADD', key, unpack(ARGV, i, math.min(i + 499, #ARGV)))
+end
+if #ARGV >= 5 + k then redis.call('PEXPIREAT', key, expire_at) end
+return acked
+"""
+
+# KEYS: stream, dead stream, dead-seen sorted set. ARGV: group, time, dead cap, then (entry id, reason, payload)*.
 _DEAD_LETTER = """
 local n = 0
-for i = 3, #ARGV, 3 do
-  if redis.call('SADD', KEYS[3], ARGV[i]) == 1 then
-    redis.call('XADD', KEYS[2], '*', 'reason', ARGV[i + 1], 'payload', ARGV[i + 2], 'time', ARGV[2],
-               'entry', ARGV[i], 'group', ARGV[1])
+for i = 4, #ARGV, 3 do
+  if redis.call('ZADD', KEYS[3], 'NX', tonumber(string.match(ARGV[i], '^(%d+)')), ARGV[i]) == 1 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 'reason', ARGV[i + 1], 'payload', ARGV[i + 2],
+               'time', ARGV[2], 'entry', ARGV[i], 'group', ARGV[1])
     n = n + 1
   end
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
 end
 return n
+"""
+
+# KEYS: stream, dead-seen sorted set. Returns {entries trimmed, stream length}; {-1, length} when
+# the stream has no group (nothing is trimmed then).
+_TRIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return {-1, redis.call('XLEN', KEYS[1])} end
+local min_ms, min_seq
+for _, g in ipairs(groups) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  local id, ms, seq
+  if tonumber(f['pending']) > 0 then
+    id = redis.call('XPENDING', KEYS[1], f['name'], '-', '+', 1)[1][1]
+    ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    ms, seq = tonumber(ms), tonumber(seq)
+  else
+    ms, seq = string.match(f['last-delivered-id'], '^(%d+)-(%d+)$')
+    ms, seq = tonumber(ms), tonumber(seq) + 1
+  end
+  if min_ms == nil or ms < min_ms or (ms == min_ms and seq < min_seq) then
+    min_ms, min_seq = ms, seq
+  end
+end
+local minid = string.format('%d-%d', min_ms, min_seq)
+local n = redis.call('XTRIM', KEYS[1], 'MINID', minid)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%d', min_ms))
+return {n, redis.call('XLEN', KEYS[1])}
 """
 
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
@@ -62,8 +141,9 @@ class RedisQueue(ComparisonQueue):
 
     backend = "redis"
 
-    def __init__(self, url: str, stream: str = "comparisons", display_url: str | None = None):
-        super().__init__(stream)
+    def __init__(self, url: str, stream: str = "comparisons", display_url: str | None = None,
+                 retention: Retention | None = None):
+        super().__init__(stream, retention)
         self._where = display_url or url
         try:
             self._r = redis.Redis.from_url(url, decode_responses=True, protocol=2)
@@ -71,14 +151,24 @@ class RedisQueue(ComparisonQueue):
         except (redis.RedisError, ValueError, TypeError) as exc:  # TypeError: unknown URL option
             raise QueueError(f"cannot reach Redis queue at {self._where}: {exc}") from exc
         self._publish = self._r.register_script(_PUBLISH)
+        self._members = self._r.register_script(_MEMBERS)
+        self._ack = self._r.register_script(_ACK)
         self._dead_letter = self._r.register_script(_DEAD_LETTER)
+        self._trim = self._r.register_script(_TRIM)
         self._groups: set[str] = set()
-        self._published_key = f"{stream}:published"
+        self._window_ms = max(1, round(self.retention.dedup_window_s * 1000))
+        self._published_prefix = f"{stream}:published:"
         self._dead_key = f"{stream}:dead"
-        self._dead_entries_key = f"{stream}:dead:entries"
+        self._dead_seen_key = f"{stream}:dead:seen"
 
-    def _done_key(self, group: str) -> str:
-        return f"{self.stream}:done:{group}"
+    def _done_prefix(self, group: str) -> str:
+        return f"{self.stream}:done:{group}:"
+
+    def _in_window(self, prefix: str, ids: list[str]) -> list[bool]:
+        """Whether each id is in the current or previous bucket set under ``prefix``."""
+        if not ids:
+            return []
+        return [bool(x) for x in self._members(args=[self._window_ms, prefix, *ids])]
 
     @contextmanager
     def _errors(self):
@@ -115,7 +205,7 @@ class RedisQueue(ComparisonQueue):
             # One script per chunk keeps each atomic step short; a batch is normally one chunk.
             for start in range(0, len(encoded), _PUBLISH_CHUNK):
                 args = [x for pair in encoded[start : start + _PUBLISH_CHUNK] for x in pair]
-                new += int(self._publish(keys=[self.stream, self._published_key], args=args))
+                new += int(self._publish(keys=[self.stream], args=[self._window_ms, self._published_prefix, *args]))
         PUBLISHED.labels(self.backend).inc(new)
         return new
 
@@ -128,7 +218,7 @@ class RedisQueue(ComparisonQueue):
 
     def is_published(self, comparison_id: str) -> bool:
         with self._errors():
-            return bool(self._r.sismember(self._published_key, comparison_id))
+            return self._in_window(self._published_prefix, [comparison_id])[0]
 
     # -- consuming ---------------------------------------------------------------------------
 
@@ -147,12 +237,12 @@ class RedisQueue(ComparisonQueue):
                 good.append((entry_id, item))
         skipped = []
         if good:
-            flags = self._r.smismember(self._done_key(group), [item["id"] for _, item in good])
+            flags = self._in_window(self._done_prefix(group), [item["id"] for _, item in good])
             skipped = [eid for (eid, _), done in zip(good, flags) if done]
             good = [g for g, done in zip(good, flags) if not done]
         if dead:
-            n = self._dead_letter(keys=[self.stream, self._dead_key, self._dead_entries_key],
-                                  args=[group, repr(time.time()), *dead])
+            n = self._dead_letter(keys=[self.stream, self._dead_key, self._dead_seen_key],
+                                  args=[group, repr(time.time()), self.retention.dead_letter_max, *dead])
             DEAD_LETTERED.labels(self.backend).inc(int(n))
         if skipped:
             self._r.xack(self.stream, group, *skipped)
@@ -213,17 +303,39 @@ class RedisQueue(ComparisonQueue):
         deliveries = list(deliveries)
         if not deliveries:
             return 0
+        entry_ids = [d.delivery_id for d in deliveries]
         with self._errors():
-            pipe = self._r.pipeline(transaction=True)
-            pipe.xack(self.stream, group, *[d.delivery_id for d in deliveries])
-            pipe.sadd(self._done_key(group), *{d.item["id"] for d in deliveries})
-            acked = int(pipe.execute()[0])
+            acked = int(self._ack(keys=[self.stream], args=[
+                self._window_ms, self._done_prefix(group), group, len(entry_ids), *entry_ids,
+                *{d.item["id"] for d in deliveries}]))
         CONSUMED.labels(self.backend).inc(acked)
+        self._after_ack(acked)
         return acked
 
     def is_done(self, group: str, comparison_id: str) -> bool:
         with self._errors():
-            return bool(self._r.sismember(self._done_key(group), comparison_id))
+            return self._in_window(self._done_prefix(group), [comparison_id])[0]
+
+    # -- groups and trimming -----------------------------------------------------------------
+
+    def create_group(self, group: str) -> None:
+        with self._errors():
+            self._ensure_group(group, force=True)
+
+    def delete_group(self, group: str) -> None:
+        with self._errors():
+            if self._r.exists(self.stream):
+                self._r.xgroup_destroy(self.stream, group)
+            keys = list(self._r.scan_iter(f"{self._done_prefix(group)}*", count=1000))
+            if keys:
+                self._r.delete(*keys)
+        self._groups.discard(group)
+
+    def trim(self) -> int:
+        with self._errors():
+            removed, length = (int(x) for x in self._trim(keys=[self.stream, self._dead_seen_key]))
+        # The id sets forget by themselves (each bucket's set expires).
+        return self._trimmed(max(removed, 0), length)
 
     # -- position ----------------------------------------------------------------------------
 
@@ -237,14 +349,17 @@ class RedisQueue(ComparisonQueue):
         if not _ENTRY_ID.match(text):
             raise QueueError(f"Redis queue position must be a stream entry id like 1700000000000-0, got {position!r}")
         with self._errors():
-            # Entries at or before the position, so Redis can keep computing the group's lag.
-            read, cursor = 0, "-"
+            # Entries ever added at or before the position, so Redis can keep computing the group's
+            # lag: all added minus those still in the stream after it (trimmed ones count as read).
+            after, cursor = 0, "(" + text
             while True:
-                batch = self._r.xrange(self.stream, cursor, text, count=10_000)
-                read += len(batch)
+                batch = self._r.xrange(self.stream, cursor, "+", count=10_000)
+                after += len(batch)
                 if len(batch) < 10_000:
                     break
                 cursor = "(" + batch[-1][0]
+            added = int(self._r.xinfo_stream(self.stream)["entries-added"]) if self._r.exists(self.stream) else 0
+            read = max(added - after, 0)
             if self._group_info(group) is None:
                 self._r.xgroup_create(self.stream, group, id=text, mkstream=True, entries_read=read)
             else:

@@ -6,12 +6,21 @@ different processes share it. Several streams may live in one file (every table 
 column). Tables:
 
 * ``stream(seq, stream, comparison_id, payload, added_at)``: the entries; ``seq`` is an
-  AUTOINCREMENT row number (never reused) and is the delivery id and the position;
-  ``comparison_id`` is UNIQUE per stream and NULL for raw payloads.
+  AUTOINCREMENT row number (never reused, so positions survive trimming) and is the delivery id
+  and the position; ``comparison_id`` is UNIQUE per stream and NULL for raw payloads. ``trim``
+  deletes the rows below every group's oldest pending or undelivered ``seq``.
+* ``published(stream, comparison_id, at)``: when each id was first published; an id whose row is
+  younger than the dedup window W is dropped by ``publish``; ``trim`` deletes older rows.
 * ``groups(stream, name, last_seq)``: each consumer group's last-delivered ``seq`` (its position).
 * ``pending(stream, grp, seq, consumer, delivered_at, attempts)``: delivered, not acknowledged.
-* ``done(stream, grp, comparison_id)``: comparison ids each group has acknowledged.
-* ``dead(stream, seq, reason, payload, time, grp)``: dead letters, one per malformed entry.
+* ``done(stream, grp, comparison_id, at)``: comparison ids each group has acknowledged, and when;
+  marks older than W do not count and are deleted by ``trim``.
+* ``dead(stream, seq, reason, payload, time, grp)``: dead letters, one per malformed entry, the
+  newest ``dead_letter_max`` kept.
+
+A file from before the bounded tables is upgraded when opened (``published`` filled from the
+stream's ids, ``done`` given the time of the upgrade). Deleted rows' pages are reused, so the file
+stops growing once trimming keeps up; it does not shrink (``VACUUM`` it offline to give space back).
 
 Every state change is one ``BEGIN IMMEDIATE`` transaction (the write lock is taken up front), so two
 consumers never receive the same new item and a crash leaves either all of a change or none.
@@ -30,7 +39,7 @@ from pathlib import Path
 
 from services.queue.base import (
     CONSUMED, DEAD_LETTERED, PUBLISHED, REDELIVERED, ComparisonQueue, Delivery, QueueError, decode_payload,
-    encode_items,
+    Retention, encode_items,
 )
 
 BUSY_TIMEOUT_S = 30.0
@@ -65,8 +74,16 @@ CREATE TABLE IF NOT EXISTS done (
     stream TEXT NOT NULL,
     grp TEXT NOT NULL,
     comparison_id TEXT NOT NULL,
+    at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (stream, grp, comparison_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS published (
+    stream TEXT NOT NULL,
+    comparison_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (stream, comparison_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS published_by_age ON published (stream, at);
 CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     stream TEXT NOT NULL,
@@ -85,8 +102,8 @@ class SQLiteQueue(ComparisonQueue):
 
     backend = "sqlite"
 
-    def __init__(self, path: str | os.PathLike, stream: str = "comparisons"):
-        super().__init__(stream)
+    def __init__(self, path: str | os.PathLike, stream: str = "comparisons", retention: Retention | None = None):
+        super().__init__(stream, retention)
         #: The database file.
         self.path = Path(path)
         self._lock = threading.Lock()
@@ -99,10 +116,19 @@ class SQLiteQueue(ComparisonQueue):
             if mode.lower() != "wal":
                 raise QueueError(f"SQLite queue {self.path}: cannot use WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous = FULL")
-            with self._tx():
+            with self._tx() as db:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                done_columns = {r[1] for r in db.execute("PRAGMA table_info(done)")}
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
-                        self._db.execute(statement)
+                        db.execute(statement)
+                if "stream" in tables and "published" not in tables:  # a file from before: upgrade
+                    db.execute("INSERT OR IGNORE INTO published (stream, comparison_id, at) "
+                               "SELECT stream, comparison_id, added_at FROM stream WHERE comparison_id IS NOT NULL")
+                if "done" in tables and "at" not in done_columns:
+                    db.execute("ALTER TABLE done ADD COLUMN at REAL NOT NULL DEFAULT 0")
+                    db.execute("UPDATE done SET at = ?", (time.time(),))
+                db.execute("CREATE INDEX IF NOT EXISTS done_by_age ON done (stream, at)")
         except (sqlite3.Error, OSError) as exc:
             raise QueueError(f"cannot open SQLite queue {self.path}: {exc}") from exc
 
@@ -141,11 +167,19 @@ class SQLiteQueue(ComparisonQueue):
         if not encoded:
             return 0
         now = time.time()
+        cutoff = now - self.retention.dedup_window_s
+        new = 0
         with self._tx() as db:
-            before = db.total_changes
-            db.executemany("INSERT OR IGNORE INTO stream (stream, comparison_id, payload, added_at) VALUES (?, ?, ?, ?)",
-                           [(self.stream, cid, text, now) for cid, text in encoded])
-            new = db.total_changes - before
+            for cid, text in encoded:
+                if db.execute("SELECT 1 FROM published WHERE stream = ? AND comparison_id = ? AND at >= ?",
+                              (self.stream, cid, cutoff)).fetchone():
+                    continue
+                # An old entry with this id still in the stream (not trimmed yet) also makes it a repeat.
+                if db.execute("INSERT OR IGNORE INTO stream (stream, comparison_id, payload, added_at) "
+                              "VALUES (?, ?, ?, ?)", (self.stream, cid, text, now)).rowcount:
+                    new += 1
+                db.execute("INSERT OR REPLACE INTO published (stream, comparison_id, at) VALUES (?, ?, ?)",
+                           (self.stream, cid, now))
         PUBLISHED.labels(self.backend).inc(new)
         return new
 
@@ -156,8 +190,8 @@ class SQLiteQueue(ComparisonQueue):
             db.executemany("INSERT INTO stream (stream, payload, added_at) VALUES (?, ?, ?)", rows)
 
     def is_published(self, comparison_id: str) -> bool:
-        return self._scalar("SELECT 1 FROM stream WHERE stream = ? AND comparison_id = ?",
-                            (self.stream, comparison_id)) is not None
+        return self._scalar("SELECT 1 FROM published WHERE stream = ? AND comparison_id = ? AND at >= ?",
+                            (self.stream, comparison_id, time.time() - self.retention.dedup_window_s)) is not None
 
     # -- consuming ---------------------------------------------------------------------------
 
@@ -182,8 +216,9 @@ class SQLiteQueue(ComparisonQueue):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 done.update(r[0] for r in db.execute(
-                    f"SELECT comparison_id FROM done WHERE stream = ? AND grp = ? AND comparison_id IN ({marks})",
-                    (self.stream, group, *chunk)))
+                    f"SELECT comparison_id FROM done WHERE stream = ? AND grp = ? AND at >= ? "
+                    f"AND comparison_id IN ({marks})",
+                    (self.stream, group, now - self.retention.dedup_window_s, *chunk)))
             if done:
                 done_seqs = [seq for seq, item, _ in good if item["id"] in done]
                 good = [g for g in good if g[1]["id"] not in done]
@@ -192,6 +227,8 @@ class SQLiteQueue(ComparisonQueue):
             before = db.total_changes
             db.executemany("INSERT OR IGNORE INTO dead (stream, seq, reason, payload, time, grp) VALUES (?, ?, ?, ?, ?, ?)", dead)
             newly_dead = db.total_changes - before
+            db.execute("DELETE FROM dead WHERE stream = ? AND id <= (SELECT id FROM dead WHERE stream = ? "
+                       "ORDER BY id DESC LIMIT 1 OFFSET ?)", (self.stream, self.stream, self.retention.dead_letter_max))
         gone = [(self.stream, group, d[1]) for d in dead] + [(self.stream, group, s) for s in done_seqs]
         if gone:
             db.executemany("DELETE FROM pending WHERE stream = ? AND grp = ? AND seq = ?", gone)
@@ -272,14 +309,44 @@ class SQLiteQueue(ComparisonQueue):
             db.executemany("DELETE FROM pending WHERE stream = ? AND grp = ? AND seq = ?",
                            [(self.stream, group, int(d.delivery_id)) for d in deliveries])
             acked = db.total_changes - before
-            db.executemany("INSERT OR IGNORE INTO done (stream, grp, comparison_id) VALUES (?, ?, ?)",
-                           [(self.stream, group, d.item["id"]) for d in deliveries])
+            now = time.time()
+            db.executemany("INSERT OR REPLACE INTO done (stream, grp, comparison_id, at) VALUES (?, ?, ?, ?)",
+                           [(self.stream, group, d.item["id"], now) for d in deliveries])
         CONSUMED.labels(self.backend).inc(acked)
+        self._after_ack(acked)
         return acked
 
     def is_done(self, group: str, comparison_id: str) -> bool:
-        return self._scalar("SELECT 1 FROM done WHERE stream = ? AND grp = ? AND comparison_id = ?",
-                            (self.stream, group, comparison_id)) is not None
+        return self._scalar("SELECT 1 FROM done WHERE stream = ? AND grp = ? AND comparison_id = ? AND at >= ?",
+                            (self.stream, group, comparison_id, time.time() - self.retention.dedup_window_s)) is not None
+
+    # -- groups and trimming -----------------------------------------------------------------
+
+    def create_group(self, group: str) -> None:
+        # Reading from the oldest row still there: last_seq is just below it (0 for an empty stream).
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO groups (stream, name, last_seq) VALUES "
+                       "(?, ?, coalesce((SELECT min(seq) - 1 FROM stream WHERE stream = ?), 0))",
+                       (self.stream, group, self.stream))
+
+    def delete_group(self, group: str) -> None:
+        with self._tx() as db:
+            for table, column in (("groups", "name"), ("pending", "grp"), ("done", "grp")):
+                db.execute(f"DELETE FROM {table} WHERE stream = ? AND {column} = ?", (self.stream, group))
+
+    def trim(self) -> int:
+        cutoff = time.time() - self.retention.dedup_window_s
+        with self._tx() as db:
+            bound = db.execute(
+                "SELECT min(coalesce((SELECT min(seq) FROM pending p WHERE p.stream = g.stream AND p.grp = g.name), "
+                "g.last_seq + 1)) FROM groups g WHERE g.stream = ?", (self.stream,)).fetchone()[0]
+            removed = 0
+            if bound is not None:
+                removed = db.execute("DELETE FROM stream WHERE stream = ? AND seq < ?", (self.stream, bound)).rowcount
+            db.execute("DELETE FROM published WHERE stream = ? AND at < ?", (self.stream, cutoff))
+            db.execute("DELETE FROM done WHERE stream = ? AND at < ?", (self.stream, cutoff))
+            depth = db.execute("SELECT count(*) FROM stream WHERE stream = ?", (self.stream,)).fetchone()[0]
+        return self._trimmed(removed, depth)
 
     # -- position ----------------------------------------------------------------------------
 

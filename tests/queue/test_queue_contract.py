@@ -43,8 +43,10 @@ class Backend:
         self.name, self.url, self.stream = name, url, stream
         self.opened = []
 
-    def open(self):
-        q = open_queue(self.url, stream=self.stream)
+    def open(self, **params):
+        """A queue on this backend's stream; ``params`` go into the URL query (``trim_every=10``)."""
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        q = open_queue(f"{self.url}?{query}" if query else self.url, stream=self.stream)
         self.opened.append(q)
         return q
 
@@ -351,3 +353,120 @@ def test_consume_waits_up_to_block_ms(queue):
 
 def queue_url(q) -> str:
     return f"sqlite:///{q.path}" if q.backend == "sqlite" else REDIS
+
+
+# -- bounded: trimming, the dedup window, the dead-letter cap (both backends) ------------------
+
+def test_entries_acknowledged_by_every_group_are_trimmed(backend):
+    q = backend.open(trim_every=0)  # trimmed only when asked, to see each step
+    q.create_group("a")
+    q.create_group("b")
+    items = [comparison(i) for i in range(20)]
+    q.publish(items)
+    q.ack("a", drain(q, "a", "a0"))
+    assert q.trim() == 0 and q.depth() == 20  # b has not read anything: everything stays
+    first = q.consume("b", "b0", count=8)
+    q.ack("b", first[:3])  # 5 pending for b, from the 4th item on
+    before = counter("cai_queue_trimmed_total", backend.name)
+    assert q.trim() == 3 and q.depth() == 17
+    assert counter("cai_queue_trimmed_total", backend.name) - before == 3
+    assert REGISTRY.get_sample_value("cai_queue_depth", {"backend": backend.name}) == 17
+    assert q.lag("a") == 0 and q.lag("b") == 17 and q.pending("b") == 5
+    time.sleep(0.03)  # the pending ones are still there to be claimed: nothing unacknowledged is lost
+    claimed = q.claim_stale("b", "b1", min_idle_ms=20)
+    assert [d.item["id"] for d in claimed] == [d.item["id"] for d in first[3:]]
+    q.ack("b", claimed)
+    assert q.trim() == 5 and q.depth() == 12 and q.lag("b") == 12
+    assert [d.item["id"] for d in drain(q, "b", "b0")] == [it["id"] for it in items[8:]]
+    assert q.lag("b") == 12  # delivered, pending
+    q.ack("b", q.claim_stale("b", "b0", min_idle_ms=0, count=100))
+    assert q.trim() == 12 and q.depth() == 0 and q.lag("a") == 0 and q.lag("b") == 0
+    # positions survive trimming: saved, more published, restored in a new group
+    saved = q.position("a")
+    q.publish([comparison(i) for i in range(20, 25)])
+    q.seek("late", saved)
+    assert q.lag("late") == 5
+    assert [d.item["id"] for d in drain(q, "late", "c")] == [comparison(i)["id"] for i in range(20, 25)]
+
+
+def test_ack_trims_every_trim_every_acknowledgements(backend):
+    q = backend.open(trim_every=10)
+    q.create_group("g")
+    q.publish([comparison(i) for i in range(35)])
+    q.ack("g", q.consume("g", "c", count=5))
+    assert q.depth() == 35  # 5 acknowledged: not yet
+    q.ack("g", q.consume("g", "c", count=5))
+    assert q.depth() == 25  # 10 acknowledged: trimmed
+    q.ack("g", q.consume("g", "c", count=5))
+    assert q.depth() == 25  # 15: not yet
+    q.ack("g", q.consume("g", "c", count=5))
+    assert q.depth() == 15  # 20 acknowledged: trimmed again
+    q.ack("g", drain(q, "g", "c"))
+    assert q.depth() == 0 and q.lag("g") == 0
+
+
+def test_a_stream_without_a_group_is_not_trimmed_and_a_group_created_before_publishing_reads_everything(backend):
+    q = backend.open(trim_every=1)
+    q.publish([comparison(i) for i in range(5)])
+    assert q.trim() == 0 and q.depth() == 5
+    q.create_group("trainer")
+    q.create_group("trainer")  # idempotent
+    q.create_group("eval")  # created before the next publish
+    q.publish([comparison(i) for i in range(5, 10)])
+    q.ack("trainer", drain(q, "trainer", "t"))  # trims after each acknowledgement
+    assert q.depth() == 10  # eval holds them
+    assert len(drain(q, "eval", "e")) == 10
+    q.delete_group("eval")  # an abandoned group no longer holds the stream
+    assert q.pending("eval") == 0
+    assert q.trim() == 10 and q.depth() == 0
+    q.create_group("late")  # created after trimming: it sees what is left (nothing)
+    assert q.consume("late", "l") == [] and q.lag("late") == 0
+
+
+def test_a_comparison_republished_within_the_window_is_dropped_and_after_2w_appended_again(backend):
+    window = 0.4
+    q = backend.open(dedup_window_s=window, trim_every=0)
+    q.create_group("g")
+    t0 = time.monotonic()
+    assert q.publish([comparison(1)]) == 1
+    assert q.publish([comparison(1)]) == 0 and q.is_published(comparison(1)["id"])
+    got = q.consume("g", "c")
+    q.ack("g", got)
+    assert q.is_done("g", comparison(1)["id"])
+    q.publish_raw([json.dumps(comparison(1))])  # a foreign duplicate within the window: skipped
+    assert q.consume("g", "c") == [] and q.lag("g") == 0
+    assert time.monotonic() - t0 < window  # all of that was within W
+    time.sleep(2 * window + 0.05)
+    assert not q.is_published(comparison(1)["id"]) and not q.is_done("g", comparison(1)["id"])
+    q.trim()  # forgets the old ids (SQLite rows; Redis sets expire by themselves)
+    assert q.publish([comparison(1)]) == 1  # appended again: the consumer's own id set drops it
+    assert [d.item["id"] for d in q.consume("g", "c")] == [comparison(1)["id"]]
+
+
+def test_the_dead_letter_stream_keeps_the_newest_dead_letter_max(backend):
+    q = backend.open(dead_letter_max=3)
+    q.publish_raw([f"junk {i}" for i in range(5)])
+    before = counter("cai_queue_dead_lettered_total", backend.name)
+    assert q.consume("g", "c") == []
+    assert counter("cai_queue_dead_lettered_total", backend.name) - before == 5  # every one counted
+    assert q.dead_letter_count() == 3
+    assert [d["payload"] for d in q.dead_letters()] == ["junk 2", "junk 3", "junk 4"]
+    assert q.trim() == 5 and q.depth() == 0  # dead-lettered entries are finished: trimmed
+
+
+@pytest.mark.parametrize("query, message", [
+    ("dedup_window_s=abc", "dedup_window_s must be a number"),
+    ("dedup_window_s=0", "dedup_window_s must be > 0"),
+    ("trim_every=1.5", "trim_every must be a whole number"),
+    ("trim_every=-1", "trim_every must be >= 0"),
+    ("dead_letter_max=0", "dead_letter_max must be >= 1"),
+    ("trim_interval_s=nan", "trim_interval_s must be a number"),
+])
+def test_open_queue_rejects_bad_retention_parameters(tmp_path, query, message):
+    for url in (f"sqlite:///{tmp_path / 'q.db'}?{query}", f"redis://127.0.0.1:1/0?{query}"):
+        with pytest.raises(QueueError, match=message) as err:
+            open_queue(url)
+        assert "queue URL" in str(err.value)
+    q = open_queue(f"sqlite:///{tmp_path / 'q.db'}?dedup_window_s=60&trim_every=5&stream=x")
+    assert (q.retention.dedup_window_s, q.retention.trim_every, q.stream) == (60.0, 5, "x")
+    q.close()
