@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import random
 
 import grpc
@@ -54,6 +56,16 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
                                        cot_min_p=cfg.cot_min_p, cot_max_p=cfg.cot_max_p)}
         return self._judges[key]
 
+    def judge_config_sha256(self, engine) -> str:
+        """``SoftLabel.judge_config_sha256``: what on this side (with the request and the content)
+        determines a label; callers build idempotent comparison ids from it."""
+        cfg = self.config
+        fields = {"constitution_sha256": self.constitution.sha256, "model": engine.model,
+                  "checkpoint": engine.checkpoint_id, "few_shot": cfg.few_shot,
+                  "max_prompt_tokens": self.limits.max_prompt_tokens, "cot_min_p": cfg.cot_min_p,
+                  "cot_max_p": cfg.cot_max_p, "cot_max_tokens": cfg.cot_max_tokens}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
     def _parse(self, request):
         check_count(request.comparisons, "comparisons", self.limits)
         if request.mode not in (judge_pb2.JUDGE_MODE_UNSPECIFIED, *MODES):
@@ -92,10 +104,12 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
                 await abort_engine_error(context, exc, engine)
         metrics.BATCH_ITEMS.labels(SERVICE, "Compare").observe(len(items))
         response = judge_pb2.CompareResponse()
+        config_sha256 = self.judge_config_sha256(engine)
         for comparison, label in zip(request.comparisons, labels):
             response.labels.add(
                 p_a=label.p_a, principle_id=label.principle_id, reasoning=label.reasoning,
                 logprob_a=label.logprob_a, logprob_b=label.logprob_b, comparison_id=comparison.id,
+                judge_config_sha256=config_sha256,
                 provenance=provenance(self.constitution, label.principle_id, engine.model,
                                       engine.checkpoint_id, comparison.prompt.id),
             )

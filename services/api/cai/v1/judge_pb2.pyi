@@ -46,7 +46,7 @@ class CompareRequest(_message.Message):
     def __init__(self, comparisons: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ..., mode: _Optional[_Union[JudgeMode, str]] = ..., swap_debias: _Optional[bool] = ..., seed: _Optional[int] = ..., cot_sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
 
 class SoftLabel(_message.Message):
-    __slots__ = ("p_a", "principle_id", "provenance", "reasoning", "logprob_a", "logprob_b", "comparison_id")
+    __slots__ = ("p_a", "principle_id", "provenance", "reasoning", "logprob_a", "logprob_b", "comparison_id", "judge_config_sha256")
     P_A_FIELD_NUMBER: _ClassVar[int]
     PRINCIPLE_ID_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class SoftLabel(_message.Message):
     LOGPROB_A_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_B_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_CONFIG_SHA256_FIELD_NUMBER: _ClassVar[int]
     p_a: float
     principle_id: str
     provenance: _common_pb2.Provenance
@@ -61,7 +62,8 @@ class SoftLabel(_message.Message):
     logprob_a: float
     logprob_b: float
     comparison_id: str
-    def __init__(self, p_a: _Optional[float] = ..., principle_id: _Optional[str] = ..., provenance: _Optional[_Union[_common_pb2.Provenance, _Mapping]] = ..., reasoning: _Optional[str] = ..., logprob_a: _Optional[float] = ..., logprob_b: _Optional[float] = ..., comparison_id: _Optional[str] = ...) -> None: ...
+    judge_config_sha256: str
+    def __init__(self, p_a: _Optional[float] = ..., principle_id: _Optional[str] = ..., provenance: _Optional[_Union[_common_pb2.Provenance, _Mapping]] = ..., reasoning: _Optional[str] = ..., logprob_a: _Optional[float] = ..., logprob_b: _Optional[float] = ..., comparison_id: _Optional[str] = ..., judge_config_sha256: _Optional[str] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
     __slots__ = ("labels",)
