@@ -1,0 +1,115 @@
+"""The queue stays bounded under a long run: many thousands of comparisons published, consumed and
+acknowledged, and the memory of the queue's own keys (Redis) or rows (SQLite) stays flat.
+
+Redis is shared with other engineers, so the figure is ``MEMORY USAGE`` of this test's own keys
+(the stream and the id sets), not the server's ``used_memory``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from services.queue import open_queue
+
+REDIS = "redis://127.0.0.1:6379/0"
+ROUNDS, PER_ROUND, BATCH = 5, 4000, 250
+WINDOW_S = 0.3
+TRIM_EVERY = 500
+
+
+def comparison(i: int, tag: str) -> dict:
+    return {
+        "id": f"{tag}-{i:07d}",
+        "prompt": [{"role": "user", "content": f"question {i} " * 8}],
+        "answer_a": f"a safe answer to question {i} " * 6, "answer_b": f"a harmful answer to question {i} " * 6,
+        "p_a": 0.7, "principle_id": "p-harm",
+        "provenance": {"constitution_sha256": "0" * 64, "judge_model": "tiny", "policy_checkpoint": "ckpt-1",
+                       "created_at": "2026-01-01T00:00:00Z"},
+    }
+
+
+def run_rounds(q, tag: str, measure) -> tuple[list[int], list[tuple[int, int]]]:
+    """ROUNDS rounds of PER_ROUND publish + consume + ack (a trainer's loop).
+
+    Returns the bytes at the end of each round (the id sets still hold the round's recent ids) and
+    (bytes, stream length) once the round's ids are past the window.
+    """
+    q.create_group("trainer")  # the trainer's group exists before anything is published
+    peaks, figures, n = [], [], 0
+    for _ in range(ROUNDS):
+        for start in range(n, n + PER_ROUND, BATCH):
+            batch = [comparison(i, tag) for i in range(start, start + BATCH)]
+            assert q.publish(batch) == BATCH
+            assert q.publish(batch[-20:]) == 0  # a restarted producer repeats itself: dropped
+            got = q.consume("trainer", "t0", count=BATCH)
+            assert len(got) == BATCH
+            q.ack("trainer", got)
+        n += PER_ROUND
+        peaks.append(measure())
+        time.sleep(2 * WINDOW_S)  # the id sets of this round are past their window
+        figures.append((measure(), q.depth()))
+    assert q.lag("trainer") == 0 and q.pending("trainer") == 0
+    return peaks, figures
+
+
+def assert_flat(peaks: list[int], figures: list[tuple[int, int]], what: str) -> None:
+    sizes = [b for b, _ in figures]
+    lengths = [n for _, n in figures]
+    # Unbounded, round k holds k rounds of entries and ids (round 5: 5x round 1); bounded, what is
+    # left once a round's ids are past the window is the same small amount every round ...
+    assert max(sizes) <= sizes[0] + 16 * 1024, f"{what} grew round after round: {sizes}"
+    assert max(lengths) < TRIM_EVERY, f"stream not trimmed: lengths {lengths}"
+    # ... and at the end of a round (ids of the last W..2W still held) it does not climb either.
+    assert max(peaks) <= 3 * peaks[0] + 16 * 1024, f"{what} at the end of each round grew: {peaks}"
+
+
+def test_redis_memory_of_the_queue_stays_flat_over_20000_comparisons():
+    import redis
+
+    r = redis.Redis.from_url(REDIS, decode_responses=True)
+    try:
+        r.ping()
+    except redis.ConnectionError:
+        pytest.skip(f"no Redis at {REDIS}")
+    stream = f"queue-bounded-{uuid.uuid4().hex[:10]}"
+    q = open_queue(f"{REDIS}?dedup_window_s={WINDOW_S}&trim_every={TRIM_EVERY}", stream=stream)
+
+    def measure() -> int:
+        return sum(r.memory_usage(k, samples=0) or 0 for k in r.scan_iter(f"{stream}*", count=1000))
+
+    try:
+        peaks, figures = run_rounds(q, stream, measure)
+        print(f"redis MEMORY USAGE of the queue's keys at the end of each round of {PER_ROUND}: {peaks}; "
+              f"(bytes, stream length) {2 * WINDOW_S} s later: {figures}")
+        assert_flat(peaks, figures, "Redis memory of the queue's keys")
+    finally:
+        q.close()
+        keys = list(r.scan_iter(f"{stream}*"))
+        if keys:
+            r.delete(*keys)
+        r.close()
+
+
+def test_sqlite_rows_of_the_queue_stay_flat_over_20000_comparisons(tmp_path):
+    q = open_queue(f"sqlite:///{tmp_path / 'q.db'}?dedup_window_s={WINDOW_S}&trim_every={TRIM_EVERY}",
+                   stream="bounded")
+
+    def measure() -> int:  # bytes of rows kept: payloads plus ids (stream, published, done)
+        q.trim()  # the id rows past the window go at the next trim; count what a trim leaves
+        return sum(q._scalar(sql) or 0 for sql in (
+            "SELECT sum(length(payload)) FROM stream",
+            "SELECT sum(length(comparison_id) + 16) FROM published",
+            "SELECT sum(length(comparison_id) + 16) FROM done"))
+
+    try:
+        peaks, figures = run_rounds(q, "bounded", measure)
+        print(f"sqlite bytes of rows at the end of each round of {PER_ROUND}: {peaks}; "
+              f"(bytes, stream length) {2 * WINDOW_S} s later: {figures}")
+        assert_flat(peaks, figures, "SQLite rows of the queue")
+        # the file reuses the pages freed by trimming: it does not grow with the rounds either
+        assert (tmp_path / "q.db").stat().st_size < 8 * 1024 * 1024
+    finally:
+        q.close()
