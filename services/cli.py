@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -43,6 +44,11 @@ def _engine_overrides(args) -> dict:
     return {"model": args.model, "kind": args.engine, "checkpoint_id": args.checkpoint_id}
 
 
+def _set(changes: dict) -> dict:
+    """The flags that were given (argparse leaves the others None)."""
+    return {k: v for k, v in changes.items() if v is not None}
+
+
 async def _serve(service, port_file: str | None) -> None:
     await service.start()
     if port_file:
@@ -70,27 +76,38 @@ def _load(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
+def serve_config(args):
+    """The config ``cai serve SERVICE`` runs with: the --config file with the flags laid over it
+    *before* its rules are checked, so a field the file leaves out may come from a flag (the
+    trainer's --queue in the k8s manifests). Raises ConfigError naming the file and field."""
+    from services.config import load_config, validate_config
+
+    config_cls = _load(SERVICES[args.service][0])
+    config = load_config(config_cls, args.config, check=False) if args.config else config_cls()
+    changes = {}
+    if hasattr(config, "engine"):
+        changes["engine"] = dataclasses.replace(config.engine, **_set(_engine_overrides(args)))
+    elif args.service == "reward":
+        changes.update(model=args.model, checkpoint_id=args.checkpoint_id)
+    elif args.service == "trainer":
+        changes.update(queue=args.queue, work_dir=args.work_dir, reward_base_model=args.model)
+    changes["server"] = dataclasses.replace(config.server, **_set(_server_overrides(args)))
+    if getattr(args, "constitution", None):
+        changes["constitution"] = args.constitution
+    config = dataclasses.replace(config, **_set(changes))
+    validate_config(config, args.config or "command line")
+    return config
+
+
 def cmd_serve(args) -> int:
-    from services.config import ConfigError, load_config, replace_config
+    from services.config import ConfigError
     from services.constitution import ConstitutionError
     from services.engines import EngineError
     from services.models.registry import ModelNotFound
 
-    config_ref, builder_ref = SERVICES[args.service]
-    config_cls, build = _load(config_ref), _load(builder_ref)
+    build = _load(SERVICES[args.service][1])
     try:
-        config = load_config(config_cls, args.config) if args.config else config_cls()
-        changes = {}
-        if hasattr(config, "engine"):
-            changes["engine"] = replace_config(config.engine, **_engine_overrides(args))
-        elif args.service == "reward":
-            changes.update(model=args.model, checkpoint_id=args.checkpoint_id)
-        elif args.service == "trainer":
-            changes.update(queue=args.queue, work_dir=args.work_dir, reward_base_model=args.model)
-        changes["server"] = replace_config(config.server, **_server_overrides(args))
-        if getattr(args, "constitution", None):
-            changes["constitution"] = args.constitution
-        config = replace_config(config, **changes)
+        config = serve_config(args)
     except ConfigError as exc:
         return _fail(str(exc))
 

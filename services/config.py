@@ -27,7 +27,7 @@ def _describe(value: Any) -> str:
     return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
 
 
-def _convert(tp: Any, value: Any, field: str, source: str) -> Any:
+def _convert(tp: Any, value: Any, field: str, source: str, check: bool = True) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -38,19 +38,19 @@ def _convert(tp: Any, value: Any, field: str, source: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(arg, value, field, source)
+                return _convert(arg, value, field, source, check)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {field}: expected a mapping, got {_describe(value)}")
-        return build_config(tp, value, source, prefix=field + ".")
+        return build_config(tp, value, source, prefix=field + ".", check=check)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {field}: expected a list, got {_describe(value)}")
         (item,) = typing.get_args(tp)[:1]
-        return tuple(_convert(item, v, f"{field}[{i}]", source) for i, v in enumerate(value))
+        return tuple(_convert(item, v, f"{field}[{i}]", source, check) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {field}: expected a mapping, got {_describe(value)}")
@@ -74,8 +74,10 @@ def _convert(tp: Any, value: Any, field: str, source: str) -> Any:
     return value
 
 
-def build_config(cls: type[T], data: dict, source: str = "config", prefix: str = "") -> T:
-    """Builds ``cls`` from a mapping, checking field names and types; runs ``cls.validate``."""
+def build_config(cls: type[T], data: dict, source: str = "config", prefix: str = "",
+                 check: bool = True) -> T:
+    """Builds ``cls`` from a mapping, checking field names and types; runs ``cls.validate`` (of
+    every section too) unless ``check`` is False."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
@@ -86,9 +88,11 @@ def build_config(cls: type[T], data: dict, source: str = "config", prefix: str =
             f"{source}: {prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(fields))})"
         )
     values = {
-        name: _convert(hints[name], value, prefix + name, source) for name, value in data.items()
+        name: _convert(hints[name], value, prefix + name, source, check) for name, value in data.items()
     }
     obj = cls(**values)
+    if not check:
+        return obj
     validate = getattr(obj, "validate", None)
     if validate is not None:
         problem = validate()
@@ -98,8 +102,10 @@ def build_config(cls: type[T], data: dict, source: str = "config", prefix: str =
     return obj
 
 
-def load_config(cls: type[T], path: str | Path, section: str | None = None) -> T:
-    """Reads a YAML file (optionally one top-level section of it) into ``cls``."""
+def load_config(cls: type[T], path: str | Path, section: str | None = None, check: bool = True) -> T:
+    """Reads a YAML file (optionally one top-level section of it) into ``cls``. Field names and
+    types are always checked; ``check=False`` leaves the ``validate`` rules to a later
+    ``validate_config`` (after command-line flags have filled in what the file leaves out)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -113,7 +119,7 @@ def load_config(cls: type[T], path: str | Path, section: str | None = None) -> T
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         data = data.get(section) or {}
-    return build_config(cls, data, str(path), prefix=f"{section}." if section else "")
+    return build_config(cls, data, str(path), prefix=f"{section}." if section else "", check=check)
 
 
 def replace_config(obj: T, **changes: Any) -> T:
@@ -124,3 +130,16 @@ def replace_config(obj: T, **changes: Any) -> T:
     if validate is not None and (problem := validate()):
         raise ConfigError(f"{type(obj).__name__}: {problem[0]}: {problem[1]}")
     return new
+
+
+def validate_config(obj: Any, source: str = "config", prefix: str = "") -> None:
+    """Runs ``validate`` of every section of a built config (innermost first), then of ``obj``;
+    raises ``ConfigError`` naming the source and the field. For configs built with
+    ``check=False`` and then changed (``cai serve`` lays its flags over the file first)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate_config(value, source, prefix + f.name + ".")
+    validate = getattr(obj, "validate", None)
+    if validate is not None and (problem := validate()):
+        raise ConfigError(f"{source}: {prefix}{problem[0]}: {problem[1]}")

@@ -39,3 +39,19 @@ def test_errors_name_the_field(tmp_path, text, expected):
         load_config(GenerationConfig, path)
     assert str(path) in str(err.value) or "gen.yaml" in str(err.value)
     assert expected in str(err.value)
+
+
+def test_serve_flags_fill_in_what_the_file_leaves_out_before_validation(tmp_path):
+    """`cai serve trainer --config FILE --queue URL` with no queue in FILE (the k8s manifests) runs;
+    without the flag it fails naming the file and the field."""
+    from services.cli import build_parser, serve_config
+    from services.config import ConfigError
+
+    path = tmp_path / "trainer.yaml"
+    path.write_text("work_dir: /tmp/w\nserver: {grace_seconds: 5}\n")
+    args = ["serve", "trainer", "--config", str(path), "--port", "0"]
+    config = serve_config(build_parser().parse_args([*args, "--queue", "redis://127.0.0.1:6379/0"]))
+    assert config.queue == "redis://127.0.0.1:6379/0" and config.server.grace_seconds == 5
+    assert config.server.port == 0
+    with pytest.raises(ConfigError, match=r"trainer\.yaml: queue: is required"):
+        serve_config(build_parser().parse_args(args))

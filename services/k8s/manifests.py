@@ -140,18 +140,16 @@ def load_deploy_config(path: str | os.PathLike | None) -> tuple[DeployConfig, Pa
 
 def check_service_config(service: str, path: str | os.PathLike) -> None:
     """Loads a service config file with the service's own config class, so that a bad field fails
-    here and not in a crashlooping pod. The trainer's queue URL comes from its --queue flag in the
-    manifests, so a file without one is checked with the bundled Redis's URL."""
-    import importlib
+    here and not in a crashlooping pod. It is checked as the container runs it: the manifests'
+    flags (the trainer's --queue $(CAI_QUEUE_URL), ports) laid over the file, as ``cai serve`` does."""
+    from services.cli import build_parser, serve_config
+    from services.config import ConfigError
 
-    from services.config import ConfigError, build_config
-
-    cls = getattr(importlib.import_module(f"services.{service}.config"), f"{service.capitalize()}Config")
+    flags = ["--queue", "redis://redis:6379/0"] if service == "trainer" else []
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if service == "trainer" and isinstance(data, dict):
-            data.setdefault("queue", "redis://redis:6379/0")
-        build_config(cls, data, str(path))
+        serve_config(build_parser().parse_args(
+            ["serve", service, "--config", str(path), *flags, "--host", "0.0.0.0",
+             "--port", str(GRPC_PORT), "--metrics-port", str(METRICS_PORT)]))
     except (ConfigError, OSError, yaml.YAMLError) as exc:
         raise K8sError(" ".join(str(exc).split())) from None
 

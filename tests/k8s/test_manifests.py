@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.cli import build_parser, serve_config
 from services.k8s import manifests
 from services.k8s.manifests import DeployConfig, K8sError, kustomize, render
 
@@ -344,7 +345,11 @@ def test_service_configs_load_and_point_at_mounted_files(renders, name, tmp_path
         config = _config_of(objects, component)
         path = tmp_path / f"{name}-{component}.yaml"
         path.write_text(yaml.safe_dump(config))
-        manifests.check_service_config(component, path)  # the service's own config class
+        # What the container runs: its own flags ($(VAR) from its env) over the file, no filling in.
+        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["args"]]
+        args[args.index("--config") + 1] = str(path)
+        serve_config(build_parser().parse_args(args))  # raises ConfigError naming file and field
 
         if component in ("critique", "judge"):
             assert config["constitution"] == "/etc/cai/constitution/default.yaml"
