@@ -37,6 +37,7 @@ def _server_overrides(args) -> dict:
         "metrics_port": args.metrics_port,
         "tls_cert_file": args.tls_cert_file,
         "tls_key_file": args.tls_key_file,
+        "tls_client_ca_file": args.tls_client_ca_file,
     }
 
 
@@ -144,6 +145,58 @@ def cmd_model_prepare(args) -> int:
     return 0
 
 
+# --- cai judge validate / cai constitution diff ----------------------------------------------
+
+
+async def _with_judge(args, work):
+    """Runs ``work(address)`` against --judge ADDR, or an in-process judge on --model."""
+    if args.judge:
+        return await work(args.judge)
+    from services.engines.config import EngineConfig
+    from services.pipeline.embedded import EmbeddedSpec, embedded_services
+
+    kwargs = {"model": args.model} if args.model else {}
+    spec = EmbeddedSpec(policy=EngineConfig(kind=args.engine or "vllm", **kwargs),
+                        constitution=getattr(args, "constitution", None) or "")
+    async with embedded_services(spec, ("judge",)) as started:
+        return await work(started["judge"])
+
+
+def _rpc_failure(exc) -> str | None:
+    import grpc
+
+    if isinstance(exc, grpc.RpcError):
+        return f"judge call failed: {exc.code().name}: {exc.details()}"
+    return None
+
+
+def cmd_judge_validate(args) -> int:
+    from services.judge.validate import PairFileError, load_pairs, validate, write_report
+
+    try:
+        load_pairs(args.pairs)
+    except PairFileError as exc:
+        return _fail(str(exc))
+    name = args.judge or (args.model or "smollm2-135m-instruct")
+    try:
+        result = asyncio.run(_with_judge(args, lambda address: validate(
+            args.pairs, address, judge=name, seed=args.seed, limit=args.limit, batch_size=args.batch_size,
+            principle_id=args.principle or "")))
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    except Exception as exc:
+        if (message := _rpc_failure(exc)) is None:
+            raise
+        return _fail(message)
+    files = write_report(result, args.out)
+    s, pb = result["summary"], result["summary"]["position_bias"]
+    print(f"{s['pairs']} pairs: accuracy {s['accuracy']:.3f}, mean p(correct) {s['mean_p_correct']:.3f}, "
+          f"ECE {s['ece']:.3f}; mean p_a chosen first {pb['mean_p_a_chosen_first']:.3f}, chosen second "
+          f"{pb['mean_p_a_chosen_second']:.3f}; prefers A {pb['prefers_a']:.3f}, B {pb['prefers_b']:.3f}")
+    print(f"wrote {files['json']}, {files['html']}")
+    return 0
+
+
 # --- cai constitution ------------------------------------------------------------------------
 
 
@@ -228,8 +281,18 @@ def cmd_sl_data(args) -> int:
 
 def cmd_label(args) -> int:
     from services.config import ConfigError, load_config, replace_config
-    from services.pipeline.label import LabelConfig, run_label
+    from services.pipeline.label import LabelConfig, LabelError, run_label
     from services.prompts import PromptFileError
+    from services.queue import redact
+
+    def _env_int(name: str) -> int | None:
+        text = os.environ.get(name, "").strip()
+        if not text:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={text!r} is not a whole number") from None
 
     try:
         cfg = load_config(LabelConfig, args.config) if args.config else LabelConfig(queue=args.queue or "")
@@ -239,13 +302,20 @@ def cmd_label(args) -> int:
             batch_size=args.batch_size, max_tokens=args.max_tokens, mode=args.mode,
             swap_debias=False if args.no_swap else None, seed=args.seed,
             generation=args.generation, judge=args.judge, constitution=args.constitution,
-            metrics_port=args.metrics_port,
+            metrics_port=args.metrics_port, in_flight=args.in_flight,
+            # an Indexed Job's pod: its completion index is its shard; CAI_NUM_SHARDS = completions
+            shard_index=args.shard_index if args.shard_index is not None else _env_int("JOB_COMPLETION_INDEX"),
+            num_shards=args.num_shards if args.num_shards is not None else _env_int("CAI_NUM_SHARDS"),
             policy=replace_config(cfg.policy, model=args.model, kind=args.engine),
         )
     except ConfigError as exc:
         return _fail(str(exc))
+    except ValueError as exc:
+        return _fail(f"label: {exc}")
     try:
         stats = asyncio.run(run_label(cfg, progress=not args.no_progress))
+    except LabelError as exc:
+        return _fail(f"label: {exc}")
     except (PromptFileError, ValueError, OSError) as exc:
         return _fail(str(exc))
     except Exception as exc:
@@ -260,7 +330,8 @@ def cmd_label(args) -> int:
         raise
     print(f"published {stats['comparisons_published']} labeled comparisons "
           f"({stats['comparisons_per_second']:.2f}/s) and {stats['helpfulness_published']} helpfulness "
-          f"comparisons to {cfg.queue}; {stats['prompts_skipped_as_done']} prompts were already done")
+          f"comparisons to {redact(cfg.queue)}; {stats['prompts_skipped_as_done']} of shard "
+          f"{cfg.shard_index}/{cfg.num_shards}'s {stats['prompts']} prompts were already done")
     return 0
 
 
@@ -399,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--metrics-port", type=int, help="Prometheus port (-1 off, 0 picks one)")
         p.add_argument("--tls-cert-file", help="PEM certificate chain: serve gRPC over TLS")
         p.add_argument("--tls-key-file", help="PEM private key (with --tls-cert-file)")
+        p.add_argument("--tls-client-ca-file",
+                       help="PEM CA bundle: require client certificates signed by it (mutual TLS; with --tls-cert-file)")
         p.add_argument("--port-file", help="write the bound ports as JSON to this file once serving")
         p.set_defaults(func=cmd_serve)
 
@@ -438,6 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--engine", choices=["vllm", "transformers"])
     lab.add_argument("--constitution", help="constitution for the in-process judge")
     lab.add_argument("--metrics-port", type=int, help="serve this job's Prometheus metrics on this port")
+    lab.add_argument("--in-flight", type=int, help="batches worked on at once (default 4; 1: sequential)")
+    lab.add_argument("--shard-index", type=int,
+                     help="this worker's shard of the prompts (default: $JOB_COMPLETION_INDEX, else 0)")
+    lab.add_argument("--num-shards", type=int,
+                     help="workers the prompts are split across (default: $CAI_NUM_SHARDS, else 1)")
     lab.add_argument("--config", help="YAML with the same settings")
     lab.add_argument("--no-progress", action="store_true")
     lab.set_defaults(func=cmd_label)
@@ -483,6 +561,20 @@ def build_parser() -> argparse.ArgumentParser:
     prep = model.add_parser("prepare", help="resolve a model (converting a packaged one once); print its folder")
     prep.add_argument("model", nargs="?", default="smollm2-135m-instruct")
     prep.set_defaults(func=cmd_model_prepare)
+
+    jud = sub.add_parser("judge", help="the judge").add_subparsers(dest="judge_command", required=True)
+    val = jud.add_parser("validate", help="check a judge on labelled pairs: accuracy, calibration, position bias")
+    val.add_argument("--pairs", required=True, help="JSONL of prompt/chosen/rejected (TRL preference format)")
+    val.add_argument("--judge", help="judge service address (default: start one in-process)")
+    val.add_argument("--model", help="judge model for the in-process judge (default smollm2-135m-instruct)")
+    val.add_argument("--engine", choices=["vllm", "transformers"], help="engine of the in-process judge")
+    val.add_argument("--constitution", help="constitution for the in-process judge")
+    val.add_argument("--principle", help="judge every pair under this principle id (default: sampled per pair)")
+    val.add_argument("--seed", type=int, default=0)
+    val.add_argument("--limit", type=int, default=0, help="only the first N pairs")
+    val.add_argument("--batch-size", type=int, default=32, help="pairs per Compare request")
+    val.add_argument("--out", default="judge-validation", help="folder for validation.json/.html and the plot")
+    val.set_defaults(func=cmd_judge_validate)
 
     con = sub.add_parser("constitution", help="constitution files").add_subparsers(dest="con_command", required=True)
     check = con.add_parser("check", help="validate a constitution file")
