@@ -168,18 +168,19 @@ class SQLiteQueue(ComparisonQueue):
             return 0
         now = time.time()
         cutoff = now - self.retention.dedup_window_s
-        new = 0
         with self._tx() as db:
-            for cid, text in encoded:
-                if db.execute("SELECT 1 FROM published WHERE stream = ? AND comparison_id = ? AND at >= ?",
-                              (self.stream, cid, cutoff)).fetchone():
-                    continue
-                # An old entry with this id still in the stream (not trimmed yet) also makes it a repeat.
-                if db.execute("INSERT OR IGNORE INTO stream (stream, comparison_id, payload, added_at) "
-                              "VALUES (?, ?, ?, ?)", (self.stream, cid, text, now)).rowcount:
-                    new += 1
-                db.execute("INSERT OR REPLACE INTO published (stream, comparison_id, at) VALUES (?, ?, ?)",
-                           (self.stream, cid, now))
+            before = db.total_changes
+            # New unless published within the window; an old entry with this id still in the stream
+            # (not trimmed yet) also makes it a repeat (the UNIQUE constraint ignores it).
+            db.executemany("INSERT OR IGNORE INTO stream (stream, comparison_id, payload, added_at) "
+                           "SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM published "
+                           "WHERE stream = ? AND comparison_id = ? AND at >= ?)",
+                           [(self.stream, cid, text, now, self.stream, cid, cutoff) for cid, text in encoded])
+            new = db.total_changes - before
+            # The window runs from the first publish: only a forgotten (expired) id gets a new time.
+            db.executemany("INSERT INTO published (stream, comparison_id, at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (stream, comparison_id) DO UPDATE SET at = excluded.at WHERE at < ?",
+                           [(self.stream, cid, now, cutoff) for cid, _ in encoded])
         PUBLISHED.labels(self.backend).inc(new)
         return new
 
