@@ -197,6 +197,8 @@ async def run_pipeline(cfg: RunConfig, out: Path) -> dict:
         from services.trainer.worker import promote
 
         promote(svc.generation, "generation", sl_policy)
+    with open_queue(queue_url) as queue:  # the group exists before labelling, so trimming keeps its items
+        queue.create_group(f"run-{out.name}")
     label_stats = await run_label(label_cfg, progress=False)
     stages.end("label", f"{label_stats['comparisons_published']} AI labels "
                         f"({label_stats['comparisons_per_second']:.2f}/s), {label_stats['helpfulness_published']} helpfulness")
