@@ -75,9 +75,13 @@ def _implicit(chosen, rejected, where: str):
 
 
 def read_pair(record, where: str, line: int, answers=("chosen", "rejected")) -> Pair:
-    """One row: ``prompt``/``messages`` and two answers (``chosen``/``rejected`` by default)."""
+    """One row: ``prompt``/``messages`` and two answers (``chosen``/``rejected`` by default;
+    ``answers=None``: ``answer_a``/``answer_b`` when the row has them, as the queue's comparison
+    records do, else ``chosen``/``rejected``)."""
     if not isinstance(record, dict):
         raise PairFileError(f"{where}: must be a JSON object")
+    if answers is None:
+        answers = ("answer_a", "answer_b") if "answer_a" in record else ("chosen", "rejected")
     first, second = answers
     for name in answers:
         if name not in record:
