@@ -8,15 +8,32 @@ Helpfulness preference pairs from a file can be mixed in (the original method mi
 helpfulness comparisons with AI harmlessness labels): they are published with p_a = 1 or 0,
 their A/B order randomised.
 
-Comparison ids are derived from what determines the comparison (prompt, pair, seed, policy
-checkpoint, judge checkpoint, constitution), so a re-run after an interruption skips prompts
-already published and the queue's idempotent publish drops any repeat.
+Comparison ids are derived from everything that determines a label (:func:`harmlessness_id`):
+the prompt (id and text), the pair, the sampling (answers, tokens, temperature, seed), the policy
+model and checkpoint, the judge's mode, swap and seed, and the judge's own side as it reports it in
+``SoftLabel.judge_config_sha256`` (constitution hash, judge model and checkpoint, few-shot count,
+limits). So a re-run after an interruption skips prompts already published and the queue's
+idempotent publish drops any repeat, while a re-run under an edited constitution or another judge
+checkpoint publishes new comparisons (the old ones stay in the queue).
+
+The loop is a bounded pipeline: ``in_flight`` batches are worked on at once, each Generate ->
+Compare -> publish, so generation of the next batches overlaps judging of this one and the
+services see concurrent callers (``in_flight=1`` is the sequential loop). Batches publish in
+whatever order they finish; a prompt counts as done only when all its comparisons are published,
+so a job killed at any moment resumes without duplicates or losses. A failed call fails the job
+with the prompt ids of its batch; labels already published stay.
+
+Prompts can be split across parallel workers (an Indexed Job): worker ``shard_index`` of
+``num_shards`` takes the prompts (and helpfulness pairs) whose id hashes to it (:func:`shard_of`),
+and resumes on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -66,6 +83,13 @@ class LabelConfig:
     """Constitution for the in-process judge (default: constitutions/default.yaml)."""
     metrics_port: int = -1
     """Serve this job's Prometheus metrics on this port (-1: no)."""
+    in_flight: int = 4
+    """Batches worked on at once (Generate -> Compare -> publish each); 1: the sequential loop."""
+    shard_index: int = 0
+    """This worker's share of the prompts, 0 .. num_shards-1 (`cai label` defaults it to the
+    Indexed Job's JOB_COMPLETION_INDEX)."""
+    num_shards: int = 1
+    """Parallel workers the prompts are split across (`cai label` defaults it to CAI_NUM_SHARDS)."""
 
     def validate(self):
         if not self.queue:
@@ -76,6 +100,13 @@ class LabelConfig:
             return "pairs", "must be adjacent or all"
         if self.mode not in ("logprob", "chain-of-thought"):
             return "mode", "must be logprob or chain-of-thought"
+        if self.in_flight < 1:
+            return "in_flight", "must be at least 1"
+        if self.num_shards < 1:
+            return "num_shards", "must be at least 1"
+        if not 0 <= self.shard_index < self.num_shards:
+            return "shard_index", (f"must be in 0..{self.num_shards - 1} (num_shards={self.num_shards}; "
+                                   "set --num-shards or CAI_NUM_SHARDS to the Job's completions)")
         if bool(self.generation) != bool(self.judge):
             return "judge", "give both service addresses (generation and judge) or neither"
         return None
@@ -89,6 +120,42 @@ def pair_indices(n: int, how: str) -> list[tuple[int, int]]:
 
 def comparison_id(*parts) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+class LabelError(RuntimeError):
+    """A call of the label job failed or answered short; the message names the prompts concerned."""
+
+
+def shard_of(prompt_id: str, num_shards: int) -> int:
+    """The worker (0 .. num_shards-1) that handles a prompt: a stable hash of its id, so the split
+    does not depend on the order of the file or on which prompts are already done."""
+    return int(hashlib.sha256(prompt_id.encode()).hexdigest()[:16], 16) % num_shards
+
+
+def select_prompts(items: list[Prompt], cfg: LabelConfig) -> list[Prompt]:
+    """The first ``limit`` items (all if 0), then this worker's shard of them."""
+    if cfg.limit:
+        items = items[: cfg.limit]
+    return [p for p in items if shard_of(p.id, cfg.num_shards) == cfg.shard_index]
+
+
+def judge_key(label) -> str:
+    """What on the judge's side determined ``label`` (a ``SoftLabel``): its judge_config_sha256, or
+    for a judge that does not report one, its constitution hash, model and checkpoint."""
+    if label.judge_config_sha256:
+        return label.judge_config_sha256
+    prov = label.provenance
+    return comparison_id("provenance", prov.constitution_sha256, prov.model, prov.checkpoint)
+
+
+def harmlessness_id(cfg: LabelConfig, p: Prompt, i: int, j: int, policy_model: str, policy_checkpoint: str,
+                    judge: str) -> str:
+    """The idempotent id of the comparison of answers i and j to prompt ``p``: a hash of everything
+    that determines its label. ``judge`` is :func:`judge_key` of the judge that labels it."""
+    prompt = hashlib.sha256(json.dumps(list(p.messages), sort_keys=True).encode()).hexdigest()
+    return comparison_id("harmlessness", p.id, prompt, i, j, cfg.samples_per_prompt, cfg.pairs, cfg.max_tokens,
+                         cfg.temperature, cfg.seed, policy_model, policy_checkpoint, cfg.mode, cfg.swap_debias,
+                         judge)
 
 
 def _conversation(prompt: Prompt):
@@ -122,85 +189,148 @@ def helpfulness_comparisons(pairs: list[Prompt], seed: int, source: str) -> list
     return out
 
 
-async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> dict:
-    import asyncio
+PROBE_ID = "cai-label-probe"
 
+
+async def _judge_key_now(judge, address: str) -> str:
+    """:func:`judge_key` of the judge at ``address``, read from one tiny log-prob comparison (so the
+    ids of prompts already done can be known before anything is generated)."""
     import grpc
+
+    from services.api.cai.v1 import common_pb2, judge_pb2
+
+    probe = judge_pb2.Comparison(
+        prompt=common_pb2.Conversation(id=PROBE_ID, messages=[common_pb2.ChatMessage(role="user", content="Hi.")]),
+        answer_a="Hello.", answer_b="Hi.", id=PROBE_ID)
+    try:
+        response = await judge.Compare(judge_pb2.CompareRequest(
+            comparisons=[probe], mode=judge_pb2.JUDGE_MODE_LOGPROB, swap_debias=False, seed=0), timeout=600)
+    except grpc.RpcError as exc:
+        raise LabelError(f"judge at {address}: could not read which judge it is (a one-comparison probe): "
+                         f"{exc.code().name}: {exc.details()}") from None
+    if len(response.labels) != 1:
+        raise LabelError(f"judge at {address}: answered {len(response.labels)} labels to a one-comparison probe")
+    return judge_key(response.labels[0])
+
+
+async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge, mode) -> list[dict]:
+    """Generate -> Compare for one batch; the labeled comparisons, ready to publish."""
+    import grpc
+
+    from services.api.cai.v1 import common_pb2, generation_pb2, judge_pb2
+
+    names = ", ".join(repr(p.id) for p in batch)
+    try:
+        answers = await gen.Generate(generation_pb2.GenerateRequest(
+            prompts=[_conversation(p) for p in batch],
+            sampling=common_pb2.SamplingParams(n=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
+                                               temperature=cfg.temperature, seed=cfg.seed),
+        ), timeout=3600)
+    except grpc.RpcError as exc:
+        raise LabelError(f"Generate failed for prompt(s) {names}: {exc.code().name}: {exc.details()}") from None
+    if len(answers.completions) != len(batch):
+        raise LabelError(f"Generate answered {len(answers.completions)} completions for {len(batch)} prompts "
+                         f"({names})")
+    comparisons, meta = [], []
+    for p, completion in zip(batch, answers.completions):
+        if len(completion.samples) != cfg.samples_per_prompt:
+            raise LabelError(f"Generate answered {len(completion.samples)} samples for prompt {p.id!r}, "
+                             f"asked for {cfg.samples_per_prompt}")
+        texts = [s.text if s.text.strip() else "(no answer)" for s in completion.samples]
+        for i, j in pairs:
+            comparisons.append(judge_pb2.Comparison(prompt=_conversation(p), answer_a=texts[i], answer_b=texts[j],
+                                                    id=f"{p.id}/{i}-{j}"))
+            meta.append((p, i, j))
+    try:
+        labels = await judge.Compare(judge_pb2.CompareRequest(
+            comparisons=comparisons, mode=mode, swap_debias=cfg.swap_debias, seed=cfg.seed,
+        ), timeout=3600)
+    except grpc.RpcError as exc:
+        raise LabelError(f"Compare failed for prompt(s) {names}: {exc.code().name}: {exc.details()}") from None
+    if len(labels.labels) != len(comparisons):
+        raise LabelError(f"Compare answered {len(labels.labels)} labels for {len(comparisons)} comparisons of "
+                         f"prompt(s) {names}")
+    items = []
+    for c, label, (p, i, j) in zip(comparisons, labels.labels, meta):
+        prov = label.provenance
+        key = judge_key(label)
+        items.append({
+            "id": harmlessness_id(cfg, p, i, j, answers.model, answers.checkpoint_id, key),
+            "kind": "harmlessness", "prompt": list(p.messages),
+            "answer_a": c.answer_a, "answer_b": c.answer_b, "p_a": label.p_a,
+            "principle_id": label.principle_id, "prompt_id": p.id, "category": p.category,
+            "reasoning": label.reasoning, "sample_indices": [i, j],
+            "provenance": {
+                "constitution_file": prov.constitution_file,
+                "constitution_sha256": prov.constitution_sha256,
+                "principle_id": prov.principle_id,
+                "judge_model": prov.model, "judge_checkpoint": prov.checkpoint,
+                "judge_config_sha256": key,
+                "policy_model": answers.model, "policy_checkpoint": answers.checkpoint_id,
+                "prompt_id": p.id, "mode": cfg.mode, "swap_debias": cfg.swap_debias, "seed": cfg.seed,
+                "created_at": prov.created_at.ToJsonString(),
+            },
+        })
+    return items
+
+
+async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from services.api.cai.v1 import common_pb2, generation_pb2, generation_pb2_grpc, judge_pb2, judge_pb2_grpc
+    from services.api.cai.v1 import common_pb2, generation_pb2_grpc, judge_pb2, judge_pb2_grpc
 
-    prompts = load_prompts(cfg.prompts)
-    if cfg.limit:
-        prompts = prompts[: cfg.limit]
+    prompts = select_prompts(load_prompts(cfg.prompts), cfg)
     pairs = pair_indices(cfg.samples_per_prompt, cfg.pairs)
     stats = {"comparisons_published": 0, "helpfulness_published": 0, "prompts_skipped_as_done": 0,
-             "timeline": []}
+             "prompts": len(prompts), "shard": [cfg.shard_index, cfg.num_shards], "in_flight": cfg.in_flight,
+             "peak_in_flight": 0, "timeline": []}
     started = time.perf_counter()
     async with open_aio_channel(addresses["generation"]) as gch, \
             open_aio_channel(addresses["judge"]) as jch:
         gen = generation_pb2_grpc.GenerationStub(gch)
         judge = judge_pb2_grpc.JudgeStub(jch)
         policy = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)
+        key = await _judge_key_now(judge, addresses["judge"])
         mode = (judge_pb2.JUDGE_MODE_CHAIN_OF_THOUGHT if cfg.mode == "chain-of-thought"
                 else judge_pb2.JUDGE_MODE_LOGPROB)
 
-        def ids_of(p: Prompt) -> list[str]:
-            return [comparison_id(p.id, i, j, cfg.seed, cfg.samples_per_prompt, policy.checkpoint_id,
-                                  cfg.mode, cfg.swap_debias) for i, j in pairs]
+        def done(p: Prompt) -> bool:
+            return all(queue.is_published(harmlessness_id(cfg, p, i, j, policy.model, policy.checkpoint_id, key))
+                       for i, j in pairs)
 
         todo = []
         for p in prompts:
-            done = await asyncio.to_thread(lambda p=p: all(queue.is_published(x) for x in ids_of(p)))
-            if done:
+            if await asyncio.to_thread(done, p):
                 stats["prompts_skipped_as_done"] += 1
             else:
                 todo.append(p)
         bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="label", unit="prompt",
                    disable=not progress)
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start : start + cfg.batch_size]
-            answers = await gen.Generate(generation_pb2.GenerateRequest(
-                prompts=[_conversation(p) for p in batch],
-                sampling=common_pb2.SamplingParams(n=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
-                                                   temperature=cfg.temperature, seed=cfg.seed),
-            ), timeout=3600)
-            comparisons, meta = [], []
-            for p, completion in zip(batch, answers.completions):
-                texts = [s.text if s.text.strip() else "(no answer)" for s in completion.samples]
-                for (i, j), cid in zip(pairs, ids_of(p)):
-                    comparisons.append(judge_pb2.Comparison(prompt=_conversation(p), answer_a=texts[i],
-                                                            answer_b=texts[j], id=cid))
-                    meta.append((p, i, j))
-            labels = await judge.Compare(judge_pb2.CompareRequest(
-                comparisons=comparisons, mode=mode, swap_debias=cfg.swap_debias, seed=cfg.seed,
-            ), timeout=3600)
-            items = []
-            for c, label, (p, i, j) in zip(comparisons, labels.labels, meta):
-                prov = label.provenance
-                items.append({
-                    "id": c.id, "kind": "harmlessness", "prompt": list(p.messages),
-                    "answer_a": c.answer_a, "answer_b": c.answer_b, "p_a": label.p_a,
-                    "principle_id": label.principle_id, "prompt_id": p.id, "category": p.category,
-                    "reasoning": label.reasoning, "sample_indices": [i, j],
-                    "provenance": {
-                        "constitution_file": prov.constitution_file,
-                        "constitution_sha256": prov.constitution_sha256,
-                        "principle_id": prov.principle_id,
-                        "judge_model": prov.model, "judge_checkpoint": prov.checkpoint,
-                        "policy_model": answers.model, "policy_checkpoint": answers.checkpoint_id,
-                        "prompt_id": p.id, "mode": cfg.mode, "swap_debias": cfg.swap_debias,
-                        "created_at": prov.created_at.ToJsonString(),
-                    },
-                })
-            stats["comparisons_published"] += await asyncio.to_thread(queue.publish, items)
-            stats["timeline"].append([time.perf_counter() - started, stats["comparisons_published"]])
-            bar.update(len(batch))
-        bar.close()
+        batches = iter([todo[k : k + cfg.batch_size] for k in range(0, len(todo), cfg.batch_size)])
+        publishing = asyncio.Lock()
+        working = [0]
+
+        async def worker():
+            for batch in batches:  # shared by the workers: each takes the next batch not yet taken
+                working[0] += 1
+                stats["peak_in_flight"] = max(stats["peak_in_flight"], working[0])
+                items = await _label_batch(cfg, batch, pairs, gen, judge, mode)
+                working[0] -= 1
+                async with publishing:
+                    stats["comparisons_published"] += await asyncio.to_thread(queue.publish, items)
+                    stats["timeline"].append([time.perf_counter() - started, stats["comparisons_published"]])
+                bar.update(len(batch))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(cfg.in_flight, max(1, -(-len(todo) // cfg.batch_size)))):
+                    group.create_task(worker())
+        except BaseExceptionGroup as exc:  # the first failure, as itself (the others were cancelled)
+            raise exc.exceptions[0] from None
+        finally:
+            bar.close()
     if cfg.helpfulness_pairs:
-        pairs_file = load_prompts(cfg.helpfulness_pairs)
-        if cfg.limit:
-            pairs_file = pairs_file[: cfg.limit]
+        pairs_file = select_prompts(load_prompts(cfg.helpfulness_pairs), cfg)
         items = helpfulness_comparisons(pairs_file, cfg.seed, cfg.helpfulness_pairs)
         stats["helpfulness_published"] = await asyncio.to_thread(queue.publish, items)
     stats["seconds"] = time.perf_counter() - started
