@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import grpc
 
 from bench._common import PROMPTS, Timer, report, small_model
 from services.api.cai.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from services.common.channels import open_aio_channel
 from services.common.server import ServerConfig
 from services.engines import SamplingSpec, create_engine
 from services.engines.config import EngineConfig
@@ -48,7 +48,7 @@ async def main(args) -> None:
         sampling=common_pb2.SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=1.0, seed=0),
     )
     svc_tokens, svc_seconds = 0, 0.0
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+    async with open_aio_channel(f"127.0.0.1:{service.port}") as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         await stub.Generate(request, timeout=600)  # warm the channel
         for _ in range(args.repeats):

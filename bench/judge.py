@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import grpc
 
 from bench._common import Timer, report, small_model
 from services.api.cai.v1 import common_pb2, judge_pb2, judge_pb2_grpc
 from services.common.served_model import ServedModel
+from services.common.channels import open_aio_channel
 from services.common.server import ServerConfig
 from services.constitution import load_constitution
 from services.engines import SamplingSpec, create_engine
@@ -36,7 +36,7 @@ async def main(args) -> None:
     service = await build_judge_service(JudgeConfig(engine=EngineConfig(model=model),
                                                     server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)), served)
     await service.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    channel = open_aio_channel(f"127.0.0.1:{service.port}")
     stub = judge_pb2_grpc.JudgeStub(channel)
 
     def items(tag: str) -> list[ComparisonItem]:

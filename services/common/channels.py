@@ -1,42 +1,156 @@
-"""Client channels to our services, plaintext or TLS.
+"""Client channels to our services: one place that decides how every client of ours dials.
 
-TLS is used when ``CAI_GRPC_TLS_CA_FILE`` names a PEM file of trusted CA certificates (the
-servers then run with ``server.tls_cert_file``/``tls_key_file``; see k8s/components/tls). Every
-client in this project dials through here, so one setting switches a whole pipeline.
+Targets are gRPC targets, so one address may name several replicas:
+
+- ``host:port`` (DNS, as before),
+- ``dns:///judge-headless.cai.svc:50051`` (every address a headless Service resolves to),
+- ``ipv4:127.0.0.1:5001,127.0.0.1:5002`` (a fixed list).
+
+Every channel carries a service config: ``round_robin`` across all resolved addresses (a
+ClusterIP Service resolves to one address, so there it changes nothing), retries of calls that
+fail with UNAVAILABLE (a replica restarting or gone; bounded attempts with backoff, within the
+call's deadline), and keepalive pings the servers accept (``server_options`` in
+services/common/server.py permits them).
+
+TLS: when ``CAI_GRPC_TLS_CA_FILE`` names a PEM bundle of trusted CAs, channels use TLS (the
+servers run with ``server.tls_cert_file``/``tls_key_file``, see k8s/components/tls). For mutual
+TLS (servers with ``server.tls_client_ca_file``) ``CAI_GRPC_TLS_CERT_FILE`` and
+``CAI_GRPC_TLS_KEY_FILE`` name this client's certificate chain and key. The files are read once
+and read again when they change (a rotated Secret), for channels opened after the change.
+``CAI_GRPC_TLS_SERVER_NAME`` overrides the name checked on the servers' certificates (needed when
+the target's name is not on them, as with an ``ipv4:`` list). Every client in this project dials
+through here, so these settings switch a whole pipeline.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 
 import grpc
 
 TLS_CA_ENV = "CAI_GRPC_TLS_CA_FILE"
-_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
+TLS_CERT_ENV = "CAI_GRPC_TLS_CERT_FILE"
+TLS_KEY_ENV = "CAI_GRPC_TLS_KEY_FILE"
+TLS_SERVER_NAME_ENV = "CAI_GRPC_TLS_SERVER_NAME"
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+KEEPALIVE_TIME_MS = 30_000
+"""A ping after 30 s without traffic (finds connections silently dropped by NAT or a dead node).
+Servers must allow pings this often: server.py sets their minimum interval below it."""
+KEEPALIVE_TIMEOUT_MS = 10_000
+"""A connection whose ping is not answered in 10 s is closed; its calls move to other replicas."""
+
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.2s",
+    "maxBackoff": "3s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+"""Retries of a call that failed with UNAVAILABLE before any reply came (gRPC never retries a call
+whose response has started). Five attempts span about 3 s of backoff; the call's deadline bounds
+the whole."""
+
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    # An empty name is the default for every method of every service.
+    "methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}],
+}
 
 
-def _credentials():
-    path = os.environ.get(TLS_CA_ENV)
+def channel_options() -> list[tuple[str, object]]:
+    """The options of every channel we open (service config, keepalive, message sizes, TLS name)."""
+    options: list[tuple[str, object]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        # Our service config, never one from DNS TXT records.
+        ("grpc.service_config_disable_resolution", 1),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    server_name = os.environ.get(TLS_SERVER_NAME_ENV, "")
+    if server_name and os.environ.get(TLS_CA_ENV):
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
+class TLSFilesError(ValueError):
+    """A TLS file named by the environment cannot be used (the message names the variable and file)."""
+
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple, grpc.ChannelCredentials] = {}
+
+
+def _stamp(env: str) -> tuple[str, int, int] | None:
+    path = os.environ.get(env, "")
     if not path:
         return None
-    with open(path, "rb") as f:
-        return grpc.ssl_channel_credentials(root_certificates=f.read())
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise TLSFilesError(f"${env}={path}: {exc.strerror or exc}") from None
+    return path, st.st_mtime_ns, st.st_size
+
+
+def _read(env: str, stamp) -> bytes | None:
+    if stamp is None:
+        return None
+    try:
+        with open(stamp[0], "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise TLSFilesError(f"${env}={stamp[0]}: {exc.strerror or exc}") from None
+    if b"-----BEGIN" not in data:
+        raise TLSFilesError(f"${env}={stamp[0]}: not a PEM file")
+    return data
+
+
+def credentials() -> grpc.ChannelCredentials | None:
+    """TLS credentials from the environment, or None for plaintext. Raises ``TLSFilesError`` for a
+    missing or unreadable file, or a certificate without its key."""
+    ca = _stamp(TLS_CA_ENV)
+    cert, key = _stamp(TLS_CERT_ENV), _stamp(TLS_KEY_ENV)
+    if ca is None:
+        if cert or key:
+            raise TLSFilesError(f"${TLS_CERT_ENV}/${TLS_KEY_ENV} are set but ${TLS_CA_ENV} is not: "
+                                "client certificates are only sent over TLS")
+        return None
+    if bool(cert) != bool(key):
+        raise TLSFilesError(f"${TLS_CERT_ENV} and ${TLS_KEY_ENV} go together (one is set, not the other)")
+    stamp = (ca, cert, key)
+    with _cache_lock:
+        creds = _cache.get(stamp)
+        if creds is None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(TLS_CA_ENV, ca),
+                private_key=_read(TLS_KEY_ENV, key),
+                certificate_chain=_read(TLS_CERT_ENV, cert),
+            )
+            _cache.clear()  # files changed: only the newest credentials are kept
+            _cache[stamp] = creds
+    return creds
 
 
 def open_channel(address: str) -> grpc.Channel:
-    """A blocking channel to ``address``."""
-    creds = _credentials()
+    """A blocking channel to ``address`` (any gRPC target)."""
+    creds = credentials()
     if creds is None:
-        return grpc.insecure_channel(address, options=_OPTIONS)
-    return grpc.secure_channel(address, creds, options=_OPTIONS)
+        return grpc.insecure_channel(address, options=channel_options())
+    return grpc.secure_channel(address, creds, options=channel_options())
 
 
 def open_aio_channel(address: str) -> grpc.aio.Channel:
-    """An asyncio channel to ``address`` (create it inside the event loop that uses it)."""
-    creds = _credentials()
+    """An asyncio channel to ``address`` (any gRPC target; create it inside the event loop that
+    uses it)."""
+    creds = credentials()
     if creds is None:
-        return grpc.aio.insecure_channel(address, options=_OPTIONS)
-    return grpc.aio.secure_channel(address, creds, options=_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=channel_options())
+    return grpc.aio.secure_channel(address, creds, options=channel_options())

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import metrics
+from services.common import metrics, tls
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ class ServerConfig:
     """PEM certificate chain for TLS; empty serves plaintext (for example behind a mesh)."""
     tls_key_file: str = ""
     """PEM private key for TLS (with tls_cert_file)."""
+    tls_client_ca_file: str = ""
+    """PEM bundle of the CAs that sign client certificates: set, the server requires and verifies
+    a client certificate on every connection (mutual TLS); empty, any client may connect."""
+    tls_allowed_client_names: tuple[str, ...] = ()
+    """Names (certificate SAN or CN) of the clients allowed to call privileged RPCs such as
+    LoadCheckpoint (``services.common.tls.require_client_identity``); empty allows every client
+    the transport lets in. Needs tls_client_ca_file."""
 
     def validate(self):
         if not 0 <= self.port <= 65535:
@@ -53,7 +60,23 @@ class ServerConfig:
             return "max_concurrent_rpcs", "must be at least 1"
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             return "tls_key_file", "tls_cert_file and tls_key_file go together"
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            return "tls_client_ca_file", "mutual TLS needs the server's own tls_cert_file and tls_key_file"
+        if self.tls_allowed_client_names and not self.tls_client_ca_file:
+            return "tls_allowed_client_names", "client names can only be checked with mutual TLS (tls_client_ca_file)"
         return None
+
+
+KEEPALIVE_SERVER_OPTIONS = [
+    # Clients (services/common/channels.py) ping after 30 s idle, with or without calls: allow it,
+    # else the server answers GOAWAY "too_many_pings" and drops their connections.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    # Connections are renewed every ~5 min so that clients dialing dns:/// (a headless Service)
+    # re-resolve and find replicas added since; in-flight calls get 10 min to finish.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 600_000),
+]
 
 
 def _split_method(full: str) -> tuple[str, str]:
@@ -162,6 +185,7 @@ class GrpcService:
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *KEEPALIVE_SERVER_OPTIONS,
         ]
         server = grpc.aio.server(
             interceptors=[MetricsInterceptor()],
@@ -177,8 +201,7 @@ class GrpcService:
         )
         address = f"{cfg.host}:{cfg.port}"
         if cfg.tls_cert_file:
-            with open(cfg.tls_key_file, "rb") as key, open(cfg.tls_cert_file, "rb") as cert:
-                creds = grpc.ssl_server_credentials([(key.read(), cert.read())])
+            creds = tls.server_credentials(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
             self.port = server.add_secure_port(address, creds)
         else:
             self.port = server.add_insecure_port(address)
