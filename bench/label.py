@@ -1,0 +1,133 @@
+"""`cai label` throughput end to end: the pipelined loop (``in_flight`` batches at once) vs the
+sequential one (``in_flight=1``), and end-to-end labels/s ÷ the judge's own labels/s on the same
+comparisons.
+
+One run, same services for every pass: a generation and a judge service started once in-process on
+loopback (gRPC, as in the embedded default), each on its own vLLM engine (``--shared-engine``: one
+engine for both, the embedded default when the judge model is the policy), on the ~25M-parameter
+local model (``--model smollm2-135m-instruct`` for the packaged SmolLM2). Every timed pass labels the
+same prompts with its own seed (fresh answers, so no pass profits from another's judged texts); a
+warm-up pass first puts the prompts in the prefix cache for all. Passes alternate sequential /
+pipelined, ``--repeats`` times.
+
+The judge's own labels/s: the comparisons a pipelined pass published, sent straight to the judge
+service in requests of the same size as `cai label`'s Compare requests (one at a time, and
+``in_flight`` at once), under another seed (other principles and few-shot examples, so not served
+from the cache of the labeling pass). Run: ``.venv/bin/python -m bench.label``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+from bench._common import Timer, report, small_model
+from services.api.cai.v1 import common_pb2, judge_pb2, judge_pb2_grpc
+from services.common.channels import open_aio_channel
+from services.engines.config import EngineConfig
+from services.pipeline.embedded import EmbeddedSpec, embedded_services
+from services.pipeline.label import LabelConfig, _label, pair_indices
+from services.queue import open_queue
+
+
+def _harmlessness(url: str) -> list[dict]:
+    queue = open_queue(url)
+    items = []
+    try:
+        while deliveries := queue.consume("bench", "c1", count=1000):
+            items += [d.item for d in deliveries]
+            queue.ack("bench", deliveries)
+    finally:
+        queue.close()
+    return [i for i in items if i["kind"] == "harmlessness"]
+
+
+async def _judge_alone(address: str, items: list[dict], per_request: int, concurrency: int, swap: bool,
+                       seed: int) -> float:
+    """Seconds the judge service takes to label ``items`` in requests of ``per_request``."""
+    requests = [
+        judge_pb2.CompareRequest(seed=seed, swap_debias=swap, mode=judge_pb2.JUDGE_MODE_LOGPROB, comparisons=[
+            judge_pb2.Comparison(prompt=common_pb2.Conversation(
+                id=i["prompt_id"], messages=[common_pb2.ChatMessage(**m) for m in i["prompt"]]),
+                answer_a=i["answer_a"], answer_b=i["answer_b"], id=i["id"])
+            for i in items[k : k + per_request]])
+        for k in range(0, len(items), per_request)
+    ]
+    async with open_aio_channel(address) as channel:
+        stub = judge_pb2_grpc.JudgeStub(channel)
+        pending = iter(requests)
+
+        async def worker():
+            for request in pending:
+                await stub.Compare(request, timeout=3600)
+
+        with Timer() as t:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return t.seconds
+
+
+async def main(args) -> None:
+    model = args.model or small_model()
+    policy = EngineConfig(model=model, kind=args.engine)
+    judge = None if args.shared_engine else EngineConfig(model=model, kind=args.engine, checkpoint_id="judge")
+    spec = EmbeddedSpec(policy=policy, judge=judge)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-label-"))
+    base = dict(limit=args.prompts, batch_size=args.batch_size, max_tokens=args.max_tokens, helpfulness_pairs="",
+                swap_debias=not args.no_swap)
+    seconds = {1: 0.0, args.in_flight: 0.0}
+    labels = {1: 0, args.in_flight: 0}
+    async with embedded_services(spec, ("generation", "judge")) as addresses:
+        async def label(name: str, in_flight: int, seed: int) -> dict:
+            url = f"sqlite:///{tmp / f'{name}.db'}"
+            queue = open_queue(url)
+            try:
+                return await _label(LabelConfig(queue=url, in_flight=in_flight, seed=seed, **base), queue,
+                                    addresses, progress=False)
+            finally:
+                queue.close()
+
+        await label("warm-up", args.in_flight, seed=1000)
+        for r in range(args.repeats):
+            for in_flight in (1, args.in_flight):
+                stats = await label(f"pass-{r}-{in_flight}", in_flight, seed=1 + 2 * r + (in_flight > 1))
+                seconds[in_flight] += stats["seconds"]
+                labels[in_flight] += stats["comparisons_published"]
+        items = _harmlessness(f"sqlite:///{tmp / f'pass-{args.repeats - 1}-{args.in_flight}.db'}")
+        per_request = args.batch_size * len(pair_indices(2, "adjacent"))
+        judge_one = await _judge_alone(addresses["judge"], items, per_request, 1, not args.no_swap, seed=7777)
+        judge_many = await _judge_alone(addresses["judge"], items, per_request, args.in_flight, not args.no_swap,
+                                        seed=8888)
+    sequential = labels[1] / seconds[1]
+    pipelined = labels[args.in_flight] / seconds[args.in_flight]
+    judge_own = max(len(items) / judge_one, len(items) / judge_many)
+    figures = {
+        "model": args.model or "bench-small-25m", "engine": args.engine,
+        "engines": "one shared" if args.shared_engine else "one per service",
+        "prompts": args.prompts, "batch_size": args.batch_size, "max_tokens": args.max_tokens,
+        "swap_debias": not args.no_swap, "repeats": args.repeats, "in_flight": args.in_flight,
+        "sequential_labels_per_s": sequential,
+        "pipelined_labels_per_s": pipelined,
+        "ratio_pipelined_over_sequential": pipelined / sequential,
+        "judge_alone_labels_per_s_one_request_at_a_time": len(items) / judge_one,
+        "judge_alone_labels_per_s_in_flight": len(items) / judge_many,
+        "ratio_label_end_to_end_over_judge_alone": pipelined / judge_own,
+        "note": "end to end includes Generate, the judge probe, the done-check and publishing to SQLite; "
+                "shared 2-core machine, other work running",
+    }
+    report(f"label-{args.engine}" + ("-" + Path(args.model).name if args.model else ""), figures)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model (default: the local ~25M bench model)")
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
+    parser.add_argument("--shared-engine", action="store_true", help="one engine for generation and judge")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--no-swap", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2)
+    asyncio.run(main(parser.parse_args()))
