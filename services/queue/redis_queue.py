@@ -50,8 +50,14 @@ local prev = string.format('%d', b - 1)
 local expire_at = (b + 2) * w
 """
 
+# Script flags (Redis 7): a script without `allow-oom` is refused before it starts when Redis is
+# over --maxmemory, so a publish is all or nothing; acknowledging, dead-lettering and trimming are
+# allowed then (they are how the memory comes back).
+_FLAGS = "#!lua\n"
+_FLAGS_OOM = "#!lua flags=allow-oom\n"
+
 # KEYS: stream. ARGV: W ms, published-set prefix, then (id, payload)*.
-_PUBLISH = _WINDOW + """
+_PUBLISH = _FLAGS + _WINDOW + """
 local key, old = ARGV[2] .. cur, ARGV[2] .. prev
 local n = 0
 for i = 3, #ARGV, 2 do
@@ -65,7 +71,7 @@ return n
 """
 
 # ARGV: W ms, set prefix, then ids. Returns 1/0 for each id: in the current or previous bucket.
-_MEMBERS = _WINDOW + """
+_MEMBERS = "#!lua flags=no-writes,allow-oom\n" + _WINDOW + """
 local out = {}
 for i = 3, #ARGV do
   local hit = redis.call('SISMEMBER', ARGV[2] .. cur, ARGV[i]) == 1 or redis.call('SISMEMBER', ARGV[2] .. prev, ARGV[i]) == 1
@@ -75,7 +81,7 @@ return out
 """
 
 # KEYS: stream. ARGV: W ms, done-set prefix, group, number of entry ids k, k entry ids, comparison ids.
-_ACK = _WINDOW + """
+_ACK = _FLAGS_OOM + _WINDOW + """
 local k = tonumber(ARGV[4])
 local acked = 0
 for i = 5, 4 + k, 500 do
@@ -90,7 +96,7 @@ return acked
 """
 
 # KEYS: stream, dead stream, dead-seen sorted set. ARGV: group, time, dead cap, then (entry id, reason, payload)*.
-_DEAD_LETTER = """
+_DEAD_LETTER = _FLAGS_OOM + """
 local n = 0
 for i = 4, #ARGV, 3 do
   if redis.call('ZADD', KEYS[3], 'NX', tonumber(string.match(ARGV[i], '^(%d+)')), ARGV[i]) == 1 then
@@ -105,7 +111,7 @@ return n
 
 # KEYS: stream, dead-seen sorted set. Returns {entries trimmed, stream length}; {-1, length} when
 # the stream has no group (nothing is trimmed then).
-_TRIM = """
+_TRIM = _FLAGS_OOM + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups == 0 then return {-1, redis.call('XLEN', KEYS[1])} end

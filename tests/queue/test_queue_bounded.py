@@ -113,3 +113,51 @@ def test_sqlite_rows_of_the_queue_stay_flat_over_20000_comparisons(tmp_path):
         assert (tmp_path / "q.db").stat().st_size < 8 * 1024 * 1024
     finally:
         q.close()
+
+
+def test_redis_at_maxmemory_refuses_a_whole_publish_with_a_clear_error_and_the_trainer_still_drains_it(tmp_path):
+    """Redis's --maxmemory (noeviction) is the cap while a group lags: a publish past it fails as a
+    whole with an error naming the stream (nothing half-published, nothing dropped); the consumer
+    can still acknowledge, which trims, and then publishing works again."""
+    import socket
+    import subprocess
+
+    import redis
+
+    from services.queue import QueueError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--maxmemory", "3mb", "--maxmemory-policy", "noeviction",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        q = open_queue(f"redis://127.0.0.1:{port}/0?trim_every=100", stream="capped")
+        q.create_group("trainer")
+        published, n = 0, 0
+        with pytest.raises(QueueError, match="maxmemory") as err:
+            while n < 100_000:
+                published += q.publish([comparison(i, "capped") for i in range(n, n + 100)])
+                n += 100
+        assert "'capped'" in str(err.value)  # names the stream
+        assert published == n > 0 and q.depth() == published  # the refused batch: none of it
+        assert not q.is_published(comparison(n, "capped")["id"])
+        taken = 0
+        while batch := q.consume("trainer", "t0", count=100):
+            q.ack("trainer", batch)  # allowed over maxmemory; trims every 100
+            taken += len(batch)
+        assert taken == published and q.depth() < 100
+        assert q.publish([comparison(i, "capped") for i in range(n, n + 100)]) == 100  # room again
+        q.close()
+        r.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
