@@ -905,3 +905,56 @@ def test_probe_checks_health_over_tls_with_the_service_name(tmp_path, monkeypatc
         assert main(["probe", "--port", str(port), "--timeout", "3"]) == 1  # plaintext to a TLS port
     finally:
         server.stop(0)
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "kb": 1000, "mb": 2**20, "gb": 2**30}
+    for suffix, factor in units.items():
+        if quantity.lower().endswith(suffix.lower()):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(quantity)
+
+
+@pytest.mark.parametrize("name", ["base", "gpu", "cpu-small"])
+def test_redis_is_bounded_below_its_memory_limit_and_scraped(renders, name):
+    """--maxmemory (Redis's 'mb' is MiB) set and under the container's limit, noeviction, and a pinned
+    exporter whose port the ServiceMonitor scrapes through the Service."""
+    objects = renders[name]
+    pod = _pod(_get(objects, "StatefulSet", "redis"))
+    redis = next(c for c in pod["containers"] if c["name"] == "redis")
+    args = redis["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory = _bytes(args[args.index("--maxmemory") + 1])
+    limit = _bytes(redis["resources"]["limits"]["memory"])
+    assert 0.5 * limit <= maxmemory <= 0.8 * limit, (maxmemory, limit)
+    exporter = next(c for c in pod["containers"] if c["name"] == "exporter")
+    image, _, tag = exporter["image"].rpartition(":")
+    assert image.endswith("redis_exporter") and re.fullmatch(r"v\d+\.\d+\.\d+", tag)
+    assert any(a.startswith("--check-streams=") for a in exporter["args"])
+    ports = {p["name"]: p for p in _get(objects, "Service", "redis")["spec"]["ports"]}
+    assert ports["metrics"]["targetPort"] == "metrics"
+    assert {"name": "metrics", "containerPort": 9121, "protocol": "TCP"} in exporter["ports"]
+
+
+def test_alerts_watch_redis_the_queue_the_trainer_and_workloads_that_do_not_run():
+    rules = {r["alert"]: r["expr"] for r in _rules()}
+    assert "redis_memory_used_bytes" in rules["CAIRedisMemoryHigh"] and "redis_memory_max_bytes" in rules["CAIRedisMemoryHigh"]
+    assert "redis_stream_length" in rules["CAIQueueDepthHigh"]
+    assert "redis_stream_group_lag" in rules["CAIConsumerLagHigh"]
+    assert 'up{job="trainer"}' in rules["CAITrainerNotReporting"] and "unless" in rules["CAITrainerNotReporting"]
+    assert "kube_deployment_status_replicas_available" in rules["CAIWorkloadNotReady"]
+    assert 'phase="Pending"' in rules["CAIPodPending"]
+    assert "kube_statefulset_status_replicas_ready" in rules["CAIStatefulSetNotReady"]
+
+
+@pytest.mark.parametrize("name", ["base", "gpu", "cpu-small"])
+def test_inference_services_have_a_headless_twin_and_clients_dial_it(renders, name):
+    objects = renders[name]
+    for service in ("generation", "critique", "judge", "reward"):
+        plain, headless = _get(objects, "Service", service), _get(objects, "Service", f"{service}-headless")
+        assert headless["spec"]["clusterIP"] == "None"
+        assert headless["spec"]["selector"] == plain["spec"]["selector"]
+        assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]  # scraped once, via the plain one
+    config = _config_of(objects, "trainer")
+    assert config["reward_service"] == "dns:///reward-headless:50051"
+    assert config["policy_training"]["generation_service"] == "dns:///generation-headless:50051"
