@@ -139,18 +139,140 @@ def credentials() -> grpc.ChannelCredentials | None:
     return creds
 
 
+def _hint(details: str | None, tls: tuple[str, str] | None) -> str:
+    """A sentence naming this client's TLS settings, for the failures they cause: gRPC reports a
+    TLS server meeting a plaintext client, or a mutual-TLS server meeting a client without a
+    certificate, only as "Socket closed"."""
+    details = details or ""
+    verify = any(p in details for p in ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification", "Peer name"))
+    if not verify and "Socket closed" not in details and "andshake" not in details:
+        return ""
+    if tls is not None and verify:
+        return (f" (this client trusts ${TLS_CA_ENV}={tls[0]}: the server's certificate is not signed by a CA "
+                f"in it, or does not name the target; ${TLS_SERVER_NAME_ENV} sets the name to check)")
+    if tls is None:
+        return (f" (this client dials plaintext: if the server serves TLS, set ${TLS_CA_ENV} to the CA bundle "
+                "that signed its certificate)")
+    ca, cert = tls
+    if not cert:
+        return (f" (this client dials TLS trusting ${TLS_CA_ENV}={ca}, without a client certificate: if the "
+                f"server requires mutual TLS (--tls-client-ca-file), set ${TLS_CERT_ENV} and ${TLS_KEY_ENV})")
+    return (f" (this client dials TLS trusting ${TLS_CA_ENV}={ca} with the client certificate "
+            f"${TLS_CERT_ENV}={cert}: check that the server's CA signed the server certificate and its "
+            "--tls-client-ca-file signed the client's)")
+
+
+class _ExplainedFailure(grpc.RpcError, grpc.Call, grpc.Future):
+    """A failed blocking call whose details carry ``_hint``'s sentence."""
+
+    def __init__(self, failed, hint: str):
+        super().__init__()
+        self._failed, self._details = failed, (failed.details() or "") + hint
+
+    def code(self):
+        return self._failed.code()
+
+    def details(self):
+        return self._details
+
+    def initial_metadata(self):
+        return self._failed.initial_metadata()
+
+    def trailing_metadata(self):
+        return self._failed.trailing_metadata()
+
+    def debug_error_string(self):
+        return getattr(self._failed, "debug_error_string", lambda: "")()
+
+    def __str__(self):
+        return f"<RPC failed: status = {self.code()}, details = {self._details!r}>"
+
+    def cancel(self):
+        return False
+
+    def cancelled(self):
+        return False
+
+    def is_active(self):
+        return False
+
+    def time_remaining(self):
+        return None
+
+    def running(self):
+        return False
+
+    def done(self):
+        return True
+
+    def result(self, timeout=None):
+        raise self
+
+    def exception(self, timeout=None):
+        return self
+
+    def traceback(self, timeout=None):
+        return None
+
+    def add_callback(self, callback):
+        return False
+
+    def add_done_callback(self, fn):
+        fn(self)
+
+
+class _Explain(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, tls):
+        self._tls = tls
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        outcome = continuation(client_call_details, request)
+        if outcome.done():  # a blocking call (a .future() is left as it is)
+            exc = outcome.exception()
+            if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                hint = _hint(exc.details(), self._tls)
+                if hint:
+                    return _ExplainedFailure(exc, hint)
+        return outcome
+
+
+class _ExplainAio(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, tls):
+        self._tls = tls
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        call = await continuation(client_call_details, request)
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            hint = _hint(exc.details(), self._tls) if exc.code() == grpc.StatusCode.UNAVAILABLE else ""
+            if not hint:
+                raise
+            raise grpc.aio.AioRpcError(exc.code(), exc.initial_metadata(), exc.trailing_metadata(),
+                                       (exc.details() or "") + hint, exc.debug_error_string()) from None
+        return call
+
+
+def _tls_names() -> tuple[str, str] | None:
+    ca = os.environ.get(TLS_CA_ENV, "")
+    return (ca, os.environ.get(TLS_CERT_ENV, "")) if ca else None
+
+
 def open_channel(address: str) -> grpc.Channel:
     """A blocking channel to ``address`` (any gRPC target)."""
     creds = credentials()
     if creds is None:
-        return grpc.insecure_channel(address, options=channel_options())
-    return grpc.secure_channel(address, creds, options=channel_options())
+        channel = grpc.insecure_channel(address, options=channel_options())
+    else:
+        channel = grpc.secure_channel(address, creds, options=channel_options())
+    return grpc.intercept_channel(channel, _Explain(_tls_names()))
 
 
 def open_aio_channel(address: str) -> grpc.aio.Channel:
     """An asyncio channel to ``address`` (any gRPC target; create it inside the event loop that
     uses it)."""
     creds = credentials()
+    interceptors = [_ExplainAio(_tls_names())]
     if creds is None:
-        return grpc.aio.insecure_channel(address, options=channel_options())
-    return grpc.aio.secure_channel(address, creds, options=channel_options())
+        return grpc.aio.insecure_channel(address, options=channel_options(), interceptors=interceptors)
+    return grpc.aio.secure_channel(address, creds, options=channel_options(), interceptors=interceptors)

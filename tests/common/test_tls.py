@@ -76,12 +76,25 @@ def test_a_client_with_the_ca_calls_a_tls_server(servers, pki, client_env):
     port = servers["tls"].port
     assert _score(f"localhost:{port}").scores
     assert _score(f"127.0.0.1:{port}").scores  # the IP is on the certificate too
+    assert _score(f"ipv4:127.0.0.1:{port}").scores
+
+
+def test_the_server_name_checked_can_be_set(servers, pki, client_env, monkeypatch):
+    client_env(ca=pki["ca"])
+    monkeypatch.setenv(channels.TLS_SERVER_NAME_ENV, "localhost")
+    assert _score(f"ipv4:127.0.0.1:{servers['tls'].port}").scores
+    monkeypatch.setenv(channels.TLS_SERVER_NAME_ENV, "judge.cai.svc")  # not on the certificate
+    with pytest.raises(grpc.RpcError) as err:
+        _score(servers["tls"].address, timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "does not name the target" in err.value.details()
 
 
 def test_a_plaintext_client_fails_against_a_tls_server(servers, client_env):
     with pytest.raises(grpc.RpcError) as err:
         _score(servers["tls"].address, timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "this client dials plaintext" in err.value.details() and "CAI_GRPC_TLS_CA_FILE" in err.value.details()
 
 
 def test_a_client_trusting_another_ca_fails_against_a_tls_server(servers, pki, client_env):
@@ -89,13 +102,20 @@ def test_a_client_trusting_another_ca_fails_against_a_tls_server(servers, pki, c
     with pytest.raises(grpc.RpcError) as err:
         _score(servers["tls"].address, timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "the server's certificate is not signed by a CA in it" in err.value.details()
 
 
-def test_mutual_tls_refuses_a_client_without_a_certificate(servers, pki, client_env):
+async def test_mutual_tls_refuses_a_client_without_a_certificate(servers, pki, client_env):
     client_env(ca=pki["ca"])
     with pytest.raises(grpc.RpcError) as err:
         _score(servers["mtls"].address, timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "without a client certificate" in err.value.details() and "CAI_GRPC_TLS_CERT_FILE" in err.value.details()
+    async with open_aio_channel(servers["mtls"].address) as channel:  # the pipelines' asyncio clients
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await reward_pb2_grpc.RewardStub(channel).Score(_request(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "without a client certificate" in err.value.details()
     print(f"\nno client certificate: {err.value.code().name}: {err.value.details()}")
 
 
