@@ -30,7 +30,7 @@ def _deploy_config(args):
     config, base_dir = load_deploy_config(args.config)
     try:
         config = replace_config(
-            config, overlay=args.overlay, namespace=args.namespace, image=args.image, tls=args.tls,
+            config, overlay=args.overlay, namespace=args.namespace, image=args.image, tls=args.tls, mtls=args.mtls,
             external_redis=args.external_redis, monitoring=args.monitoring,
         )
     except ConfigError as exc:
@@ -122,7 +122,20 @@ def cmd_probe(args) -> int:
         server_name = args.server_name or os.environ.get("CAI_TLS_SERVER_NAME", "")
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
-        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots), options)
+        # The pod's own certificate as the client's: needed when the server verifies client
+        # certificates (k8s/components/mtls), ignored otherwise.
+        key = os.path.join(args.tls_dir, "tls.key")
+        chain = private_key = None
+        if os.path.isfile(key) and os.path.isfile(cert):
+            try:
+                with open(cert, "rb") as f:
+                    chain = f.read()
+                with open(key, "rb") as f:
+                    private_key = f.read()
+            except OSError as exc:
+                return _fail(f"probe: {exc}")
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(
+            root_certificates=roots, private_key=private_key, certificate_chain=chain), options)
     else:
         channel = open_channel(address)
     with channel:
@@ -146,6 +159,8 @@ def _render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="image of the services, e.g. registry.example.com/cai:0.1.0-gpu")
     p.add_argument("--tls", action="store_true", default=None,
                    help="serve gRPC over TLS with the Secret cai-grpc-tls (k8s/components/tls)")
+    p.add_argument("--mtls", action="store_true", default=None,
+                   help="mutual TLS on top of --tls: servers verify client certificates (k8s/components/mtls)")
     p.add_argument("--external-redis", action="store_true", default=None,
                    help="use an existing Redis, URL in the Secret cai-queue (k8s/components/external-redis)")
     p.add_argument("--monitoring", action="store_true", default=None,

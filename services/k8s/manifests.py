@@ -100,7 +100,11 @@ class DeployConfig:
     """Storage class of the trainer's work volume (ReadWriteMany in the gpu overlay, since reward
     and generation read its checkpoints); empty: the cluster's default."""
     tls: bool = False
-    """Serve gRPC over TLS with the Secret cai-grpc-tls (component k8s/components/tls)."""
+    """Serve gRPC over TLS with the Secret cai-grpc-tls (component k8s/components/tls); the
+    trainer and pipeline jobs trust its CA."""
+    mtls: bool = False
+    """Mutual TLS on top of ``tls``: servers require client certificates signed by the Secret's CA
+    and our clients present the Secret's certificate (component k8s/components/mtls)."""
     external_redis: bool = False
     """Use an existing Redis, its URL in the Secret cai-queue (component
     k8s/components/external-redis), instead of the bundled StatefulSet."""
@@ -239,8 +243,10 @@ def render(config: DeployConfig | None = None, base_dir: Path | None = None) -> 
         if config.monitoring:
             kust["resources"].append(_relative(K8S_DIR / "monitoring", root))
         components = []
-        if config.tls:
+        if config.tls or config.mtls:
             components.append(_relative(K8S_DIR / "components" / "tls", root))
+        if config.mtls:
+            components.append(_relative(K8S_DIR / "components" / "mtls", root))
         if config.external_redis:
             components.append(_relative(K8S_DIR / "components" / "external-redis", root))
         if components:

@@ -958,3 +958,38 @@ def test_inference_services_have_a_headless_twin_and_clients_dial_it(renders, na
     config = _config_of(objects, "trainer")
     assert config["reward_service"] == "dns:///reward-headless:50051"
     assert config["policy_training"]["generation_service"] == "dns:///generation-headless:50051"
+
+
+def _env(container: dict) -> dict:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_tls_reaches_the_trainer_and_jobs_and_mutual_tls_is_an_option(tmp_path):
+    """With tls, the trainer (a client: it promotes checkpoints) and pipeline jobs rendered with the
+    overlay trust the Secret's CA; with mtls, servers require client certificates and every client
+    presents the Secret's certificate."""
+    job_text = (K8S / "examples" / "label-job.yaml").read_text().replace("generateName: cai-label-", "name: cai-label")
+    for mtls in (False, True):
+        config = DeployConfig(overlay="cpu-small", tls=True, mtls=mtls)
+        objects = render(config)
+        root = tmp_path / f"with-job-{mtls}"   # a user overlay listing the Job beside the deployment
+        root.mkdir()
+        (root / "job.yaml").write_text(job_text)
+        components = ["components/tls"] + (["components/mtls"] if mtls else [])
+        (root / "kustomization.yaml").write_text(yaml.safe_dump({
+            "resources": [os.path.relpath(K8S / "overlays" / "cpu-small", root), "job.yaml"],
+            "components": [os.path.relpath(K8S / c, root) for c in components]}))
+        objects += [o for o in kustomize(root) if o["kind"] == "Job"]
+        trainer = _pod(_get(objects, "StatefulSet", "trainer"))["containers"][0]
+        (job,) = _of(objects, "Job")
+        for client in (trainer, _pod(job)["containers"][0]):
+            env = _env(client)
+            assert env["CAI_GRPC_TLS_CA_FILE"] == "/etc/cai/tls/ca.crt"
+            assert any(m["mountPath"] == "/etc/cai/tls" for m in client["volumeMounts"])
+            assert ("CAI_GRPC_TLS_CERT_FILE" in env) == mtls and ("CAI_GRPC_TLS_KEY_FILE" in env) == mtls
+        for w in _cai_workloads(objects):
+            args = _pod(w)["containers"][0]["args"]
+            assert "--tls-cert-file=/etc/cai/tls/tls.crt" in args
+            assert ("--tls-client-ca-file=/etc/cai/tls/ca.crt" in args) == mtls, _id(w)
+            serve = build_parser().parse_args([a for a in args])
+            assert serve.tls_client_ca_file == ("/etc/cai/tls/ca.crt" if mtls else None)
