@@ -27,15 +27,20 @@ def transcript(messages: Sequence[dict], answer: str) -> str:
     return "\n\n".join(lines)
 
 
+CONVERSATION_LABEL = "Conversation:"
+CRITIQUE_LABEL = "Critique request:"
+REVISION_LABEL = "Revision request:"
+
+
 def critique_request(messages: Sequence[dict], answer: str, principle: CritiquePrinciple) -> str:
     return (
-        "Conversation:\n\n" + transcript(messages, answer) + "\n\n"
-        f"Critique request: {principle.critique}"
+        f"{CONVERSATION_LABEL}\n\n" + transcript(messages, answer) + "\n\n"
+        f"{CRITIQUE_LABEL} {principle.critique}"
     )
 
 
 def revision_request(principle: CritiquePrinciple) -> str:
-    return f"Revision request: {principle.revision}"
+    return f"{REVISION_LABEL} {principle.revision}"
 
 
 def critique_chat(
@@ -77,3 +82,20 @@ def clean_output(text: str) -> str:
 def is_degenerate(text: str) -> bool:
     """Empty, or nothing a reader could use (no letter or digit at all)."""
     return not any(ch.isalnum() for ch in text)
+
+
+# What a revision must not contain: the labels of these prompts, a transcript line opened by one of
+# its speakers (the model went on writing the conversation), or a few-shot marker (it started
+# another example). A revision holding one leaked the prompt's scaffolding.
+_SCAFFOLD = re.compile(
+    "|".join([re.escape(CRITIQUE_LABEL), re.escape(REVISION_LABEL), rf"^\s*{re.escape(CONVERSATION_LABEL)}",
+              *(rf"^\s*{re.escape(name)}:" for name in SPEAKERS.values()),
+              r"\banother example\b", r"^\s*example\s*\d*\s*:", r"^\s*critique\s*:", r"^\s*revision\s*:"]),
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def leaked_scaffolding(text: str) -> str:
+    """The first piece of prompt scaffolding in ``text`` (empty when it has none)."""
+    found = _SCAFFOLD.search(text)
+    return found.group(0).strip() if found else ""

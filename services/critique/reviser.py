@@ -28,6 +28,8 @@ class RoundResult:
     critique: str
     revision: str
     kept_previous: bool
+    truncated: bool = False
+    """``revision`` stopped at max_tokens before the model finished it (for a kept answer: its flag)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Reviser:
     ) -> list[Chain]:
         answers = [item.answer for item in items]
         results: list[list[RoundResult]] = [[] for _ in items]
+        truncated = [False] * len(items)  # of the answer each item holds (the initial one: unknown here)
         for r in range(1, rounds + 1):
             drawn = [
                 self.draw(seed, item.draw_key, r, among) for item in items
@@ -114,13 +117,12 @@ class Reviser:
                 for chat, critique, (principle, _) in zip(chats, critiques, drawn)
             ]
             spec_r = revision_spec if revision_spec.seed is None else replace(revision_spec, seed=revision_spec.seed + 2 * r + 1)
-            revisions = [
-                prompting.clean_output(c.samples[0].text)
-                for c in await self.engine.generate(revision_prompts, replace(spec_r, n=1))
-            ]
+            samples = [c.samples[0] for c in await self.engine.generate(revision_prompts, replace(spec_r, n=1))]
+            revisions = [prompting.clean_output(sample.text) for sample in samples]
             for i, ((principle, _), critique, revision) in enumerate(zip(drawn, critiques, revisions)):
                 kept = prompting.is_degenerate(revision)
                 if not kept:
                     answers[i] = revision
-                results[i].append(RoundResult(r, principle.id, critique, answers[i], kept))
+                    truncated[i] = samples[i].finish_reason == "length"
+                results[i].append(RoundResult(r, principle.id, critique, answers[i], kept, truncated[i]))
         return [Chain(tuple(rs), answers[i]) for i, rs in enumerate(results)]

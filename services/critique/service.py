@@ -95,7 +95,7 @@ class CritiqueServicer(critique_pb2_grpc.CritiqueServicer):
             )
             for r in chain.rounds:
                 out.rounds.add(round=r.round, principle_id=r.principle_id, critique=r.critique,
-                               revision=r.revision, kept_previous=r.kept_previous)
+                               revision=r.revision, kept_previous=r.kept_previous, truncated=r.truncated)
                 ROUNDS.inc()
                 PRINCIPLE_USES.labels(r.principle_id).inc()
                 if r.kept_previous:

@@ -182,7 +182,8 @@ async def run_pipeline(cfg: RunConfig, out: Path) -> dict:
     stages.start("sft", "supervised fine-tuning on the final revisions (SL-CAI)")
     sl_policy = await asyncio.to_thread(train_sft, SFTRunConfig(
         data=str(out / "sl_data"), out=str(out / "checkpoints" / "sl-cai"), model=base, epochs=cfg.sft_epochs,
-        learning_rate=cfg.sft_learning_rate, batch_size=4, seed=cfg.seed))
+        learning_rate=cfg.sft_learning_rate, batch_size=4, seed=cfg.seed,
+        include_flagged=cfg.tiny))  # a tiny model's text is noise: its rows are all flagged
     stages.end("sft", str(sl_policy))
 
     queue_url = cfg.queue or f"sqlite:///{(out / 'queue.db').resolve()}"

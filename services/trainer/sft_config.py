@@ -16,9 +16,13 @@ class SFTRunConfig:
     model: str = DEFAULT_MODEL
     """Policy to fine-tune: folder, hub id or packaged name."""
     rounds: int = 0
-    """SL-CAI-n: train on the revisions of round n; 0 means the last round in the data."""
+    """SL-CAI-n: train on the revisions of rounds 1..n (the original method trains on every
+    round's revisions); 0 means every round in the data (``--rounds all``)."""
     helpfulness: bool = True
     """Mix in the helpfulness rows (the original method keeps the model helpful this way)."""
+    include_flagged: bool = False
+    """Also train on rows whose quality is not ``ok`` (truncated, leaking prompt scaffolding, or
+    from prompts whose rounds all failed); ``cai sl-data`` marks them and they are left out."""
     lora: bool = False
     """Train LoRA adapters instead of all weights; they are merged into the saved checkpoint."""
     lora_r: int = 16
@@ -46,7 +50,7 @@ class SFTRunConfig:
         if not self.out:
             return "out", "is required"
         if self.rounds < 0:
-            return "rounds", "must be 0 (last) or more"
+            return "rounds", "must be 0 (every round) or more"
         if self.learning_rate <= 0:
             return "learning_rate", "must be positive"
         return None

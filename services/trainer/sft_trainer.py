@@ -24,7 +24,7 @@ def train_sft(cfg: SFTRunConfig) -> Path:
     from services.pipeline.sl_data import load_sft_dataset
 
     model_path = resolve_model(cfg.model)
-    dataset = load_sft_dataset(cfg.data, cfg.rounds or None, cfg.helpfulness)
+    dataset = load_sft_dataset(cfg.data, cfg.rounds or None, cfg.helpfulness, cfg.include_flagged)
     out = Path(cfg.out)
     work = out.with_name(out.name + ".work")
     args = SFTConfig(
@@ -50,11 +50,14 @@ def train_sft(cfg: SFTRunConfig) -> Path:
         trainer.accelerator.unwrap_model(trained).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         data_manifest = Path(cfg.data) / "manifest.json"
-        sha = json.loads(data_manifest.read_text()).get("constitution_sha256", "") if data_manifest.exists() else ""
+        made = json.loads(data_manifest.read_text()) if data_manifest.exists() else {}
+        sha = made.get("constitution_sha256", "")
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         write_manifest(
             tmp, id=out.name, kind="sft", step=trainer.state.global_step, base_model=cfg.model,
-            data={"folder": str(Path(cfg.data).resolve()), "rows": len(dataset), "rounds": cfg.rounds or "last"},
+            data={"folder": str(Path(cfg.data).resolve()), "rows": len(dataset),
+                  "rounds": f"1..{cfg.rounds}" if cfg.rounds else "all", "include_flagged": cfg.include_flagged,
+                  "quality": made.get("quality", {})},
             constitution_sha256=sha,
             metrics={"train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
                      "last_loss": losses[-1] if losses else None},

@@ -144,3 +144,11 @@ async def test_empty_revision_keeps_previous_answer(constitution, mute_model):
     assert [r.kept_previous for r in chain.rounds] == [True, True]
     assert [r.revision for r in chain.rounds] == ["The first answer."] * 2
     assert chain.final_answer == "The first answer."
+
+
+async def test_revisions_that_hit_the_token_limit_are_marked_truncated(constitution, hf_engine):
+    items = [ReviseItem(({"role": "user", "content": f"question {i}"},), f"answer {i}", f"p{i}") for i in range(3)]
+    spec = SamplingSpec(max_tokens=2, seed=0, temperature=1.0)
+    chains = await Reviser(hf_engine, constitution).revise(items, 2, spec, spec, seed=0)
+    rounds = [r for c in chains for r in c.rounds]
+    assert any(r.truncated for r in rounds if not r.kept_previous)

@@ -35,7 +35,8 @@ def test_sft_changes_weights_and_writes_a_checkpoint(tiny_model, sl_data, tmp_pa
 
     before = load_file(Path(tiny_model) / "model.safetensors")
     out = train_sft(SFTRunConfig(data=str(sl_data), out=str(tmp_path / "sft"), model=tiny_model,
-                                 max_steps=3, learning_rate=1e-3, batch_size=4, lora=lora, lora_r=4))
+                                 max_steps=3, learning_rate=1e-3, batch_size=4, lora=lora, lora_r=4,
+                                 rounds=1, include_flagged=True))  # tiny-model text: every row is flagged
     assert changed(before, out) > 1e-4
     manifest = read_manifest(out)
     assert manifest["kind"] == "sft" and manifest["step"] == 3 and manifest["lora"] is lora
@@ -46,7 +47,7 @@ def test_sft_changes_weights_and_writes_a_checkpoint(tiny_model, sl_data, tmp_pa
 
 def test_generation_service_loads_the_sft_checkpoint(tiny_model, sl_data, tmp_path, generation_channel):
     out = train_sft(SFTRunConfig(data=str(sl_data), out=str(tmp_path / "sl-cai"), model=tiny_model,
-                                 max_steps=2, learning_rate=1e-3))
+                                 max_steps=2, learning_rate=1e-3, include_flagged=True))
     stub = generation_pb2_grpc.GenerationStub(generation_channel)
     original = stub.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=10).checkpoint_id
     loaded = stub.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=str(out)), timeout=300)

@@ -30,18 +30,20 @@ class ReviseRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ReviseItem, _Mapping]]] = ..., rounds: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., principle_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CritiqueRound(_message.Message):
-    __slots__ = ("round", "principle_id", "critique", "revision", "kept_previous")
+    __slots__ = ("round", "principle_id", "critique", "revision", "kept_previous", "truncated")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PRINCIPLE_ID_FIELD_NUMBER: _ClassVar[int]
     CRITIQUE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     KEPT_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     round: int
     principle_id: str
     critique: str
     revision: str
     kept_previous: bool
-    def __init__(self, round: _Optional[int] = ..., principle_id: _Optional[str] = ..., critique: _Optional[str] = ..., revision: _Optional[str] = ..., kept_previous: _Optional[bool] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, round: _Optional[int] = ..., principle_id: _Optional[str] = ..., critique: _Optional[str] = ..., revision: _Optional[str] = ..., kept_previous: _Optional[bool] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class RevisionChain(_message.Message):
     __slots__ = ("rounds", "final_answer", "provenance")
