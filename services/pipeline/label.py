@@ -100,6 +100,8 @@ class LabelConfig:
             return "pairs", "must be adjacent or all"
         if self.mode not in ("logprob", "chain-of-thought"):
             return "mode", "must be logprob or chain-of-thought"
+        if self.batch_size < 1:
+            return "batch_size", "must be at least 1"
         if self.in_flight < 1:
             return "in_flight", "must be at least 1"
         if self.num_shards < 1:
@@ -153,7 +155,7 @@ def harmlessness_id(cfg: LabelConfig, p: Prompt, i: int, j: int, policy_model: s
     """The idempotent id of the comparison of answers i and j to prompt ``p``: a hash of everything
     that determines its label. ``judge`` is :func:`judge_key` of the judge that labels it."""
     prompt = hashlib.sha256(json.dumps(list(p.messages), sort_keys=True).encode()).hexdigest()
-    return comparison_id("harmlessness", p.id, prompt, i, j, cfg.samples_per_prompt, cfg.pairs, cfg.max_tokens,
+    return comparison_id("harmlessness", p.id, prompt, i, j, cfg.samples_per_prompt, cfg.max_tokens,
                          cfg.temperature, cfg.seed, policy_model, policy_checkpoint, cfg.mode, cfg.swap_debias,
                          judge)
 
