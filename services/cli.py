@@ -244,8 +244,9 @@ def cmd_constitution_diff(args) -> int:
 
 
 def cmd_constitution_check(args) -> int:
-    from services.constitution import ConstitutionError, load_constitution
+    from services.constitution import DEFAULT_CONSTITUTION, ConstitutionError, load_constitution
 
+    args.file = args.file or str(DEFAULT_CONSTITUTION)
     try:
         c = load_constitution(args.file)
     except ConstitutionError as exc:
@@ -638,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     con = sub.add_parser("constitution", help="constitution files").add_subparsers(dest="con_command", required=True)
     check = con.add_parser("check", help="validate a constitution file")
-    check.add_argument("file")
+    check.add_argument("file", nargs="?", help="constitution YAML (default: the shipped default.yaml)")
     check.set_defaults(func=cmd_constitution_check)
     cdiff = con.add_parser("diff", help="relabel fixed comparisons under two constitutions; the impact per principle")
     cdiff.add_argument("old", help="the constitution before")

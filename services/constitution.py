@@ -17,10 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from services.paths import REPO_ROOT
+from services.paths import data_dir
 
 FORMAT = "cai-constitution/v1"
-DEFAULT_CONSTITUTION = REPO_ROOT / "constitutions" / "default.yaml"
+DEFAULT_CONSTITUTION = data_dir("constitutions") / "default.yaml"
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _ROLES = ("system", "user", "assistant")
 

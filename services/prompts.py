@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.paths import REPO_ROOT
+from services.paths import data_dir
 
-RED_TEAM = REPO_ROOT / "prompts" / "red_team.jsonl"
-HELPFULNESS = REPO_ROOT / "prompts" / "helpfulness.jsonl"
-HELPFULNESS_PAIRS = REPO_ROOT / "prompts" / "helpfulness_pairs.jsonl"
+RED_TEAM = data_dir("prompts") / "red_team.jsonl"
+HELPFULNESS = data_dir("prompts") / "helpfulness.jsonl"
+HELPFULNESS_PAIRS = data_dir("prompts") / "helpfulness_pairs.jsonl"
 _ROLES = ("system", "user", "assistant")
 
 

@@ -38,7 +38,7 @@ PART_OF = "app.kubernetes.io/part-of=cai"
 IMAGE_NAME = "cai"
 """Name of the services' image in the manifests (overlays and ``DeployConfig.image`` replace it)."""
 
-CONSTITUTION = REPO_ROOT / "constitutions" / "default.yaml"
+CONSTITUTION = data_dir("constitutions") / "default.yaml"
 CONSTITUTION_COPY = K8S_DIR / "base" / "config" / "constitution" / "default.yaml"
 """kustomize reads files only below its root, so the base holds a byte-identical copy."""
 
@@ -224,8 +224,7 @@ def render(config: DeployConfig | None = None, base_dir: Path | None = None) -> 
     if problem:
         raise K8sError(f"DeployConfig: {problem[0]}: {problem[1]}")
     if not constitution_copy_is_fresh():
-        raise K8sError(f"{CONSTITUTION_COPY.relative_to(REPO_ROOT)} differs from "
-                       f"{CONSTITUTION.relative_to(REPO_ROOT)}: run `cai k8s sync-config`")
+        raise K8sError(f"{CONSTITUTION_COPY} differs from {CONSTITUTION}: run `cai k8s sync-config`")
     base_dir = base_dir or Path.cwd()
 
     def resolve(path: str) -> Path:
