@@ -993,3 +993,30 @@ def test_tls_reaches_the_trainer_and_jobs_and_mutual_tls_is_an_option(tmp_path):
             assert ("--tls-client-ca-file=/etc/cai/tls/ca.crt" in args) == mtls, _id(w)
             serve = build_parser().parse_args([a for a in args])
             assert serve.tls_client_ca_file == ("/etc/cai/tls/ca.crt" if mtls else None)
+
+
+def test_the_distributed_run_writes_where_the_services_read(renders):
+    """configs/distributed.yaml names Services the deployment has; the run Job (k8s/examples/run-job.yaml)
+    writes its run folder on the trainer's work volume at the path reward and generation mount it."""
+    objects = renders["cpu-small"]
+    config = yaml.safe_load((REPO / "configs" / "distributed.yaml").read_text())
+    for service, address in config["services"].items():
+        host = address.removeprefix("dns:///").rsplit(":", 1)[0]
+        name, namespace = host.split(".")[:2]
+        assert namespace == "cai" and _get(objects, "Service", name)["spec"].get("clusterIP") == "None"
+    assert config["queue"].startswith("redis://redis.cai.svc:6379/")
+    job = yaml.safe_load((K8S / "examples" / "run-job.yaml").read_text())
+    container = _pod(job)["containers"][0]
+    args = container["args"]
+    assert args[args.index("--config") + 1] == "/opt/cai/configs/distributed.yaml"
+    out = args[args.index("--out") + 1]
+    work = next(v for v in _pod(job)["volumes"] if v["name"] == "work")["persistentVolumeClaim"]["claimName"]
+    job_mount = next(m for m in container["volumeMounts"] if m["name"] == "work")["mountPath"]
+    assert out.startswith(job_mount + "/")
+    for name in ("reward", "generation"):
+        pod = _pod(_get(objects, "Deployment", name))
+        volume = next(v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == work)
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+        assert mount["mountPath"] == job_mount, name
+    assert config["policy"]["model"].startswith("/models/")
+    assert any(m["mountPath"] == "/models" for m in container["volumeMounts"])
