@@ -59,7 +59,7 @@ GRPC_SERVICES = {
 }
 CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
-LABEL_THROUGHPUT = "sum(rate(cai_judge_labels_total[1m]))"
+LABEL_THROUGHPUT = 'sum(rate(cai_judge_labels_total{namespace=~"$namespace"}[$__rate_interval]))'
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +308,7 @@ def test_workloads_have_resources_disruption_budgets_and_run_as_non_root(renders
 
 
 def test_examples_run_restricted_with_resources(examples):
-    assert {e["metadata"]["generateName"] for e in examples} == {"cai-label-", "cai-prepare-models-"}
+    assert {e["metadata"]["generateName"] for e in examples} == {"cai-label-", "cai-prepare-models-", "cai-run-"}
     for job in examples:
         pod = _pod(job)
         _assert_restricted(pod, _id(job))
@@ -511,7 +511,7 @@ def test_dashboard_first_panel_is_label_throughput():
     judge = next(p for p in panels if "judge latency" in p["title"].lower())
     exprs = " ".join(t["expr"] for t in judge["targets"])
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.95," in exprs
-    assert 'cai_grpc_request_duration_seconds_bucket{service="cai.v1.Judge"}' in exprs
+    assert 'cai_grpc_request_duration_seconds_bucket{namespace=~"$namespace",service="cai.v1.Judge"}' in exprs
     for panel in panels:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
 
@@ -1020,3 +1020,20 @@ def test_the_distributed_run_writes_where_the_services_read(renders):
         assert mount["mountPath"] == job_mount, name
     assert config["policy"]["model"].startswith("/models/")
     assert any(m["mountPath"] == "/models" for m in container["volumeMounts"])
+
+
+def test_dashboard_is_scoped_to_a_namespace_with_rate_intervals_and_units_per_axis():
+    dashboard = _dashboard()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "namespace" in variables["namespace"]["definition"]
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for selector in re.findall(r"\bcai_[a-z0-9_]+(\{[^}]*\})?", expr):
+                assert 'namespace=~"$namespace"' in selector, (panel["title"], expr)
+            assert not re.search(r"\[\d+[sm]\]", expr), (panel["title"], expr)  # $__rate_interval instead
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults.get("unit"), panel["title"]
+        for override in panel["fieldConfig"].get("overrides", []):
+            props = {p["id"]: p["value"] for p in override["properties"]}
+            assert props.get("custom.axisPlacement") == "right" and props.get("unit"), panel["title"]
