@@ -61,8 +61,9 @@ SERVICE_CONFIG = {
 }
 
 
-def channel_options() -> list[tuple[str, object]]:
-    """The options of every channel we open (service config, keepalive, message sizes, TLS name)."""
+def channel_options(server_name: str = "") -> list[tuple[str, object]]:
+    """The options of every channel we open (service config, keepalive, message sizes, TLS name:
+    ``server_name``, else ``$CAI_GRPC_TLS_SERVER_NAME``, else the target's own)."""
     options: list[tuple[str, object]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -75,7 +76,7 @@ def channel_options() -> list[tuple[str, object]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-    server_name = os.environ.get(TLS_SERVER_NAME_ENV, "")
+    server_name = server_name or os.environ.get(TLS_SERVER_NAME_ENV, "")
     if server_name and os.environ.get(TLS_CA_ENV):
         options.append(("grpc.ssl_target_name_override", server_name))
     return options
@@ -258,21 +259,67 @@ def _tls_names() -> tuple[str, str] | None:
     return (ca, os.environ.get(TLS_CERT_ENV, "")) if ca else None
 
 
-def open_channel(address: str) -> grpc.Channel:
-    """A blocking channel to ``address`` (any gRPC target)."""
+def open_channel(address: str, server_name: str = "") -> grpc.Channel:
+    """A blocking channel to ``address`` (any gRPC target); ``server_name``: the name to check on
+    the server's certificate (see ``replica_addresses``)."""
     creds = credentials()
     if creds is None:
         channel = grpc.insecure_channel(address, options=channel_options())
     else:
-        channel = grpc.secure_channel(address, creds, options=channel_options())
+        channel = grpc.secure_channel(address, creds, options=channel_options(server_name))
     return grpc.intercept_channel(channel, _Explain(_tls_names()))
 
 
-def open_aio_channel(address: str) -> grpc.aio.Channel:
+def open_aio_channel(address: str, server_name: str = "") -> grpc.aio.Channel:
     """An asyncio channel to ``address`` (any gRPC target; create it inside the event loop that
-    uses it)."""
+    uses it); ``server_name`` as for ``open_channel``."""
     creds = credentials()
     interceptors = [_ExplainAio(_tls_names())]
     if creds is None:
         return grpc.aio.insecure_channel(address, options=channel_options(), interceptors=interceptors)
-    return grpc.aio.secure_channel(address, creds, options=channel_options(), interceptors=interceptors)
+    return grpc.aio.secure_channel(address, creds, options=channel_options(server_name), interceptors=interceptors)
+
+
+class TargetError(ValueError):
+    """A gRPC target that names no replica (the message names the target)."""
+
+
+def replica_addresses(target: str) -> list[tuple[str, str]]:
+    """Every replica a gRPC target names, as ``(address, server_name)`` pairs to dial one by one
+    (``open_channel(address, server_name)``), for calls that must reach every replica, such as
+    LoadCheckpoint. ``ipv4:``/``ipv6:`` lists are split; a DNS name (``host:port``,
+    ``dns:///host:port``) is resolved now, each address keeping the host name as the name to check
+    on its TLS certificate; ``unix:`` targets are one replica. Raises ``TargetError``."""
+    import ipaddress
+    import socket
+
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme in ("ipv4", "ipv6"):
+        parts = [p.strip() for p in rest.split(",") if p.strip()]
+        if not parts:
+            raise TargetError(f"{target!r}: no addresses after {scheme}:")
+        return [(f"{scheme}:{p}", "") for p in parts]
+    if sep and scheme in ("unix", "unix-abstract"):
+        return [(target, "")]
+    if target.startswith("dns:"):
+        rest = target[4:]
+        if rest.startswith("//"):  # dns://[authority]/host:port
+            rest = rest[2:].partition("/")[2]
+    else:
+        rest = target
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise TargetError(f"{target!r}: expected host:port, dns:///host:port or ipv4:a:port,b:port")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        return [(f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}", "")]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise TargetError(f"{target!r}: cannot resolve {host}: {exc}") from None
+    addresses = dict.fromkeys(
+        f"ipv6:[{info[4][0]}]:{port}" if info[0] == socket.AF_INET6 else f"ipv4:{info[4][0]}:{port}" for info in infos)
+    return [(address, host) for address in addresses]

@@ -5,17 +5,16 @@ two replicas spreads its calls over both (round_robin), keeps working when one r
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
 from services.api.cai.v1 import common_pb2, reward_pb2, reward_pb2_grpc
-from services.common.channels import open_aio_channel, open_channel
+from services.common.channels import TargetError, open_aio_channel, open_channel, replica_addresses
 from tests.conftest import REPO, ServerProcess, metric, scrape
 
 CALLS = 40
@@ -98,25 +97,63 @@ def test_address_fields_of_the_configs_accept_grpc_targets():
 
 
 def test_calls_still_succeed_with_one_replica_killed(reward_model, replicas, tmp_path):
+    """Killed (SIGKILL) while calls are in flight: none fails, the survivor takes them all."""
+    import threading
+
     # A third replica of our own to kill (the module's two stay up for the other tests).
     doomed = ServerProcess(["serve", "reward", "--model", reward_model], tmp_path)
     survivor = replicas[0]
     target = f"ipv4:127.0.0.1:{survivor.port},127.0.0.1:{doomed.port}"
+    errors, done = [], []
     try:
         with open_channel(target) as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
             stub = reward_pb2_grpc.RewardStub(channel)
-            for _ in range(6):
-                stub.Score(_request(), timeout=30)
+            stop = threading.Event()
+
+            def hammer():
+                while not stop.is_set():
+                    try:
+                        done.append(bool(stub.Score(_request(), timeout=30).scores))
+                    except grpc.RpcError as exc:
+                        errors.append(f"{exc.code().name}: {exc.details()}")
+
+            threads = [threading.Thread(target=hammer) for _ in range(4)]
+            for t in threads:
+                t.start()
+            while len(done) < 20:
+                time.sleep(0.05)
             assert _scores(doomed) > 0  # it was taking calls
             doomed.proc.send_signal(signal.SIGKILL)
             doomed.proc.wait(30)
+            at_kill = len(done)
+            while len(done) < at_kill + CALLS and not errors:
+                time.sleep(0.05)
+            stop.set()
+            for t in threads:
+                t.join()
             before = _scores(survivor)
             for _ in range(CALLS):
                 assert stub.Score(_request(), timeout=30).scores
             assert _scores(survivor) - before == CALLS
+        assert errors == [] and all(done)
     finally:
         doomed.stop()
+
+
+def test_each_replica_of_a_target_can_be_called_on_its_own(replicas):
+    """``replica_addresses`` splits a target into its replicas (LoadCheckpoint must reach all)."""
+    target = f"ipv4:127.0.0.1:{replicas[0].port},127.0.0.1:{replicas[1].port}"
+    pairs = replica_addresses(target)
+    assert pairs == [(f"ipv4:127.0.0.1:{s.port}", "") for s in replicas]
+    before = [_scores(s) for s in replicas]
+    for address, name in pairs:
+        with open_channel(address, name) as channel:
+            reward_pb2_grpc.RewardStub(channel).Score(_request(), timeout=30)
+    assert [_scores(s) - b for s, b in zip(replicas, before)] == [1, 1]
+    assert (f"ipv4:127.0.0.1:{replicas[0].port}", "localhost") in replica_addresses(f"dns:///localhost:{replicas[0].port}")
+    with pytest.raises(TargetError, match="'judge': expected host:port"):
+        replica_addresses("judge")
 
 
 def test_keepalive_pings_are_accepted_by_our_servers():

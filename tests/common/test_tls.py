@@ -83,6 +83,11 @@ def test_the_server_name_checked_can_be_set(servers, pki, client_env, monkeypatc
     client_env(ca=pki["ca"])
     monkeypatch.setenv(channels.TLS_SERVER_NAME_ENV, "localhost")
     assert _score(f"ipv4:127.0.0.1:{servers['tls'].port}").scores
+    monkeypatch.delenv(channels.TLS_SERVER_NAME_ENV)
+    (address, name), = [p for p in channels.replica_addresses(f"localhost:{servers['tls'].port}") if "[" not in p[0]]
+    assert name == "localhost"
+    with open_channel(address, name) as channel:  # an IP to dial, the host name to check
+        assert reward_pb2_grpc.RewardStub(channel).Score(_request(), timeout=20).scores
     monkeypatch.setenv(channels.TLS_SERVER_NAME_ENV, "judge.cai.svc")  # not on the certificate
     with pytest.raises(grpc.RpcError) as err:
         _score(servers["tls"].address, timeout=5)
