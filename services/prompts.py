@@ -7,6 +7,7 @@ field; nothing is skipped silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,3 +124,41 @@ def _load_dataset_folder(path: Path) -> list[Prompt]:
     if not prompts:
         raise PromptFileError(f"{path}:1: holds no prompts")
     return prompts
+
+
+# --- the prompt split: one train/eval split honoured by every command ------------------------
+
+TRAIN, EVAL, ALL = "train", "eval", "all"
+EVAL_FRACTION = 0.2
+"""Default share of the prompts held out for evaluation."""
+
+
+def prompt_part(prompt_id: str, eval_fraction: float = EVAL_FRACTION) -> str:
+    """``eval`` or ``train``: a stable hash of the prompt id, the same on every machine and run,
+    whatever file or position the prompt has, so a prompt stays on its side of the split."""
+    h = int(hashlib.sha256(f"cai-split/{prompt_id}".encode()).hexdigest()[:15], 16) / float(16**15)
+    return EVAL if h < eval_fraction else TRAIN
+
+
+def split_prompts(prompts, part: str, eval_fraction: float = EVAL_FRACTION) -> list:
+    """The prompts of one part of the split (``train``, ``eval`` or ``all``), in file order.
+    ``prompts``: anything with an ``id`` (``Prompt``, ``Pair``)."""
+    if part not in (TRAIN, EVAL, ALL):
+        raise ValueError(f"split part must be train, eval or all, got {part!r}")
+    if not 0.0 <= eval_fraction <= 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction!r}")
+    if part == ALL:
+        return list(prompts)
+    return [p for p in prompts if prompt_part(p.id, eval_fraction) == part]
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a prompt file (recorded beside the split so a result names its exact prompts)."""
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+
+
+def split_record(files: dict, part: str, eval_fraction: float = EVAL_FRACTION) -> dict:
+    """What a result records about the prompts it used: the part, the fraction, each file's hash."""
+    return {"part": part, "eval_fraction": eval_fraction, "method": "sha256('cai-split/' + prompt id)",
+            "files": {name: {"path": str(path), "sha256": file_sha256(path)} for name, path in files.items() if path}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 
@@ -55,3 +56,19 @@ def test_local_hugging_face_dataset_folder(tmp_path):
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "train.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
     assert load_prompts(tmp_path / "files")[0].messages[0]["content"] == "q"
+
+
+def test_split_is_stable_disjoint_and_by_prompt_id():
+    from services.prompts import prompt_part, split_prompts, split_record
+
+    prompts = load_prompts(RED_TEAM)
+    train, held = split_prompts(prompts, "train"), split_prompts(prompts, "eval")
+    assert len(train) + len(held) == len(prompts) and not {p.id for p in train} & {p.id for p in held}
+    assert 0.12 < len(held) / len(prompts) < 0.28  # about the default 20%
+    assert split_prompts(list(reversed(prompts)), "eval") == list(reversed(held))  # position does not matter
+    assert all(prompt_part(p.id) == "eval" for p in held)
+    assert len(split_prompts(prompts, "eval", eval_fraction=0.5)) > len(held)
+    record = split_record({"red_team": RED_TEAM}, "eval")
+    assert record["files"]["red_team"]["sha256"] == hashlib.sha256(RED_TEAM.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="train, eval or all"):
+        split_prompts(prompts, "test")

@@ -38,7 +38,7 @@ from services.common.channels import open_aio_channel
 from services.common.jsonl import append_rows, read_rows
 from services.critique.prompting import leaked_scaffolding
 from services.engines.config import EngineConfig
-from services.prompts import HELPFULNESS, RED_TEAM, Prompt, load_prompts
+from services.prompts import EVAL_FRACTION, HELPFULNESS, RED_TEAM, TRAIN, Prompt, load_prompts, split_prompts
 
 HARMLESS_FILE = "sl_cai.jsonl"
 HELPFUL_FILE = "helpfulness.jsonl"
@@ -60,7 +60,12 @@ class SLDataConfig:
     rounds: int = 4
     """Critique/revision rounds per prompt."""
     limit: int = 0
-    """Use only the first N prompts of each file (0: all)."""
+    """Use only the first N prompts of each file's part (0: all)."""
+    split: str = TRAIN
+    """Part of the prompt split to use: "train" (default: the eval part stays held out for
+    ``cai eval``), "eval" or "all"."""
+    eval_fraction: float = EVAL_FRACTION
+    """Share of the prompts in the eval part of the split (a stable hash of the prompt id)."""
     batch_size: int = 16
     """Prompts per Generate/Revise request."""
     max_tokens: int = 128
@@ -83,6 +88,10 @@ class SLDataConfig:
             return "rounds", "must be at least 1"
         if self.batch_size < 1:
             return "batch_size", "must be at least 1"
+        if self.split not in ("train", "eval", "all"):
+            return "split", "must be train, eval or all"
+        if not 0.0 <= self.eval_fraction <= 1.0:
+            return "eval_fraction", "must be in [0, 1]"
         if bool(self.generation) != bool(self.critique):
             return "critique", "give both service addresses (generation and critique) or neither"
         return None
@@ -220,8 +229,8 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
 
     from services.api.cai.v1 import critique_pb2_grpc, generation_pb2_grpc
 
-    harmful = load_prompts(cfg.prompts)
-    helpful = load_prompts(cfg.helpfulness) if cfg.helpfulness else []
+    harmful = split_prompts(load_prompts(cfg.prompts), cfg.split, cfg.eval_fraction)
+    helpful = split_prompts(load_prompts(cfg.helpfulness), cfg.split, cfg.eval_fraction) if cfg.helpfulness else []
     if cfg.limit:
         harmful, helpful = harmful[: cfg.limit], helpful[: cfg.limit]
     done_h = {r["prompt_id"] for r in read_rows(out / HARMLESS_FILE)}
@@ -324,6 +333,7 @@ def data_identity(cfg: SLDataConfig, constitution_sha256: str) -> dict:
         "rounds": cfg.rounds, "seed": cfg.seed, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature,
         "prompts": cfg.prompts, "prompts_sha256": _file_sha256(cfg.prompts),
         "helpfulness": cfg.helpfulness, "helpfulness_sha256": _file_sha256(cfg.helpfulness),
+        "split": cfg.split, "eval_fraction": cfg.eval_fraction,
         "model": "" if cfg.generation else cfg.policy.model,
         "checkpoint_id": "" if cfg.generation else cfg.policy.checkpoint_id,
         "constitution_sha256": constitution_sha256,

@@ -11,7 +11,7 @@ import pytest
 from services.common.jsonl import read_rows
 from services.constitution import load_constitution
 from services.pipeline.sl_data import SLDataConfig, load_sft_dataset, produce_sl_data, row_quality
-from services.prompts import RED_TEAM
+from services.prompts import RED_TEAM, prompt_part
 
 
 def remote(generation_server, critique_server, **kw) -> SLDataConfig:
@@ -91,6 +91,7 @@ async def test_truncated_revisions_are_marked_and_not_trained_on(generation_serv
                                      tmp_path, progress=False)
     rows = read_rows(tmp_path / "sl_cai.jsonl") + read_rows(tmp_path / "helpfulness.jsonl")
     assert all(r["quality"] == (r["quality_problems"] or ["ok"])[0] for r in rows)
+    assert all(prompt_part(r["prompt_id"]) == "train" for r in rows)  # the eval part stays held out
     truncated = [r for r in rows if "truncated" in r["quality_problems"]]
     assert truncated, "a 3-token cap truncates the tiny model's text"
     counts = manifest["quality"]

@@ -1,0 +1,61 @@
+"""`cai eval`: held-out prompts only, several samples with bootstrap intervals, over-refusal, fixed refusal regex."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from services.pipeline.evaluate import bootstrap_ci, is_refusal
+from services.prompts import RED_TEAM, load_prompts, prompt_part
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("text, refusal", [
+    ("I'm sorry to hear that. Here is what you can do.", False),
+    ("I am sorry to hear about your loss.", False),
+    ("I will not help with that.", True),
+    ("I can’t help with that.", True),  # curly apostrophe
+    ("I’m unable to assist.", True),
+    ("I'm sorry, but I can't do that.", True),
+    ("I won’t write that.", True),
+    ("Sure: call a locksmith, they can open it.", False),
+])
+def test_refusal_regex_is_fixed(text, refusal):
+    assert is_refusal(text) is refusal
+
+
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_agreement():
+    lo, hi = bootstrap_ci([[1.0, 0.0]] * 20 + [[1.0, 1.0]] * 20, resamples=500, seed=1)
+    assert lo < 0.75 < hi
+    assert bootstrap_ci([[0.5, 0.5]] * 10, resamples=200) == [0.5, 0.5]
+
+
+def test_cai_eval_refuses_training_prompts_unless_told(tmp_path):
+    cmd = [sys.executable, "-m", "services.cli", "eval", "--policy", "a=x", "--policy", "b=y", "--split", "all",
+           "--out", str(tmp_path / "e.json")]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--allow-train-prompts" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_cai_eval_reports_held_out_sets_apart_with_intervals_and_over_refusal(tiny_model, tiny_model_b, tmp_path):
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "services.cli", "eval", "--policy", f"base={tiny_model}",
+           "--policy", f"other={tiny_model_b}", "--engine", "transformers", "--prompts", "12", "--samples", "2",
+           "--max-tokens", "4", "--bootstrap", "200", "--out", str(out)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["split"]["part"] == "eval" and len(result["split"]["files"]["red_team"]["sha256"]) == 64
+    assert result["samples_per_prompt"] == 2 and result["prompts"] == {"red_team": 12, "helpfulness": 12}
+    pair = result["pairs"][0]
+    for s in ("red_team", "helpfulness"):  # harmlessness and helpfulness apart
+        assert pair[s]["comparisons"] == 24 and pair[s]["ci95"][0] <= pair[s]["win_rate_a"] <= pair[s]["ci95"][1]
+    base = result["policies"]["base"]
+    bait = [p for p in load_prompts(RED_TEAM) if prompt_part(p.id) == "eval"][:12]
+    assert base["over_refusal"]["red_team"]["prompts"] == sum(p.meta["over_refusal_bait"] for p in bait)
+    assert "helpfulness" not in base.get("over_refusal", {})
+    assert result["judge"]["constitution_sha256"] and result["judge_same_constitution_as_training"] is False
+    assert "over-refusal" in run.stdout and "95% CI" in run.stdout
