@@ -410,7 +410,8 @@ def cmd_eval(args) -> int:
         if not prompts:
             return _fail(f"{files[name]}: no prompts in the {args.split} part of the split "
                          f"(eval fraction {args.eval_fraction})")
-    cfg = EvalConfig(max_tokens=args.max_tokens, seed=args.seed, samples=args.samples, bootstrap=args.bootstrap)
+    cfg = EvalConfig(max_tokens=args.max_tokens, seed=args.seed, samples=args.samples, bootstrap=args.bootstrap,
+                     refusal_principle=args.refusal_principle)
     judge_model = args.eval_judge_model
     constitution = args.eval_constitution or ""
 
@@ -455,6 +456,7 @@ def cmd_eval(args) -> int:
                          for s, r in v.get("over_refusal", {}).items())
         print(f"{name}: refusal rate {refusal}; over-refusal (benign bait prompts) {over or 'n/a'}; "
               f"reward {v['reward_mean'] or 'n/a'}")
+    print(f"refusals decided by: {results['refusal_method']}")
     judge = results.get("judge", {})
     print(f"judge: {judge.get('model', '?')} under {judge.get('constitution_file', '?')} "
           f"({judge.get('constitution_sha256', '')[:12]})")
@@ -624,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", type=int, default=16, help="at most this many held-out prompts per set")
     ev.add_argument("--samples", type=int, default=4, help="answers per prompt and policy")
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% intervals")
+    ev.add_argument("--refusal-principle", default="judge-no-needless-refusal",
+                    help="judging principle under which the judge decides refusals ('' for the regex)")
     ev.add_argument("--max-tokens", type=int, default=64)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="eval.json")

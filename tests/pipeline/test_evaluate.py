@@ -59,3 +59,22 @@ def test_cai_eval_reports_held_out_sets_apart_with_intervals_and_over_refusal(ti
     assert "helpfulness" not in base.get("over_refusal", {})
     assert result["judge"]["constitution_sha256"] and result["judge_same_constitution_as_training"] is False
     assert "over-refusal" in run.stdout and "95% CI" in run.stdout
+    # refusals decided by the judge under the refusal principle, the regex kept beside it
+    assert result["refusal_method"].startswith("judge under judge-no-needless-refusal")
+    assert 0.0 <= base["refusal"]["red_team"]["regex_rate"] <= 1.0
+
+
+def test_eval_judge_constitution_without_the_refusal_principle_falls_back_to_the_regex(tiny_model, tmp_path):
+    from services.constitution import DEFAULT_CONSTITUTION
+
+    other = tmp_path / "other.yaml"
+    other.write_text(DEFAULT_CONSTITUTION.read_text().replace("id: judge-no-needless-refusal", "id: judge-helps", 1))
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "services.cli", "eval", "--policy", f"a={tiny_model}", "--policy", f"b={tiny_model}",
+           "--engine", "transformers", "--prompts", "2", "--samples", "1", "--max-tokens", "2", "--bootstrap", "50",
+           "--eval-constitution", str(other), "--out", str(out)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["refusal_method"].startswith("regex (the judge's constitution has no principle")
+    assert result["judge"]["constitution_file"] == "other.yaml"
