@@ -11,7 +11,8 @@ mounted ConfigMap files. What changes, and only that:
   ``judge.cai.svc:50051``) becomes the loopback ports of the pods it selects (an ``ipv4:`` list for
   a headless Service, one pod for a ClusterIP one, which pins one connection to one pod), and the
   Redis Service the real Redis on 127.0.0.1:6379;
-- ports: the container ports (50051, 9090) become free loopback ports, ``--host 0.0.0.0`` 127.0.0.1.
+- ports: the container ports (50051, 9090) become free ports (``--host 0.0.0.0`` stays: the clients
+  dial 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -210,8 +211,8 @@ class Cluster:
             if flag in args:
                 i = args.index(flag) + 1
                 args[i] = str(pod.ports[int(args[i])])
-        if "--host" in args:
-            args[args.index("--host") + 1] = "127.0.0.1"
+        # --host stays as rendered (0.0.0.0): a server that treats loopback specially (LoadCheckpoint
+        # without --checkpoint-dir) must behave here as in a pod; it is still reached on loopback.
         home = self.root / "pods" / pod.name / "home"
         home.mkdir(parents=True, exist_ok=True)
         pod.log_path = self.root / "pods" / pod.name / "log.txt"

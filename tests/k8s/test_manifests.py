@@ -1018,6 +1018,8 @@ def test_the_distributed_run_writes_where_the_services_read(renders):
         volume = next(v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == work)
         mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
         assert mount["mountPath"] == job_mount, name
+        # and LoadCheckpoint accepts paths under the service's checkpoint_dir only
+        assert out.startswith(_config_of(objects, name)["checkpoint_dir"] + "/"), name
     assert config["policy"]["model"].startswith("/models/")
     assert any(m["mountPath"] == "/models" for m in container["volumeMounts"])
 
