@@ -113,8 +113,8 @@ class Retention:
     def __post_init__(self):
         for name, kind in self._TYPES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise QueueError(f"{name} must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise QueueError(f"{name} must be a finite number, got {value!r}")
             if kind is int and int(value) != value:
                 raise QueueError(f"{name} must be a whole number, got {value!r}")
         if not self.dedup_window_s > 0:

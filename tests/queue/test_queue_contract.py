@@ -460,7 +460,8 @@ def test_the_dead_letter_stream_keeps_the_newest_dead_letter_max(backend):
     ("trim_every=1.5", "trim_every must be a whole number"),
     ("trim_every=-1", "trim_every must be >= 0"),
     ("dead_letter_max=0", "dead_letter_max must be >= 1"),
-    ("trim_interval_s=nan", "trim_interval_s must be a number"),
+    ("trim_interval_s=nan", "trim_interval_s must be a finite number"),
+    ("dedup_window_s=inf", "dedup_window_s must be a finite number"),
 ])
 def test_open_queue_rejects_bad_retention_parameters(tmp_path, query, message):
     for url in (f"sqlite:///{tmp_path / 'q.db'}?{query}", f"redis://127.0.0.1:1/0?{query}"):
