@@ -44,11 +44,16 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(pki, tmp_path_factory):
-    """A reward server with TLS and one with mutual TLS, on the tiny reward model."""
+def reward_model(tmp_path_factory) -> str:
     from services.models.tiny import build_tiny_model
 
-    model = str(build_tiny_model(tmp_path_factory.mktemp("rm") / "rm", reward=True, seed=0))
+    return str(build_tiny_model(tmp_path_factory.mktemp("rm") / "rm", reward=True, seed=0))
+
+
+@pytest.fixture(scope="module")
+def servers(pki, reward_model, tmp_path_factory):
+    """A reward server with TLS and one with mutual TLS, on the tiny reward model."""
+    model = reward_model
     cert, key = pki["server"]
     tls = ["serve", "reward", "--model", model, "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
     with ThreadPoolExecutor(2) as pool:
@@ -158,8 +163,8 @@ def test_client_tls_files_that_cannot_be_used_are_named(pki, client_env, tmp_pat
     (["--tls-client-ca-file", "ca.crt"], "server.tls_client_ca_file: mutual TLS needs the server's own tls_cert_file"),
     (["--tls-cert-file", "missing.crt", "--tls-key-file", "missing.key"], "server.tls_cert_file: missing.crt"),
 ])
-def test_serve_names_a_tls_setting_that_cannot_work(flags, message, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "services.cli", "serve", "reward", "--model", str(tmp_path),
+def test_serve_names_a_tls_setting_that_cannot_work(flags, message, reward_model, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "services.cli", "serve", "reward", "--model", reward_model,
                           "--port", "0", "--metrics-port", "-1", *flags],
                          cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, timeout=120)
