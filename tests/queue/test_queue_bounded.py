@@ -161,3 +161,31 @@ def test_redis_at_maxmemory_refuses_a_whole_publish_with_a_clear_error_and_the_t
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_comparison_republished_after_the_window_is_not_trained_on_twice(tmp_path):
+    """The README's guarantee past the window W: the queue appends the id again, and the trainer's
+    own durable id set drops it (acknowledged, not added to its data, no new training)."""
+    from services.common.jsonl import read_rows
+    from services.models.tiny import build_tiny_model
+    from services.trainer.config import TrainerConfig
+    from services.trainer.worker import TrainerWorker
+
+    url = f"sqlite:///{tmp_path / 'q.db'}?dedup_window_s={WINDOW_S}&trim_every=1"  # the trainer trims as it acks
+    q = open_queue(url)
+    q.create_group("trainer")
+    items = [comparison(i, "late") for i in range(10)]
+    assert q.publish(items) == 10
+    cfg = TrainerConfig(queue=url, group="trainer", consumer="t0", work_dir=str(tmp_path / "work"),
+                        reward_base_model=str(build_tiny_model(tmp_path / "rm", reward=True)),
+                        train_every=10**6, exit_when_idle_seconds=0.5, reward_max_steps=1, reward_batch_size=4)
+    TrainerWorker(cfg).loop()  # takes the 10, trains once on them
+    time.sleep(2 * WINDOW_S + 0.05)
+    assert q.publish(items[:3]) == 3  # past the window: the queue appends them again ...
+    TrainerWorker(cfg).loop()  # ... the trainer (restarted) gets them and drops them by id
+    ids = [row["id"] for row in read_rows(tmp_path / "work" / "data" / "comparisons.jsonl")]
+    assert sorted(ids) == sorted(it["id"] for it in items)  # each once
+    assert q.lag("trainer") == 0 and q.pending("trainer") == 0
+    checkpoints = list((tmp_path / "work" / "checkpoints").glob("reward-*"))
+    assert len(checkpoints) == 1  # no training on the duplicates
+    q.close()
