@@ -53,6 +53,12 @@ class Label:
     logprob_a: float
     logprob_b: float
     reasoning: str = ""
+    p_a_ab: float = float("nan")
+    """Raw p_a of the given order, before swap averaging and clamping."""
+    p_a_ba: float | None = None
+    """With swap: raw p_a of the exchanged order (answer_b shown as option A)."""
+    few_shot_ids: tuple[str, ...] = ()
+    """Ids of the few-shot comparisons shown (in the given order's prompt)."""
 
 
 def draw_key(messages, answer_a: str, answer_b: str) -> str:
@@ -87,15 +93,16 @@ class Judge:
         return principle, [(e, self.constitution.sample_judging(rng)) for e in examples]
 
     def _chat(self, item: ComparisonItem, first: str, second: str, principle: JudgingPrinciple,
-              examples, cot: bool, field: str) -> str:
-        """The prompt text (template applied, assistant turn open) with as many examples as fit."""
+              examples, cot: bool, field: str) -> tuple[str, int]:
+        """The prompt text (template applied, assistant turn open) with as many examples as fit,
+        and how many examples it holds."""
         for k in range(len(examples), -1, -1):
             text = self.engine.chat_text(
                 prompting.judge_chat(item.messages, first, second, principle, examples[:k], cot)
             )
             n = len(self.engine.encode_text(text))
             if n <= self.max_prompt_tokens:
-                return text
+                return text, k
         raise InvalidRequest(field, f"{n} tokens with the judging question exceeds "
                                     f"max_prompt_tokens={self.max_prompt_tokens}")
 
@@ -119,10 +126,11 @@ class Judge:
         orders = [(i, item.answer_a, item.answer_b) for i, item in enumerate(items)]
         if swap:
             orders += [(i, item.answer_b, item.answer_a) for i, item in enumerate(items)]
-        texts = [
+        chats = [
             self._chat(items[i], first, second, drawn[i][0], drawn[i][1], cot, f"comparisons[{i}]")
             for i, first, second in orders
         ]
+        texts = [text for text, _ in chats]
         reasoning = [""] * len(texts)
         if cot:
             seeds = [_seed(seed, items[i].draw_key, first, second) for i, first, second in orders]
@@ -133,12 +141,14 @@ class Judge:
         labels = []
         for i, item in enumerate(items):
             p, la, lb = read[i]
+            raw_ab, raw_ba = p, None
             if cot:
                 p = min(max(p, lo), hi)
             if swap:
-                q = read[len(items) + i][0]
+                q = raw_ba = read[len(items) + i][0]
                 if cot:
                     q = min(max(q, lo), hi)
                 p = (p + (1.0 - q)) / 2.0
-            labels.append(Label(p, drawn[i][0].id, la, lb, reasoning[i]))
+            shown = tuple(e.id for e, _ in drawn[i][1][: chats[i][1]])
+            labels.append(Label(p, drawn[i][0].id, la, lb, reasoning[i], raw_ab, raw_ba, shown))
         return labels

@@ -109,7 +109,8 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
             response.labels.add(
                 p_a=label.p_a, principle_id=label.principle_id, reasoning=label.reasoning,
                 logprob_a=label.logprob_a, logprob_b=label.logprob_b, comparison_id=comparison.id,
-                judge_config_sha256=config_sha256,
+                judge_config_sha256=config_sha256, p_a_ab=label.p_a_ab, p_a_ba=label.p_a_ba, seed=seed,
+                few_shot_ids=label.few_shot_ids,
                 provenance=provenance(self.constitution, label.principle_id, engine.model,
                                       engine.checkpoint_id, comparison.prompt.id),
             )

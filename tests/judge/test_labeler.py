@@ -56,3 +56,28 @@ def test_critique_draws_do_not_depend_on_the_index():
     assert ReviseItem(PROMPT, A, key="p1").draw_key == "p1"
     reviser = Reviser(engine=None, constitution=load_constitution())
     assert reviser.draw(0, item.draw_key, 1)[0].id == reviser.draw(0, ReviseItem(PROMPT, A).draw_key, 1)[0].id
+
+
+async def test_labels_record_raw_orders_seed_and_few_shot_ids(judge, tiny_model):
+    item = ComparisonItem(PROMPT, A, B, key="x")
+    (label,) = await judge.compare([item], swap=True, seed=7)
+    assert label.p_a == pytest.approx((label.p_a_ab + 1.0 - label.p_a_ba) / 2.0)
+    _, examples = judge.draw(7, item.draw_key)
+    assert label.few_shot_ids == tuple(e.id for e, _ in examples) and len(label.few_shot_ids) == 2
+    # the same, through a judge service on a real socket
+    from services.api.cai.v1 import common_pb2, judge_pb2, judge_pb2_grpc
+    from services.common.channels import open_aio_channel
+    from services.engines.config import EngineConfig
+    from services.pipeline.embedded import EmbeddedSpec, embedded_services
+
+    spec = EmbeddedSpec(policy=EngineConfig(model=tiny_model, kind="transformers"))
+    async with embedded_services(spec, ("judge",)) as started, open_aio_channel(started["judge"]) as channel:
+        conversation = common_pb2.Conversation(messages=[common_pb2.ChatMessage(**m) for m in PROMPT])
+        response = await judge_pb2_grpc.JudgeStub(channel).Compare(judge_pb2.CompareRequest(
+            comparisons=[judge_pb2.Comparison(prompt=conversation, answer_a=A, answer_b=B)], seed=7, swap_debias=True))
+        unseeded = await judge_pb2_grpc.JudgeStub(channel).Compare(judge_pb2.CompareRequest(
+            comparisons=[judge_pb2.Comparison(prompt=conversation, answer_a=A, answer_b=B)]))
+    got = response.labels[0]
+    assert got.seed == 7 and tuple(got.few_shot_ids) == label.few_shot_ids and got.HasField("p_a_ba")
+    assert got.p_a == pytest.approx(label.p_a, abs=1e-5) and got.p_a_ab == pytest.approx(label.p_a_ab, abs=1e-5)
+    assert unseeded.labels[0].seed != 0 and not unseeded.labels[0].HasField("p_a_ba")  # the seed it chose

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from services.api.cai.v1 import common_pb2 as cai_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x61i/v1/judge.proto\x12\x06\x63\x61i.v1\x1a\x13\x63\x61i/v1/common.proto\"x\n\nComparison\x12$\n\x06prompt\x18\x01 \x01(\x0b\x32\x14.cai.v1.Conversation\x12\x10\n\x08\x61nswer_a\x18\x02 \x01(\t\x12\x10\n\x08\x61nswer_b\x18\x03 \x01(\t\x12\x14\n\x0cprinciple_id\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\t\"\xb9\x01\n\x0e\x43ompareRequest\x12\'\n\x0b\x63omparisons\x18\x01 \x03(\x0b\x32\x12.cai.v1.Comparison\x12\x1f\n\x04mode\x18\x02 \x01(\x0e\x32\x11.cai.v1.JudgeMode\x12\x13\n\x0bswap_debias\x18\x03 \x01(\x08\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12,\n\x0c\x63ot_sampling\x18\x05 \x01(\x0b\x32\x16.cai.v1.SamplingParamsB\x07\n\x05_seed\"\xc3\x01\n\tSoftLabel\x12\x0b\n\x03p_a\x18\x01 \x01(\x01\x12\x14\n\x0cprinciple_id\x18\x02 \x01(\t\x12&\n\nprovenance\x18\x03 \x01(\x0b\x32\x12.cai.v1.Provenance\x12\x11\n\treasoning\x18\x04 \x01(\t\x12\x11\n\tlogprob_a\x18\x05 \x01(\x01\x12\x11\n\tlogprob_b\x18\x06 \x01(\x01\x12\x15\n\rcomparison_id\x18\x07 \x01(\t\x12\x1b\n\x13judge_config_sha256\x18\x08 \x01(\t\"4\n\x0f\x43ompareResponse\x12!\n\x06labels\x18\x01 \x03(\x0b\x32\x11.cai.v1.SoftLabel*`\n\tJudgeMode\x12\x1a\n\x16JUDGE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12JUDGE_MODE_LOGPROB\x10\x01\x12\x1f\n\x1bJUDGE_MODE_CHAIN_OF_THOUGHT\x10\x02\x32\x43\n\x05Judge\x12:\n\x07\x43ompare\x12\x16.cai.v1.CompareRequest\x1a\x17.cai.v1.CompareResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x61i/v1/judge.proto\x12\x06\x63\x61i.v1\x1a\x13\x63\x61i/v1/common.proto\"x\n\nComparison\x12$\n\x06prompt\x18\x01 \x01(\x0b\x32\x14.cai.v1.Conversation\x12\x10\n\x08\x61nswer_a\x18\x02 \x01(\t\x12\x10\n\x08\x61nswer_b\x18\x03 \x01(\t\x12\x14\n\x0cprinciple_id\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\t\"\xb9\x01\n\x0e\x43ompareRequest\x12\'\n\x0b\x63omparisons\x18\x01 \x03(\x0b\x32\x12.cai.v1.Comparison\x12\x1f\n\x04mode\x18\x02 \x01(\x0e\x32\x11.cai.v1.JudgeMode\x12\x13\n\x0bswap_debias\x18\x03 \x01(\x08\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12,\n\x0c\x63ot_sampling\x18\x05 \x01(\x0b\x32\x16.cai.v1.SamplingParamsB\x07\n\x05_seed\"\x97\x02\n\tSoftLabel\x12\x0b\n\x03p_a\x18\x01 \x01(\x01\x12\x14\n\x0cprinciple_id\x18\x02 \x01(\t\x12&\n\nprovenance\x18\x03 \x01(\x0b\x32\x12.cai.v1.Provenance\x12\x11\n\treasoning\x18\x04 \x01(\t\x12\x11\n\tlogprob_a\x18\x05 \x01(\x01\x12\x11\n\tlogprob_b\x18\x06 \x01(\x01\x12\x15\n\rcomparison_id\x18\x07 \x01(\t\x12\x1b\n\x13judge_config_sha256\x18\x08 \x01(\t\x12\x0e\n\x06p_a_ab\x18\t \x01(\x01\x12\x13\n\x06p_a_ba\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x14\n\x0c\x66\x65w_shot_ids\x18\x0c \x03(\tB\t\n\x07_p_a_ba\"4\n\x0f\x43ompareResponse\x12!\n\x06labels\x18\x01 \x03(\x0b\x32\x11.cai.v1.SoftLabel*`\n\tJudgeMode\x12\x1a\n\x16JUDGE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12JUDGE_MODE_LOGPROB\x10\x01\x12\x1f\n\x1bJUDGE_MODE_CHAIN_OF_THOUGHT\x10\x02\x32\x43\n\x05Judge\x12:\n\x07\x43ompare\x12\x16.cai.v1.CompareRequest\x1a\x17.cai.v1.CompareResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cai.v1.judge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JUDGEMODE']._serialized_start=613
-  _globals['_JUDGEMODE']._serialized_end=709
+  _globals['_JUDGEMODE']._serialized_start=697
+  _globals['_JUDGEMODE']._serialized_end=793
   _globals['_COMPARISON']._serialized_start=51
   _globals['_COMPARISON']._serialized_end=171
   _globals['_COMPAREREQUEST']._serialized_start=174
   _globals['_COMPAREREQUEST']._serialized_end=359
   _globals['_SOFTLABEL']._serialized_start=362
-  _globals['_SOFTLABEL']._serialized_end=557
-  _globals['_COMPARERESPONSE']._serialized_start=559
-  _globals['_COMPARERESPONSE']._serialized_end=611
-  _globals['_JUDGE']._serialized_start=711
-  _globals['_JUDGE']._serialized_end=778
+  _globals['_SOFTLABEL']._serialized_end=641
+  _globals['_COMPARERESPONSE']._serialized_start=643
+  _globals['_COMPARERESPONSE']._serialized_end=695
+  _globals['_JUDGE']._serialized_start=795
+  _globals['_JUDGE']._serialized_end=862
 # @@protoc_insertion_point(module_scope)

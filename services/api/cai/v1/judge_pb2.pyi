@@ -46,7 +46,7 @@ class CompareRequest(_message.Message):
     def __init__(self, comparisons: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ..., mode: _Optional[_Union[JudgeMode, str]] = ..., swap_debias: _Optional[bool] = ..., seed: _Optional[int] = ..., cot_sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
 
 class SoftLabel(_message.Message):
-    __slots__ = ("p_a", "principle_id", "provenance", "reasoning", "logprob_a", "logprob_b", "comparison_id", "judge_config_sha256")
+    __slots__ = ("p_a", "principle_id", "provenance", "reasoning", "logprob_a", "logprob_b", "comparison_id", "judge_config_sha256", "p_a_ab", "p_a_ba", "seed", "few_shot_ids")
     P_A_FIELD_NUMBER: _ClassVar[int]
     PRINCIPLE_ID_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,10 @@ class SoftLabel(_message.Message):
     LOGPROB_B_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     JUDGE_CONFIG_SHA256_FIELD_NUMBER: _ClassVar[int]
+    P_A_AB_FIELD_NUMBER: _ClassVar[int]
+    P_A_BA_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    FEW_SHOT_IDS_FIELD_NUMBER: _ClassVar[int]
     p_a: float
     principle_id: str
     provenance: _common_pb2.Provenance
@@ -63,7 +67,11 @@ class SoftLabel(_message.Message):
     logprob_b: float
     comparison_id: str
     judge_config_sha256: str
-    def __init__(self, p_a: _Optional[float] = ..., principle_id: _Optional[str] = ..., provenance: _Optional[_Union[_common_pb2.Provenance, _Mapping]] = ..., reasoning: _Optional[str] = ..., logprob_a: _Optional[float] = ..., logprob_b: _Optional[float] = ..., comparison_id: _Optional[str] = ..., judge_config_sha256: _Optional[str] = ...) -> None: ...
+    p_a_ab: float
+    p_a_ba: float
+    seed: int
+    few_shot_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, p_a: _Optional[float] = ..., principle_id: _Optional[str] = ..., provenance: _Optional[_Union[_common_pb2.Provenance, _Mapping]] = ..., reasoning: _Optional[str] = ..., logprob_a: _Optional[float] = ..., logprob_b: _Optional[float] = ..., comparison_id: _Optional[str] = ..., judge_config_sha256: _Optional[str] = ..., p_a_ab: _Optional[float] = ..., p_a_ba: _Optional[float] = ..., seed: _Optional[int] = ..., few_shot_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
     __slots__ = ("labels",)
