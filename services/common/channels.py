@@ -71,6 +71,9 @@ def channel_options(server_name: str = "") -> list[tuple[str, object]]:
         # Our service config, never one from DNS TXT records.
         ("grpc.service_config_disable_resolution", 1),
         ("grpc.enable_retries", 1),
+        # A request is retried only while gRPC still holds a copy (default 256 KiB): batches of
+        # comparisons are larger.
+        ("grpc.per_rpc_retry_buffer_size", 16 * 1024 * 1024),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
