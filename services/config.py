@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from services.errors import InvalidArgument
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidArgument):
     """A configuration that cannot be used; the message names the source and the field."""
 
 

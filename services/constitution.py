@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from services.paths import data_dir
+from services.errors import InvalidArgument
 
 FORMAT = "cai-constitution/v1"
 DEFAULT_CONSTITUTION = data_dir("constitutions") / "default.yaml"
@@ -25,7 +26,7 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _ROLES = ("system", "user", "assistant")
 
 
-class ConstitutionError(ValueError):
+class ConstitutionError(InvalidArgument):
     """A constitution file that cannot be used; ``problems`` are ``FILE:LINE: FIELD: reason``."""
 
     def __init__(self, problems: Sequence[str]):

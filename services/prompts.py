@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.paths import data_dir
+from services.errors import InvalidArgument
 
 RED_TEAM = data_dir("prompts") / "red_team.jsonl"
 HELPFULNESS = data_dir("prompts") / "helpfulness.jsonl"
@@ -20,7 +21,7 @@ HELPFULNESS_PAIRS = data_dir("prompts") / "helpfulness_pairs.jsonl"
 _ROLES = ("system", "user", "assistant")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(InvalidArgument):
     """A prompt file that cannot be used; the message is ``FILE:LINE: FIELD: reason``."""
 
 

@@ -132,3 +132,65 @@ def metric(values: dict[str, float], name: str, **labels: str) -> float:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- small, fast services on the transformers engine (hostile-input and fuzz tests) ----------
+
+FAST_LIMITS = {
+    "generation": "limits: {default_max_tokens: 8, max_new_tokens: 16}\n",
+    "critique": ("limits: {max_batch_items: 8, max_n: 1, default_max_tokens: 8, max_new_tokens: 16}\n"
+                 "default_rounds: 1\nmax_rounds: 2\ncritique_max_tokens: 8\nrevision_max_tokens: 8\n"),
+    "judge": "limits: {max_batch_items: 16, max_n: 1, default_max_tokens: 8, max_new_tokens: 16}\ncot_max_tokens: 8\n",
+    "reward": "limits: {max_batch_items: 64}\n",
+}
+"""Deployed configs with small token limits, so requests that pass validation finish fast."""
+
+
+def fast_service(name: str, model: str, factory, *extra: str) -> ServerProcess:
+    """`cai serve NAME` on the transformers engine with ``FAST_LIMITS`` (a real config file)."""
+    workdir = factory.mktemp(f"{name}-fast")
+    config = workdir / f"{name}.yaml"
+    config.write_text(FAST_LIMITS.get(name, ""))
+    args = ["serve", name, "--model", model, "--config", str(config), *extra]
+    if name in ("generation", "critique", "judge"):
+        args += ["--engine", "transformers"]
+    return ServerProcess(args, workdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_path(tmp_path_factory) -> str:
+    from services.models.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-rm", reward=True))
+
+
+@pytest.fixture(scope="session")
+def fast_servers(tiny_model, tiny_reward_model_path, tmp_path_factory):
+    """One process per service on tiny models (generation, critique, judge on transformers;
+    reward on a tiny reward model; trainer on a SQLite queue), started together, stopped at the end."""
+    import concurrent.futures
+
+    queue = tmp_path_factory.mktemp("fast-queue") / "q.db"
+    plan = {
+        "generation": (tiny_model,), "critique": (tiny_model,), "judge": (tiny_model,),
+        "reward": (tiny_reward_model_path,),
+        "trainer": (tiny_reward_model_path, "--queue", f"sqlite:///{queue}",
+                    "--work-dir", str(tmp_path_factory.mktemp("fast-trainer"))),
+    }
+    with concurrent.futures.ThreadPoolExecutor(len(plan)) as pool:
+        futures = {name: pool.submit(fast_service, name, args[0], tmp_path_factory, *args[1:])
+                   for name, args in plan.items()}
+        servers = {}
+        errors = []
+        for name, f in futures.items():
+            try:
+                servers[name] = f.result()
+            except Exception as exc:
+                errors.append(f"{name}: {exc}")
+    if errors:
+        for s in servers.values():
+            s.stop()
+        raise RuntimeError("; ".join(errors))
+    yield servers
+    for s in servers.values():
+        s.stop()

@@ -47,11 +47,12 @@ _lock = threading.Lock()
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> int:
-    """Serves /metrics on ``port`` (0 picks a free port) once per process; returns the port."""
+    """Serves /metrics on ``host``:``port`` (0 picks a free port) once per process; returns the
+    port. Services pass their own ``--host``, so a loopback service keeps /metrics on loopback."""
     with _lock:
         if _started:
             return next(iter(_started.values()))
-        server, _thread = start_http_server(port, addr=host)
+        server, _thread = start_http_server(port, addr=host.strip("[]") or "0.0.0.0")
         bound = server.server_port
         _started[port] = bound
         return bound

@@ -11,14 +11,18 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import metrics, tls
+from services.errors import CaiError, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +38,15 @@ class ServerConfig:
     metrics_port: int = 9090
     """Port of the Prometheus /metrics endpoint; -1 disables it, 0 picks a free one."""
     max_concurrent_rpcs: int = 256
-    """RPCs handled at once; more are refused with RESOURCE_EXHAUSTED."""
+    """RPCs handled at once (health checks included); more are refused with RESOURCE_EXHAUSTED."""
     max_message_bytes: int = 64 * 1024 * 1024
-    """Largest request or response message."""
+    """Largest response message, and a cap on requests. Each method accepts requests only up to
+    the size its request limits need (``GrpcService(message_limits=...)``), far less than this."""
+    max_concurrent_work: int = 32
+    """Requests doing engine work at once; more wait (health and GetModelInfo/Status never do)."""
+    max_queued_work: int = 64
+    """Requests waiting for engine work; beyond this they are refused with RESOURCE_EXHAUSTED, so
+    a flood cannot hold a service (and its health checks) hostage."""
     grace_seconds: float = 30.0
     """On SIGTERM: how long in-flight RPCs may run before they are cancelled."""
     tls_cert_file: str = ""
@@ -58,6 +68,10 @@ class ServerConfig:
             return "metrics_port", f"must be -1 or in [0, 65535], got {self.metrics_port}"
         if self.max_concurrent_rpcs < 1:
             return "max_concurrent_rpcs", "must be at least 1"
+        if self.max_concurrent_work < 1:
+            return "max_concurrent_work", "must be at least 1"
+        if self.max_queued_work < 0:
+            return "max_queued_work", "must be at least 0"
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             return "tls_key_file", "tls_cert_file and tls_key_file go together"
         if self.tls_client_ca_file and not self.tls_cert_file:
@@ -85,14 +99,117 @@ def _split_method(full: str) -> tuple[str, str]:
     return service, method
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts requests and errors and times every RPC, labelled by service, method and code."""
+SMALL_REQUEST_BYTES = 64 * 1024
+"""Largest request of a method without its own limit (GetModelInfo, Status, LoadCheckpoint)."""
+LIGHT_METHODS = frozenset({"GetModelInfo", "Status"})
+"""Methods that do no engine work: never queued behind it."""
+
+
+class PortInUse(Unavailable, OSError):
+    """A port the service must listen on cannot be bound (found before any model loads)."""
+
+
+class _BadMessage:
+    """What the guarded deserializer returns for a request it cannot accept (the interceptor
+    answers it, so it is counted and logged like every other error)."""
+
+    __slots__ = ("code", "message")
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.code = code
+        self.message = message
+
+
+def _request_type(service: str, method: str) -> str:
+    try:
+        return descriptor_pool.Default().FindMethodByName(f"{service}.{method}").input_type.full_name
+    except KeyError:
+        return f"{service}.{method} request"
+
+
+def _guard(deserialize, service: str, method: str, limit: int):
+    """``deserialize`` that never raises: an oversized or undecodable request becomes a
+    ``_BadMessage`` (RESOURCE_EXHAUSTED / INVALID_ARGUMENT) instead of gRPC's UNKNOWN."""
+    type_name = _request_type(service, method)
+
+    def guarded(data: bytes):
+        if len(data) > limit:
+            return _BadMessage(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"request is {len(data)} bytes; {method} accepts at most {limit}")
+        try:
+            return deserialize(data) if deserialize is not None else data
+        except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, ...
+            reason = str(exc) or type(exc).__name__
+            return _BadMessage(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {type_name}: {reason}")
+
+    return guarded
+
+
+class WorkLimiter:
+    """Bounds the requests doing engine work: ``running`` at once, ``queued`` more waiting, the
+    rest refused at once with RESOURCE_EXHAUSTED."""
+
+    def __init__(self, running: int, queued: int):
+        self.running, self.queued = running, queued
+        self._sem: asyncio.Semaphore | None = None
+        self.admitted = 0
+
+    @asynccontextmanager
+    async def slot(self, method: str):
+        if self.admitted >= self.running + self.queued:
+            raise ResourceExhausted(
+                f"server busy: {self.admitted} requests running or waiting (max_concurrent_work="
+                f"{self.running}, max_queued_work={self.queued}); {method} refused, retry later"
+            )
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.running)
+        self.admitted += 1
+        try:
+            async with self._sem:
+                yield
+        finally:
+            self.admitted -= 1
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """The one place that turns failures into statuses, and counts and times every RPC.
+
+    * undecodable or oversized requests (guarded deserializer): INVALID_ARGUMENT /
+      RESOURCE_EXHAUSTED naming the request type or the limit;
+    * a :class:`~services.errors.CaiError` raised by a servicer: its ``status``, ``str(error)``;
+    * anything else: our bug, INTERNAL "internal error in M; see the server log (id X)", with the
+      traceback logged once under that id.
+
+    Every non-OK answer is one log line (method, code, message) and counted in
+    ``cai_grpc_errors_total``; engine work is bounded by ``limiter`` (light methods skip it).
+    """
+
+    def __init__(self, message_limits: Mapping[str, int] | None = None, default_limit: int = SMALL_REQUEST_BYTES,
+                 limiter: WorkLimiter | None = None, light: Collection[str] = LIGHT_METHODS):
+        self.message_limits = dict(message_limits or {})
+        self.default_limit = default_limit
+        self.limiter = limiter
+        self.light = frozenset(light)
+
+    async def _answer(self, context, method: str, exc: BaseException):
+        """Aborts the RPC for ``exc`` (raises ``AbortError``)."""
+        if isinstance(exc, CaiError):
+            code = getattr(grpc.StatusCode, exc.status, grpc.StatusCode.FAILED_PRECONDITION)
+            message = str(exc) or type(exc).__name__
+        else:
+            error_id = uuid.uuid4().hex[:12]
+            log.error("internal error in %s (id %s)", method, error_id, exc_info=exc)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log (id {error_id})"
+        await context.abort(code, message)
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or details.method.startswith(("/grpc.health", "/grpc.reflection")):
             return handler
         service, method = _split_method(details.method)
+        limit = self.message_limits.get(method, self.default_limit)
+        deserializer = _guard(handler.request_deserializer, service, method, limit)
+        limiter = None if method in self.light else self.limiter
 
         def finish(context, started: float, exc: BaseException | None) -> None:
             code = context.code()
@@ -104,8 +221,18 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             metrics.RPC_REQUESTS.labels(service, method, name).inc()
             if name != "OK":
                 metrics.RPC_ERRORS.labels(service, method, name).inc()
+                if name != "CANCELLED":
+                    log.info("%s/%s -> %s: %s", service, method, name, context.details() or "")
             metrics.RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
             metrics.RPC_IN_FLIGHT.labels(service, method).dec()
+
+        @asynccontextmanager
+        async def admitted():
+            if limiter is None:
+                yield
+            else:
+                async with limiter.slot(method):
+                    yield
 
         if handler.unary_unary:
             inner = handler.unary_unary
@@ -114,16 +241,22 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 started, exc = time.perf_counter(), None
                 metrics.RPC_IN_FLIGHT.labels(service, method).inc()
                 try:
-                    return await inner(request, context)
+                    if isinstance(request, _BadMessage):
+                        await context.abort(request.code, request.message)
+                    try:
+                        async with admitted():
+                            return await inner(request, context)
+                    except (grpc.aio.AbortError, asyncio.CancelledError):
+                        raise
+                    except Exception as e:
+                        await self._answer(context, method, e)
                 except BaseException as e:
                     exc = e
                     raise
                 finally:
                     finish(context, started, exc)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(unary, deserializer, handler.response_serializer)
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
@@ -131,18 +264,28 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 started, exc = time.perf_counter(), None
                 metrics.RPC_IN_FLIGHT.labels(service, method).inc()
                 try:
-                    async for item in inner_stream(request, context):
-                        yield item
+                    if isinstance(request, _BadMessage):
+                        await context.abort(request.code, request.message)
+                    try:
+                        async with admitted():
+                            async for item in inner_stream(request, context):
+                                yield item
+                    except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+                        raise
+                    except Exception as e:
+                        await self._answer(context, method, e)
                 except BaseException as e:
                     exc = e
                     raise
                 finally:
                     finish(context, started, exc)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_stream_rpc_method_handler(stream, deserializer, handler.response_serializer)
         return handler
+
+
+MetricsInterceptor = ServiceInterceptor
+"""The old name (it counted and timed RPCs before it also mapped errors)."""
 
 
 class GrpcService:
@@ -150,18 +293,24 @@ class GrpcService:
 
     ``register`` is called with the aio server to add servicers; ``service_names`` are the full
     names (``cai.v1.Generation``) reported by health and reflection; ``on_stop`` runs after the
-    server has stopped (release engines); ``on_start`` after it started.
+    server has stopped (release engines); ``on_start`` after it started. ``message_limits`` gives
+    the largest request (bytes) per method name; other methods accept ``SMALL_REQUEST_BYTES``.
+
+    To fail fast, a builder calls ``await service.bind()`` before it loads any model (the gRPC
+    and metrics ports are taken then, or a clear :class:`PortInUse` is raised) and ``attach``
+    (register, on_stop, ...) once its servicer exists; ``start()`` binds if nobody did.
     """
 
     def __init__(
         self,
         config: ServerConfig,
-        register: Callable[[grpc.aio.Server], None],
+        register: Callable[[grpc.aio.Server], None] | None,
         service_names: Sequence[str],
         on_stop: Callable[[], Awaitable[None]] | None = None,
         on_start: Callable[[], Awaitable[None]] | None = None,
         done: Callable[[], Awaitable[None]] | None = None,
         healthy: Callable[[], bool] | None = None,
+        message_limits: Mapping[str, int] | None = None,
     ):
         self.config = config
         self._register = register
@@ -170,6 +319,7 @@ class GrpcService:
         self._on_start = on_start
         self.done = done
         self._healthy = healthy
+        self.message_limits = dict(message_limits or {})
         self._watch: asyncio.Task | None = None
         """Optional: a coroutine function that returns when the service has finished its work
         (a trainer with a bounded job); ``serve_until_signal`` then stops the server."""
@@ -179,19 +329,64 @@ class GrpcService:
         self.port = 0
         self.metrics_port = -1
 
-    async def start(self) -> int:
+    def attach(self, register: Callable[[grpc.aio.Server], None], **hooks) -> GrpcService:
+        """Sets ``register`` and any of on_stop/on_start/done/healthy after ``bind()``."""
+        self._register = register
+        for name in ("on_stop", "on_start", "healthy"):
+            if name in hooks:
+                setattr(self, f"_{name}", hooks.pop(name))
+        if "done" in hooks:
+            self.done = hooks.pop("done")
+        if hooks:
+            raise TypeError(f"unknown hooks: {', '.join(hooks)}")
+        return self
+
+    async def bind(self) -> int:
+        """Creates the server and takes its gRPC port and the metrics port, before any model
+        loads; raises :class:`PortInUse` naming the port. Returns the gRPC port."""
+        if self._server is not None:
+            return self.port
         cfg = self.config
+        largest = max([SMALL_REQUEST_BYTES, *self.message_limits.values()])
         options = [
-            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            # gRPC itself drops anything over twice the largest method limit before decoding it;
+            # between that and a method's own limit the guarded deserializer answers.
+            ("grpc.max_receive_message_length", min(cfg.max_message_bytes, 2 * largest)),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
             *KEEPALIVE_SERVER_OPTIONS,
         ]
         server = grpc.aio.server(
-            interceptors=[MetricsInterceptor()],
+            interceptors=[ServiceInterceptor(
+                self.message_limits, limiter=WorkLimiter(cfg.max_concurrent_work, cfg.max_queued_work))],
             options=options,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )
+        try:
+            address = f"{cfg.host}:{cfg.port}"
+            if cfg.tls_cert_file:
+                creds = tls.server_credentials(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
+                self.port = server.add_secure_port(address, creds)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+            raise PortInUse(f"cannot listen on {cfg.host}:{cfg.port} (gRPC): {exc}; is the port in use?") from None
+        if not self.port:
+            raise PortInUse(f"cannot listen on {cfg.host}:{cfg.port} (gRPC); is the port in use?")
+        self._server = server
+        if cfg.metrics_port >= 0:
+            try:
+                self.metrics_port = metrics.start_metrics_server(cfg.metrics_port, host=cfg.host)
+            except OSError as exc:
+                await server.stop(None)
+                self._server = None
+                raise PortInUse(f"cannot serve /metrics on {cfg.host}:{cfg.metrics_port}: {exc}") from None
+        return self.port
+
+    async def start(self) -> int:
+        cfg = self.config
+        await self.bind()
+        server = self._server
         self._register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -199,20 +394,11 @@ class GrpcService:
              reflection.SERVICE_NAME],
             server,
         )
-        address = f"{cfg.host}:{cfg.port}"
-        if cfg.tls_cert_file:
-            creds = tls.server_credentials(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
-            self.port = server.add_secure_port(address, creds)
-        else:
-            self.port = server.add_insecure_port(address)
         await server.start()
-        self._server = server
         if self._on_start is not None:
             await self._on_start()
         for name in ["", *self._names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if cfg.metrics_port >= 0:
-            self.metrics_port = metrics.start_metrics_server(cfg.metrics_port)
         if self._healthy is not None:
             self._watch = asyncio.create_task(self._watch_health())
         log.info(
@@ -231,6 +417,13 @@ class GrpcService:
                 for name in ["", *self._names]:
                     await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
                 return
+
+    async def release(self) -> None:
+        """Gives the ports back when the service was bound but will not start (its model failed
+        to load)."""
+        if self._server is not None and not self._stopped.is_set():
+            self._stopped.set()
+            await self._server.stop(None)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking new RPCs (health NOT_SERVING), lets in-flight ones finish for ``grace``
@@ -276,13 +469,12 @@ async def within_deadline(context, coro):
 
 
 async def abort_engine_error(context, exc: Exception, engine=None) -> None:
-    """An engine failure as a status: a refused input is the caller's (INVALID_ARGUMENT), a
-    dead engine is UNAVAILABLE (the health check reports NOT_SERVING; restart the service),
-    anything else INTERNAL."""
+    """Deprecated: servicers just raise; the interceptor answers an ``EngineError`` with its
+    status. Kept for callers not moved yet: the same statuses, by hand."""
     from services.engines import EngineInputError
 
     if isinstance(exc, EngineInputError):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the engine refused the input: {exc}")
     if engine is not None and not engine.healthy:
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"the engine is dead, restart the service: {exc}")
-    await context.abort(grpc.StatusCode.INTERNAL, f"engine failed: {exc}")
+    await context.abort(grpc.StatusCode.UNAVAILABLE, f"the engine failed: {exc}")

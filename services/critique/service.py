@@ -5,18 +5,23 @@ from __future__ import annotations
 import dataclasses
 import random
 
-import grpc
-
 from services.api.cai.v1 import common_pb2, critique_pb2, critique_pb2_grpc
 from services.common import metrics
 from services.common.provenance import provenance
-from services.common.requests import InvalidRequest, check_count, conversation_messages, sampling_spec
+from services.common.requests import (
+    InvalidRequest,
+    check_count,
+    check_text,
+    conversation_messages,
+    message_bytes_limit,
+    sampling_spec,
+    seed_at,
+)
 from services.common.served_model import ServedModel
-from services.common.server import GrpcService, abort_engine_error, within_deadline
+from services.common.server import GrpcService, within_deadline
 from services.constitution import Constitution, load_constitution
 from services.critique.config import CritiqueConfig
 from services.critique.reviser import ReviseItem, Reviser
-from services.engines import EngineError
 from services.engines.config import start_engine
 
 SERVICE = critique_pb2.DESCRIPTOR.services_by_name["Critique"].full_name
@@ -55,36 +60,29 @@ class CritiqueServicer(critique_pb2_grpc.CritiqueServicer):
         sampling.CopyFrom(request.sampling)
         sampling.n = 0  # one critique and one revision per round
         spec = sampling_spec(sampling, self.limits)
-        seed = request.seed if request.HasField("seed") else random.getrandbits(62)
+        seed = seed_at(request.seed) if request.HasField("seed") else random.getrandbits(62)
         if spec.seed is None and request.HasField("seed"):
-            spec = dataclasses.replace(spec, seed=request.seed)
+            spec = dataclasses.replace(spec, seed=seed)
         explicit = request.sampling.max_tokens > 0
         critique_spec = spec if explicit else dataclasses.replace(spec, max_tokens=cfg.critique_max_tokens)
         revision_spec = spec if explicit else dataclasses.replace(spec, max_tokens=cfg.revision_max_tokens)
         items = []
         for i, item in enumerate(request.items):
-            messages = conversation_messages(item.prompt, f"items[{i}].prompt")
+            messages = conversation_messages(item.prompt, f"items[{i}].prompt", self.limits)
+            check_text(item.answer, f"items[{i}].answer", self.limits)
             if not item.answer.strip():
                 raise InvalidRequest(f"items[{i}].answer", "must not be empty")
             items.append(ReviseItem(tuple(messages), item.answer, item.prompt.id))
         return items, rounds, critique_spec, revision_spec, seed, list(request.principle_ids)
 
     async def Revise(self, request, context):
-        try:
-            items, rounds, critique_spec, revision_spec, seed, among = self._parse(request)
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        items, rounds, critique_spec, revision_spec, seed, among = self._parse(request)
         async with self.served.use() as engine:
             reviser = Reviser(engine, self.constitution, few_shot=self.config.few_shot,
                               max_prompt_tokens=self.limits.max_prompt_tokens)
-            try:
-                chains = await within_deadline(
-                    context, reviser.revise(items, rounds, critique_spec, revision_spec, seed, among)
-                )
-            except InvalidRequest as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except EngineError as exc:
-                await abort_engine_error(context, exc, engine)
+            chains = await within_deadline(
+                context, reviser.revise(items, rounds, critique_spec, revision_spec, seed, among)
+            )
         metrics.BATCH_ITEMS.labels(SERVICE, "Revise").observe(len(items))
         response = critique_pb2.ReviseResponse()
         for item, chain in zip(items, chains):
@@ -106,12 +104,17 @@ class CritiqueServicer(critique_pb2_grpc.CritiqueServicer):
 async def build_critique_service(config: CritiqueConfig, served: ServedModel | None = None) -> GrpcService:
     """The critique service, ready to ``start()``; shares ``served`` when given."""
     constitution = load_constitution(config.constitution)
-    served = served or ServedModel(SERVICE, await start_engine(config.engine))
+    service = GrpcService(config.server, None, [SERVICE],
+                          message_limits={"Revise": message_bytes_limit(config.limits, texts_per_item=2)})
+    await service.bind()  # ports and the constitution first, then the model
+    try:
+        served = served or ServedModel(SERVICE, await start_engine(config.engine))
+    except BaseException:
+        await service.release()
+        raise
     servicer = CritiqueServicer(served, constitution, config)
-    return GrpcService(
-        config.server,
+    return service.attach(
         lambda server: critique_pb2_grpc.add_CritiqueServicer_to_server(servicer, server),
-        [SERVICE],
         on_stop=served.close,
         healthy=lambda: served.engine.healthy,
     )

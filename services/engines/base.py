@@ -12,15 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.errors import Unavailable
+
 ENGINE_NAMES = ("vllm", "transformers")
 
 
-class EngineError(RuntimeError):
+class EngineError(Unavailable, RuntimeError):
     """The engine could not do what was asked (bad model, failed load, dead engine)."""
 
 
 class EngineInputError(EngineError, ValueError):
     """The engine refused an input (for example prompt plus answer longer than the context)."""
+
+    status = "INVALID_ARGUMENT"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from services.constitution import JudgingExample, JudgingPrinciple
 from services.critique.prompting import SPEAKERS
+from services.errors import FailedPrecondition
 
 TASK = (
     "You compare two replies an AI assistant could give in a conversation and answer a "
@@ -25,7 +26,7 @@ ANSWER_OPENING = "The answer is: ("
 COT_REQUEST = "Let's think step by step about which reply is better before answering."
 
 
-class OptionTokenError(ValueError):
+class OptionTokenError(FailedPrecondition, ValueError):
     """The judge's tokenizer cannot express the options as single next tokens."""
 
 

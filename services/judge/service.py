@@ -7,16 +7,21 @@ import hashlib
 import json
 import random
 
-import grpc
-
 from services.api.cai.v1 import judge_pb2, judge_pb2_grpc
 from services.common import metrics
 from services.common.provenance import provenance
-from services.common.requests import InvalidRequest, check_count, conversation_messages, sampling_spec
+from services.common.requests import (
+    InvalidRequest,
+    check_count,
+    check_text,
+    conversation_messages,
+    message_bytes_limit,
+    sampling_spec,
+    seed_at,
+)
 from services.common.served_model import ServedModel
-from services.common.server import GrpcService, abort_engine_error, within_deadline
+from services.common.server import GrpcService, within_deadline
 from services.constitution import Constitution, load_constitution
-from services.engines import EngineError
 from services.engines.config import start_engine
 from services.judge.config import JudgeConfig
 from services.judge.labeler import CHAIN_OF_THOUGHT, LOGPROB, ComparisonItem, Judge
@@ -74,8 +79,9 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
         known = {p.id for p in self.constitution.judging}
         items = []
         for i, c in enumerate(request.comparisons):
-            messages = conversation_messages(c.prompt, f"comparisons[{i}].prompt")
+            messages = conversation_messages(c.prompt, f"comparisons[{i}].prompt", self.limits)
             for name in ("answer_a", "answer_b"):
+                check_text(getattr(c, name), f"comparisons[{i}].{name}", self.limits)
                 if not getattr(c, name).strip():
                     raise InvalidRequest(f"comparisons[{i}].{name}", "must not be empty")
             if c.principle_id and c.principle_id not in known:
@@ -85,23 +91,15 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
         spec = sampling_spec(request.cot_sampling, self.limits, "cot_sampling")
         if not request.cot_sampling.max_tokens:
             spec = dataclasses.replace(spec, max_tokens=self.config.cot_max_tokens)
-        seed = request.seed if request.HasField("seed") else random.getrandbits(62)
+        seed = seed_at(request.seed) if request.HasField("seed") else random.getrandbits(62)
         return items, mode, seed, spec
 
     async def Compare(self, request, context):
-        try:
-            items, mode, seed, spec = self._parse(request)
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        items, mode, seed, spec = self._parse(request)
         async with self.served.use() as engine:
             judge = self.judge_for(engine)
-            try:
-                labels = await within_deadline(
-                    context, judge.compare(items, mode, request.swap_debias, seed, spec))
-            except InvalidRequest as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except EngineError as exc:
-                await abort_engine_error(context, exc, engine)
+            labels = await within_deadline(
+                context, judge.compare(items, mode, request.swap_debias, seed, spec))
         metrics.BATCH_ITEMS.labels(SERVICE, "Compare").observe(len(items))
         response = judge_pb2.CompareResponse()
         config_sha256 = self.judge_config_sha256(engine)
@@ -124,17 +122,23 @@ async def build_judge_service(config: JudgeConfig, served: ServedModel | None = 
     """The judge service, ready to ``start()``. Fails at start-up with a clear error when the
     judge's tokenizer cannot express the options (A) and (B)."""
     constitution = load_constitution(config.constitution)
-    served = served or ServedModel(SERVICE, await start_engine(config.engine))
+    service = GrpcService(config.server, None, [SERVICE],
+                          message_limits={"Compare": message_bytes_limit(config.limits, texts_per_item=3)})
+    await service.bind()  # ports and the constitution first, then the model
+    try:
+        served = served or ServedModel(SERVICE, await start_engine(config.engine))
+    except BaseException:
+        await service.release()
+        raise
     servicer = JudgeServicer(served, constitution, config)
     try:
         servicer.judge_for(served.engine)
     except ValueError:
         await served.close()
+        await service.release()
         raise
-    return GrpcService(
-        config.server,
+    return service.attach(
         lambda server: judge_pb2_grpc.add_JudgeServicer_to_server(servicer, server),
-        [SERVICE],
         on_stop=served.close,
         healthy=lambda: served.engine.healthy,
     )

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from services.common.channels import open_channel
+from services.errors import CaiError
 from services.paths import REPO_ROOT
 
 K8S_DIR = REPO_ROOT / "k8s"
@@ -53,7 +54,7 @@ _KIND_ORDER = (
 )
 
 
-class K8sError(Exception):
+class K8sError(CaiError):
     """Something the deployment cannot do; the message is one line meant for the user."""
 
 

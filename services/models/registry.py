@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from services.paths import cache_dir
+from services.errors import NotFound
 
 SMOLLM2 = "smollm2-135m-instruct"
 DEFAULT_MODEL = SMOLLM2
@@ -22,7 +23,7 @@ PACKAGED = (SMOLLM2,)
 _lock = threading.Lock()
 
 
-class ModelNotFound(ValueError):
+class ModelNotFound(NotFound, ValueError):
     """The model name is neither a folder, a packaged model, nor something that looks like a hub id."""
 
 

@@ -345,6 +345,9 @@ async def run_label(cfg: LabelConfig, progress: bool = True) -> dict:
     from services.pipeline.embedded import EmbeddedSpec, embedded_services
     from services.queue import open_queue
 
+    load_prompts(cfg.prompts)  # fail fast: a bad prompts file is reported before any engine starts
+    if cfg.helpfulness_pairs:
+        load_prompts(cfg.helpfulness_pairs)
     queue = open_queue(cfg.queue)
     try:
         if cfg.generation:

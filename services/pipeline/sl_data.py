@@ -270,6 +270,9 @@ async def produce_sl_data(cfg: SLDataConfig, out_dir: str | Path, progress: bool
     from services.constitution import load_constitution
     from services.pipeline.embedded import EmbeddedSpec, embedded_services
 
+    load_prompts(cfg.prompts)  # fail fast: a bad prompts file is reported before any engine starts
+    if cfg.helpfulness:
+        load_prompts(cfg.helpfulness)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"

@@ -8,6 +8,7 @@ and Redis Streams (production). Open one with :func:`open_queue`; the delivery s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -16,19 +17,63 @@ from services.queue.base import (
 )
 
 __all__ = ["ComparisonQueue", "Delivery", "MalformedItem", "QueueError", "Retention", "open_queue",
-           "validate_comparison"]
+           "queue_url_from_environment", "read_queue_url_file", "redact_url", "validate_comparison"]
 
 _USAGE = "expected sqlite:///path.db (sqlite:////abs/path.db for an absolute path) or redis://host:port/db"
 
 
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs and error messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+_SECRET_PARAMS = ("password", "pass", "passwd", "token", "secret", "auth", "key")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its secrets replaced by ``***``: the userinfo (``user:password@`` or
+    ``token@``) and query values such as ``?password=`` (for logs, status, manifests, errors).
+    The one redaction function of the system."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    query = "&".join(
+        f"{k}=***" if k.lower() in _SECRET_PARAMS else (f"{k}={v}" if sep else k)
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    if netloc == parts.netloc and query == parts.query:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    rest = url.split("://", 1)[1] if "://" in url else url
+    rest = rest[len(parts.netloc):] if rest.startswith(parts.netloc) else rest
+    path = rest.split("?", 1)[0].split("#", 1)[0]
+    return f"{parts.scheme}://{netloc}{path}" + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+redact = redact_url
+"""The old name."""
+
+
+def queue_url_from_environment() -> str:
+    """The queue URL when none is given: ``CAI_QUEUE_URL``, else the first line of the file
+    ``CAI_QUEUE_URL_FILE`` names (a mounted Secret), else empty. Keeps passwords off the command
+    line, where every user of the machine can read them."""
+    url = os.environ.get("CAI_QUEUE_URL", "").strip()
+    if url:
+        return url
+    path = os.environ.get("CAI_QUEUE_URL_FILE", "").strip()
+    return read_queue_url_file(path) if path else ""
+
+
+def read_queue_url_file(path: str) -> str:
+    """The queue URL stored in ``path`` (first non-empty line); QueueError naming the file."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise QueueError(f"queue URL file {path}: cannot read: {exc.strerror}") from None
+    if not lines:
+        raise QueueError(f"queue URL file {path}: is empty")
+    return lines[0]
 
 
 def open_queue(url: str, stream: str = "comparisons") -> ComparisonQueue:
@@ -43,8 +88,10 @@ def open_queue(url: str, stream: str = "comparisons") -> ComparisonQueue:
     The :class:`~services.queue.base.Retention` fields are parameters too:
     ``?dedup_window_s=21600&trim_every=1000&trim_interval_s=30&dead_letter_max=10000`` (the defaults).
     """
+    if isinstance(url, str) and not url.strip():
+        url = queue_url_from_environment()
     if not isinstance(url, str) or not url.strip():
-        raise QueueError(f"queue URL is empty; {_USAGE}")
+        raise QueueError(f"queue URL is empty (give one, or set CAI_QUEUE_URL or CAI_QUEUE_URL_FILE); {_USAGE}")
     url = url.strip()
     scheme, sep, rest = url.partition("://")
     if not sep:

@@ -36,22 +36,35 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             phase=PHASES[s["phase"]], items_consumed=s["items_consumed"],
             items_dead_lettered=s["items_dead_lettered"], step=s["step"],
             queue_url=redact_url(self.config.queue), queue_lag=s["queue_lag"], error=s["error"],
+            queue_connected=s["queue_connected"], queue_error=s["queue_error"],
+            promotions_pending=s["promotions_pending"],
         )
         for k, v in s["metrics"].items():
             response.metrics[k] = float(v)
         if s["last_checkpoint"]:
             try:
                 m = read_manifest(s["last_checkpoint"])
-            except OSError:
+                if not isinstance(m, dict):
+                    raise ValueError("the manifest is not a JSON object")
+            except (OSError, ValueError) as exc:  # torn or unreadable: answer without it
+                response.warning = f"last_checkpoint: manifest of {s['last_checkpoint']} unreadable ({exc})"
                 m = {}
             created = Timestamp()
-            if m.get("created_at"):
-                created.FromJsonString(m["created_at"])
-            response.last_checkpoint.CopyFrom(trainer_pb2.Checkpoint(
-                id=m.get("id", ""), path=s["last_checkpoint"], step=m.get("step", 0), created_at=created,
-                constitution_sha256=",".join(m.get("constitution_sha256s", [])) or m.get("constitution_sha256", ""),
-                kind=m.get("kind", ""),
-            ))
+            try:
+                if m.get("created_at"):
+                    created.FromJsonString(str(m["created_at"]))
+            except ValueError:
+                response.warning = f"last_checkpoint: created_at {m['created_at']!r} is not a timestamp"
+            try:
+                checkpoint = trainer_pb2.Checkpoint(
+                    id=m.get("id", ""), path=s["last_checkpoint"], step=m.get("step", 0), created_at=created,
+                    constitution_sha256=",".join(m.get("constitution_sha256s", [])) or m.get("constitution_sha256", ""),
+                    kind=m.get("kind", ""),
+                )
+            except (TypeError, ValueError) as exc:  # fields of the wrong type in the manifest
+                response.warning = f"last_checkpoint: manifest of {s['last_checkpoint']} has bad fields ({exc})"
+                checkpoint = trainer_pb2.Checkpoint(path=s["last_checkpoint"])
+            response.last_checkpoint.CopyFrom(checkpoint)
         return response
 
 
@@ -69,10 +82,13 @@ async def build_trainer_service(config: TrainerConfig) -> GrpcService:
 
     async def done():
         await asyncio.to_thread(worker.finished.wait)
+        if worker.failed:  # the process exits non-zero, so Kubernetes restarts the trainer
+            service.exit_code = 1
 
-    return GrpcService(
+    service = GrpcService(
         config.server,
         lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server),
         [SERVICE],
         on_stop=on_stop, on_start=on_start, done=done,
     )
+    return service

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 
 from services.common.channels import open_channel
 from services.common.jsonl import append_rows, read_rows
+from services.queue import redact_url  # noqa: F401 (re-exported: services.trainer.service)
 from services.trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,6 @@ RM_ACCURACY = Gauge("cai_reward_model_accuracy", "Held-out reward-model accuracy
 PPO_REWARD = Gauge("cai_ppo_reward_mean", "Mean reward of the latest policy-optimisation step.")
 PPO_KL = Gauge("cai_ppo_kl", "KL to the reference policy at the latest policy-optimisation step.")
 LAST_CHECKPOINT = Gauge("cai_trainer_last_checkpoint_timestamp_seconds", "Unix time of the latest checkpoint.")
-
-
-def redact_url(url: str) -> str:
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 class TrainerWorker:
