@@ -38,6 +38,7 @@ def _server_overrides(args) -> dict:
         "tls_cert_file": args.tls_cert_file,
         "tls_key_file": args.tls_key_file,
         "tls_client_ca_file": args.tls_client_ca_file,
+        "tls_allowed_client_names": tuple(args.tls_allowed_client_name) if args.tls_allowed_client_name else None,
     }
 
 
@@ -557,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tls-key-file", help="PEM private key (with --tls-cert-file)")
         p.add_argument("--tls-client-ca-file",
                        help="PEM CA bundle: require client certificates signed by it (mutual TLS; with --tls-cert-file)")
+        p.add_argument("--tls-allowed-client-name", action="append", metavar="NAME",
+                       help="a client certificate name (SAN or CN) allowed to call LoadCheckpoint; repeat for "
+                            "several (default: every client; needs --tls-client-ca-file)")
         p.add_argument("--port-file", help="write the bound ports as JSON to this file once serving")
         p.set_defaults(func=cmd_serve)
 

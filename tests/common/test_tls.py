@@ -58,7 +58,8 @@ def servers(pki, reward_model, tmp_path_factory):
     tls = ["serve", "reward", "--model", model, "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
     with ThreadPoolExecutor(2) as pool:
         started = list(pool.map(lambda args: ServerProcess(args[1], tmp_path_factory.mktemp(args[0])),
-                                [("tls", tls), ("mtls", [*tls, "--tls-client-ca-file", str(pki["ca"])])]))
+                                [("tls", tls), ("mtls", [*tls, "--tls-client-ca-file", str(pki["ca"]),
+                                                         "--tls-allowed-client-name", "trainer"])]))
     yield {"tls": started[0], "mtls": started[1]}
     for s in started:
         s.stop()
@@ -162,6 +163,8 @@ def test_client_tls_files_that_cannot_be_used_are_named(pki, client_env, tmp_pat
 @pytest.mark.parametrize("flags, message", [
     (["--tls-client-ca-file", "ca.crt"], "server.tls_client_ca_file: mutual TLS needs the server's own tls_cert_file"),
     (["--tls-cert-file", "missing.crt", "--tls-key-file", "missing.key"], "server.tls_cert_file: missing.crt"),
+    (["--tls-cert-file", "s.crt", "--tls-key-file", "s.key", "--tls-allowed-client-name", "trainer"],
+     "server.tls_allowed_client_names: client names can only be checked with mutual TLS"),
 ])
 def test_serve_names_a_tls_setting_that_cannot_work(flags, message, reward_model, tmp_path):
     out = subprocess.run([sys.executable, "-m", "services.cli", "serve", "reward", "--model", reward_model,
