@@ -10,7 +10,8 @@ mounted ConfigMap files. What changes, and only that:
 - addresses: a Service's DNS name (``judge:50051``, ``dns:///judge-headless:50051``,
   ``judge.cai.svc:50051``) becomes the loopback ports of the pods it selects (an ``ipv4:`` list for
   a headless Service, one pod for a ClusterIP one, which pins one connection to one pod), and the
-  Redis Service the real Redis on 127.0.0.1:6379;
+  Redis Service the real Redis on 127.0.0.1:6379; with TLS, clients check the name "localhost" on
+  the servers' certificate (CAI_GRPC_TLS_SERVER_NAME) since they no longer dial a Service's name;
 - ports: the container ports (50051, 9090) become free ports (``--host 0.0.0.0`` stays: the clients
   dial 127.0.0.1).
 """
@@ -60,6 +61,8 @@ class Pod:
     index: int = 0
     env_extra: dict = field(default_factory=dict)
     ports: dict = field(default_factory=dict)       # containerPort -> local port
+    env: dict = field(default_factory=dict)         # the process's env from the manifest (remapped)
+    remap: object = None                            # the pod's path and address remapping
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -82,9 +85,12 @@ class Cluster:
     """The rendered objects of one namespace, run as processes under ``root``."""
 
     def __init__(self, objects: list[dict], root: Path, namespace: str, models: Path,
-                 redis_url: str, volume_roots: dict[str, Path] | None = None):
+                 redis_url: str, volume_roots: dict[str, Path] | None = None,
+                 secrets: dict[str, dict[str, Path]] | None = None):
         self.objects, self.root, self.namespace = objects, root, namespace
         self.models, self.redis_url = models, redis_url
+        self.secrets = secrets or {}
+        """Secret name -> {key: file}: what the Secrets the manifests mount (and a user creates) hold."""
         self.claims = {"cai-models": models, **(volume_roots or {})}
         self.pods: list[Pod] = []
 
@@ -158,6 +164,14 @@ class Cluster:
                 folders[vol["name"]] = self.claims.setdefault(claim, self.root / "claims" / claim)
             elif "emptyDir" in vol:
                 folders[vol["name"]] = self.root / "pods" / pod.name / vol["name"]
+            elif "secret" in vol:
+                name = vol["secret"]["secretName"]
+                assert name in self.secrets, f"{pod.name}: Secret {name} (create it: the test's secrets)"
+                folder = self.root / "pods" / pod.name / vol["name"]
+                folder.mkdir(parents=True, exist_ok=True)
+                for key, source in self.secrets[name].items():
+                    shutil.copyfile(source, folder / key)
+                folders[vol["name"]] = folder
             else:
                 raise AssertionError(f"{pod.name}: volume {vol['name']} of a kind this test cannot run: {vol}")
         for tmpl in spec.get("volumeClaimTemplates", []):
@@ -178,6 +192,8 @@ class Cluster:
         def remap(text: str) -> str:
             text = self._remap_addresses(text, addresses)
             return path_re.sub(lambda m: str(mounts[m.group(1)]), text) if path_re else text
+
+        pod.remap = remap
 
         # ConfigMap files, paths and addresses remapped.
         for vol in pod.workload["spec"]["template"]["spec"].get("volumes", []):
@@ -206,6 +222,12 @@ class Cluster:
             assert env["CAI_QUEUE_URL"].startswith("redis://127.0.0.1:6379/"), env["CAI_QUEUE_URL"]
             env["CAI_QUEUE_URL"] = self.redis_url   # our own stream on the shared Redis
 
+        if env.get("CAI_GRPC_TLS_CA_FILE") and "CAI_GRPC_TLS_SERVER_NAME" not in env:
+            # The Service names became loopback addresses, so the name a client checks on the
+            # servers' certificate is no longer the Service's: check "localhost" (on the test's
+            # certificate, beside every Service name) -- part of the address remapping.
+            env["CAI_GRPC_TLS_SERVER_NAME"] = "localhost"
+        pod.env = env
         args = [remap(_expand(a, env)) for a in container.get("args", [])]
         for flag, number in (("--port", 50051), ("--metrics-port", 9090)):
             if flag in args:
@@ -224,7 +246,10 @@ class Cluster:
     # -- waiting ------------------------------------------------------------------------------
 
     def wait_serving(self, pod: Pod, deadline: float) -> None:
-        probe = pod.container["readinessProbe"]["grpc"]
+        probe = pod.container["readinessProbe"]
+        if "exec" in probe:
+            return self._wait_exec(pod, probe["exec"]["command"], deadline)
+        probe = probe["grpc"]
         target = f"127.0.0.1:{pod.ports[probe['port']]}"
         with grpc.insecure_channel(target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -240,6 +265,24 @@ class Cluster:
                 if time.time() > deadline:
                     raise AssertionError(f"{pod.name} not SERVING in time:\n{pod.output()[-3000:]}")
                 time.sleep(0.5)
+
+    def _wait_exec(self, pod: Pod, command: list[str], deadline: float) -> None:
+        """An exec probe, run as the kubelet would in the container: its env, paths and port remapped."""
+        argv = [pod.remap(_expand(a, pod.env)) for a in command]
+        if "--port" in argv:
+            i = argv.index("--port") + 1
+            argv[i] = str(pod.ports[int(argv[i])])
+        if argv[0] == "python":
+            argv[0] = sys.executable
+        while True:
+            if pod.proc.poll() is not None:
+                raise AssertionError(f"{pod.name} exited {pod.proc.returncode}:\n{pod.output()[-3000:]}")
+            done = subprocess.run(argv, env={**BASE_ENV, **pod.env}, capture_output=True, text=True, timeout=60)
+            if done.returncode == 0:
+                return
+            if time.time() > deadline:
+                raise AssertionError(f"{pod.name}: probe {argv} fails: {done.stderr[-500:]}\n{pod.output()[-3000:]}")
+            time.sleep(1)
 
     def stop_all(self) -> None:
         for pod in self.pods:

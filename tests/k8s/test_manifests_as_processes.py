@@ -33,10 +33,16 @@ TIMEOUT_S = 240
 LIMIT = 40
 
 
-def _user_overlay(root: Path) -> Path:
-    """What a user writes: the cpu-small overlay with replicas and config changes."""
+def _user_overlay(root: Path, components: tuple[str, ...]) -> Path:
+    """What a user writes: the cpu-small overlay with replicas, config changes, components, and the
+    example label Job (edited as a user trying it would: a name, and fewer prompts and tokens)."""
     overlay = root / "overlay"
     (overlay / "config").mkdir(parents=True)
+    job = yaml.safe_load((K8S_DIR / "examples" / "label-job.yaml").read_text())
+    job["metadata"]["name"] = job["metadata"].pop("generateName").rstrip("-")
+    # label the first LIMIT prompts, not all 365 (enough for the overlay's train_every, in CI time)
+    job["spec"]["template"]["spec"]["containers"][0]["args"] += ["--limit", str(LIMIT), "--max-tokens", "32"]
+    (overlay / "label-job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     generators = []
     for service in ("generation", "critique", "judge"):
         config = yaml.safe_load((K8S_DIR / "overlays" / "cpu-small" / "config" / f"{service}.yaml").read_text())
@@ -47,7 +53,8 @@ def _user_overlay(root: Path) -> Path:
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S_DIR / "overlays" / "cpu-small", overlay)],
+        "resources": [os.path.relpath(K8S_DIR / "overlays" / "cpu-small", overlay), "label-job.yaml"],
+        "components": [os.path.relpath(K8S_DIR / "components" / c, overlay) for c in components],
         "replicas": [{"name": n, "count": c} for n, c in REPLICAS.items()],
         "configMapGenerator": generators,
     }, sort_keys=False))
@@ -80,14 +87,30 @@ def models(tmp_path_factory) -> Path:
     return root
 
 
+def _grpc_secret(folder: Path) -> dict[str, Path]:
+    """The Secret cai-grpc-tls as cert-manager would write it: a CA, and a certificate for every
+    name the clients dial (k8s/README.md), server and client usages; 127.0.0.1/localhost because
+    here the Service names become loopback addresses."""
+    from tests.common.certs import CA
+
+    ca = CA(folder / "ca")
+    names = [f"{n}{suffix}" for svc in ("generation", "critique", "judge", "reward", "trainer")
+             for n in (svc, f"{svc}-headless") for suffix in ("", f".{NAMESPACE}.svc")]
+    cert, key = ca.issue("localhost", dns=tuple(names), ips=("127.0.0.1",), server=True, client=True)
+    return {"tls.crt": cert, "tls.key": key, "ca.crt": ca.ca_file}
+
+
+@pytest.mark.parametrize("components", [(), ("tls", "mtls")], ids=["plaintext", "mutual-tls"])
 def test_every_workload_serves_both_judges_label_and_the_trained_reward_model_is_served(
-        tmp_path, models, redis_stream):
+        tmp_path, models, redis_stream, components):
     from services.api.cai.v1 import common_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
     started = time.time()
-    objects = kustomize(_user_overlay(tmp_path))
-    queue_url = f"redis://127.0.0.1:6379/0?stream={redis_stream}"
-    cluster = Cluster(objects, tmp_path / "cluster", NAMESPACE, models, queue_url)
+    objects = kustomize(_user_overlay(tmp_path, components))
+    stream = f"{redis_stream}-{'-'.join(components) or 'plain'}"
+    queue_url = f"redis://127.0.0.1:6379/0?stream={stream}"
+    secrets = {"cai-grpc-tls": _grpc_secret(tmp_path / "pki")} if components else {}
+    cluster = Cluster(objects, tmp_path / "cluster", NAMESPACE, models, queue_url, secrets=secrets)
     workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet") and o["metadata"]["name"] != "redis"]
     assert sorted(w["metadata"]["name"] for w in workloads) == ["critique", "generation", "judge", "reward", "trainer"]
     for w in workloads:
@@ -101,10 +124,7 @@ def test_every_workload_serves_both_judges_label_and_the_trained_reward_model_is
             for path in set(__import__("re").findall(r"/models/[\w.-]+", text)):
                 assert (models / path.removeprefix("/models/")).is_dir(), f"{cm['metadata']['name']}: {path}"
 
-    job = yaml.safe_load((K8S_DIR / "examples" / "label-job.yaml").read_text())
-    # As a user trying the pipeline would edit the example: label the first LIMIT prompts, not all
-    # 365 (enough for the trainer's train_every of the overlay, in CI time).
-    job["spec"]["template"]["spec"]["containers"][0]["args"] += ["--limit", str(LIMIT), "--max-tokens", "32"]
+    (job,) = [o for o in objects if o["kind"] == "Job"]
     indexed = job["spec"].get("completionMode") == "Indexed"
     completions = job["spec"].get("completions", 1)
     try:
@@ -137,8 +157,14 @@ def test_every_workload_serves_both_judges_label_and_the_trained_reward_model_is
         # The trainer consumes the queue, trains a reward model and promotes it to the reward service.
         (trainer,) = [p for p in cluster.pods if p.name == "trainer-0"]
         (reward,) = [p for p in cluster.pods if p.name == "reward-0"]
-        with grpc.insecure_channel(f"127.0.0.1:{trainer.port('grpc')}") as tch, \
-                grpc.insecure_channel(f"127.0.0.1:{reward.port('grpc')}") as rch:
+        def channel(port: int) -> grpc.Channel:
+            if not secrets:
+                return grpc.insecure_channel(f"127.0.0.1:{port}")
+            files = {k: v.read_bytes() for k, v in secrets["cai-grpc-tls"].items()}
+            return grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(
+                files["ca.crt"], files["tls.key"], files["tls.crt"]))
+
+        with channel(trainer.port("grpc")) as tch, channel(reward.port("grpc")) as rch:
             status = trainer_pb2_grpc.TrainerStub(tch)
             info = reward_pb2_grpc.RewardStub(rch)
             while True:
