@@ -28,10 +28,10 @@ from typing import Any
 import yaml
 
 from services.common.channels import open_channel
+from services.paths import data_dir
 from services.errors import CaiError
-from services.paths import REPO_ROOT
 
-K8S_DIR = REPO_ROOT / "k8s"
+K8S_DIR = data_dir("k8s")
 OVERLAYS = ("gpu", "cpu-small")
 INFERENCE_SERVICES = ("generation", "critique", "judge", "reward")
 SERVICES = (*INFERENCE_SERVICES, "trainer")
