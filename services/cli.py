@@ -96,6 +96,8 @@ def serve_config(args):
     changes["server"] = dataclasses.replace(config.server, **_set(_server_overrides(args)))
     if getattr(args, "constitution", None):
         changes["constitution"] = args.constitution
+    if getattr(args, "checkpoint_dir", None):
+        changes["checkpoint_dir"] = args.checkpoint_dir
     config = dataclasses.replace(config, **_set(changes))
     validate_config(config, args.config or "command line")
     return config
@@ -116,12 +118,13 @@ def cmd_serve(args) -> int:
     async def main():
         service = await build(config)
         await _serve(service, args.port_file)
+        return getattr(service, "exit_code", 0)  # the trainer: 1 when its work loop failed
 
     try:
-        asyncio.run(main())
+        code = asyncio.run(main())
     except (ModelNotFound, EngineError, ConstitutionError, OSError, ValueError) as exc:
         return _fail(str(exc))
-    return 0
+    return code
 
 
 # --- cai tiny-model / model ------------------------------------------------------------------
@@ -547,6 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--work-dir", help="folder for training data and checkpoints")
         else:
             p.add_argument("--checkpoint-id", help="id reported for the initial checkpoint")
+        if name in ("generation", "reward"):
+            p.add_argument("--checkpoint-dir", help="LoadCheckpoint loads only from under this folder and records "
+                           "the promoted checkpoint there (a restart serves it); without it, only a loopback "
+                           "server accepts LoadCheckpoint")
         if name not in ("reward", "trainer"):
             p.add_argument("--engine", choices=["vllm", "transformers"], help="inference engine (default vllm)")
         if name in ("critique", "judge"):

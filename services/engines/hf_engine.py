@@ -17,6 +17,7 @@ from services.engines.base import (
     SamplingSpec,
     StreamDelta,
     load_tokenizer,
+    same_shape,
 )
 
 
@@ -37,7 +38,7 @@ class TransformersEngine(Engine):
         from transformers import AutoModelForCausalLM
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = load_tokenizer(model_path)
+        tokenizer = await asyncio.to_thread(load_tokenizer, model_path)
 
         def load():
             model = AutoModelForCausalLM.from_pretrained(
@@ -149,5 +150,49 @@ class TransformersEngine(Engine):
             for row, prompt in enumerate(prompts)
         ]
 
+    async def reload_in_place(self, model_path: str, checkpoint_id: str) -> bool:
+        """Reads the new weights off the event loop, then copies them into the loaded model
+        between two requests (requests run one at a time under the engine's lock)."""
+        if not await asyncio.to_thread(same_shape, self.model, model_path):
+            return False
+        state = await asyncio.to_thread(read_weights, model_path)
+        if state is None:
+            return False
+        async with self._lock:
+            await asyncio.to_thread(load_weights, self._model, state, model_path)
+            self.model, self.checkpoint_id = model_path, checkpoint_id
+        return True
+
     async def close(self) -> None:
         self._model = None
+
+
+def read_weights(model_path: str) -> dict | None:
+    """The tensors of a checkpoint's top-level safetensors files (None when it has none)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        return None
+    state: dict = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def load_weights(model, state: dict, model_path: str) -> None:
+    """Copies ``state`` into ``model``; every parameter must be given except tied ones."""
+    import torch
+
+    state = {k: v.to(dtype=model.state_dict()[k].dtype) if k in model.state_dict() else v for k, v in state.items()}
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    tied = {k for k, v in own.items() if any(v.data_ptr() == w.data_ptr() for n, w in own.items() if n != k and n in state)}
+    missing = sorted(set(own) - set(state) - tied)
+    if unexpected or missing:
+        raise EngineError(f"{model_path}: weights do not fit the loaded model "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        model.load_state_dict(state, strict=False)

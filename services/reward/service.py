@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import grpc
 
 from services.api.cai.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 from services.common import metrics
 from services.common.requests import InvalidRequest, check_count, conversation_messages
-from services.common.served_model import ServedModel, load_checkpoint
+from services.common.served_model import CheckpointAccess, ServedModel, is_loopback, load_checkpoint, promoted_checkpoint
 from services.common.server import GrpcService, within_deadline
 from services.reward.config import RewardConfig
 from services.reward.scorer import RewardScorer
+
+log = logging.getLogger(__name__)
 
 SERVICE = reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name
 
@@ -52,6 +57,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         return await load_checkpoint(
             self.served, request, context,
             lambda path, cid: RewardScorer.load(path, cid, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size),
+            checkpoint_access(cfg),
         )
 
     async def GetModelInfo(self, request, context):
@@ -59,7 +65,17 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         return common_pb2.ModelInfo(
             model=scorer.model, checkpoint_id=scorer.checkpoint_id, engine=scorer.name,
             max_prompt_tokens=self.limits.max_prompt_tokens, max_batch_items=self.limits.max_batch_items,
+            promoted=self.served.promoted,
         )
+
+
+def checkpoint_access(config: RewardConfig) -> CheckpointAccess:
+    """Where LoadCheckpoint may load reward models from: sequence classifiers under ``checkpoint_dir``."""
+    return CheckpointAccess(
+        service="reward", task="sequence-classification", checkpoint_dir=config.checkpoint_dir,
+        loopback_only=is_loopback(config.server.host),
+        allowed_clients=tuple(config.server.tls_allowed_client_names),
+    )
 
 
 async def build_reward_service(config: RewardConfig, served: ServedModel | None = None) -> GrpcService:
@@ -67,9 +83,15 @@ async def build_reward_service(config: RewardConfig, served: ServedModel | None 
     if served is None:
         if not config.model:
             raise ValueError("model: the reward service needs a reward-model folder (--model)")
-        scorer = await RewardScorer.load(config.model, config.checkpoint_id, device=config.device,
+        promoted = await asyncio.to_thread(promoted_checkpoint, checkpoint_access(config))
+        model, checkpoint_id = promoted or (config.model, config.checkpoint_id)
+        if promoted:
+            log.info("serving the promoted checkpoint %s (%s) recorded in %s/promoted/reward.json",
+                     checkpoint_id, model, config.checkpoint_dir)
+        scorer = await RewardScorer.load(model, checkpoint_id, device=config.device,
                                          dtype=config.dtype, batch_size=config.batch_size)
         served = ServedModel(SERVICE, scorer)
+        served.promoted = promoted is not None
     servicer = RewardServicer(served, config)
     return GrpcService(
         config.server,

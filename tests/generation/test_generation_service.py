@@ -168,7 +168,7 @@ def test_load_checkpoint_without_restart(stub, tiny_model, tiny_model_b, tmp_pat
     # Bad checkpoints are refused and the old one keeps serving.
     with pytest.raises(grpc.RpcError) as err:
         stub.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=str(tmp_path / "missing")), timeout=60)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "path" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "path" in err.value.details()
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")

@@ -94,7 +94,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "checkpoint_id", "engine", "max_prompt_tokens", "max_n", "max_new_tokens", "max_batch_items")
+    __slots__ = ("model", "checkpoint_id", "engine", "max_prompt_tokens", "max_n", "max_new_tokens", "max_batch_items", "promoted")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class ModelInfo(_message.Message):
     MAX_N_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
     model: str
     checkpoint_id: str
     engine: str
@@ -109,4 +110,5 @@ class ModelInfo(_message.Message):
     max_n: int
     max_new_tokens: int
     max_batch_items: int
-    def __init__(self, model: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., engine: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_n: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_batch_items: _Optional[int] = ...) -> None: ...
+    promoted: bool
+    def __init__(self, model: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., engine: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_n: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_batch_items: _Optional[int] = ..., promoted: _Optional[bool] = ...) -> None: ...
