@@ -11,16 +11,18 @@ import grpc
 from services.api.cai.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from services.common import metrics
 from services.common.requests import (
-    InvalidRequest,
     RequestLimits,
     check_count,
+    check_path,
     check_prompt_tokens,
     conversation_messages,
+    message_bytes_limit,
+    off_loop,
     sampling_spec,
 )
 from services.common.served_model import CheckpointAccess, ServedModel, is_loopback, load_checkpoint, promoted_checkpoint
-from services.common.server import GrpcService, abort_engine_error, within_deadline
-from services.engines import Engine, EngineError
+from services.common.server import GrpcService, within_deadline
+from services.engines import Engine
 from services.engines.config import start_engine
 from services.generation.config import GenerationConfig
 
@@ -53,14 +55,15 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         self.config = config
         self.limits: RequestLimits = config.limits
 
-    def _prompts(self, request, engine: Engine) -> tuple[list[list[int]], object]:
+    async def _prompts(self, request, engine: Engine) -> tuple[list[list[int]], object]:
+        """Checks the request (cheap checks first), then tokenizes off the event loop."""
         check_count(request.prompts, "prompts", self.limits)
         spec = sampling_spec(request.sampling, self.limits)
-        prompts = []
-        for i, conv in enumerate(request.prompts):
-            ids = engine.encode_chat(conversation_messages(conv, f"prompts[{i}]"))
+        conversations = [conversation_messages(conv, f"prompts[{i}]", self.limits)
+                         for i, conv in enumerate(request.prompts)]
+        prompts = await off_loop(lambda: [engine.encode_chat(m) for m in conversations])
+        for i, ids in enumerate(prompts):
             check_prompt_tokens(ids, f"prompts[{i}]", self.limits)
-            prompts.append(ids)
         return prompts, spec
 
     @staticmethod
@@ -73,14 +76,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
 
     async def Generate(self, request, context):
         async with self.served.use() as engine:
-            try:
-                prompts, spec = self._prompts(request, engine)
-            except InvalidRequest as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            try:
-                completions = await within_deadline(context, engine.generate(prompts, spec))
-            except EngineError as exc:
-                await abort_engine_error(context, exc, engine)
+            prompts, spec = await self._prompts(request, engine)
+            completions = await within_deadline(context, engine.generate(prompts, spec))
         response = generation_pb2.GenerateResponse(
             model=engine.model, checkpoint_id=engine.checkpoint_id
         )
@@ -99,33 +96,28 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
 
     async def GenerateStream(self, request, context):
         async with self.served.use() as engine:
-            try:
-                prompts, spec = self._prompts(request, engine)
-            except InvalidRequest as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            prompts, spec = await self._prompts(request, engine)
             tokens = 0
             deadline = context.time_remaining()
             started = time.monotonic()
-            try:
-                async for delta in engine.stream(prompts, spec):
-                    if deadline is not None and time.monotonic() - started > deadline:
-                        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while streaming")
-                    if delta.finished:
-                        tokens += delta.token_count
-                    yield generation_pb2.GenerateChunk(
-                        prompt_index=delta.prompt_index,
-                        sample_index=delta.sample_index,
-                        text_delta=delta.text,
-                        finished=delta.finished,
-                        finish_reason=FINISH.get(delta.finish_reason, 0),
-                        token_count=delta.token_count if delta.finished else 0,
-                        checkpoint_id=engine.checkpoint_id,
-                    )
-            except EngineError as exc:
-                await abort_engine_error(context, exc, engine)
+            async for delta in engine.stream(prompts, spec):
+                if deadline is not None and time.monotonic() - started > deadline:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while streaming")
+                if delta.finished:
+                    tokens += delta.token_count
+                yield generation_pb2.GenerateChunk(
+                    prompt_index=delta.prompt_index,
+                    sample_index=delta.sample_index,
+                    text_delta=delta.text,
+                    finished=delta.finished,
+                    finish_reason=FINISH.get(delta.finish_reason, 0),
+                    token_count=delta.token_count if delta.finished else 0,
+                    checkpoint_id=engine.checkpoint_id,
+                )
         self._count(prompts, len(prompts) * spec.n, tokens)
 
     async def LoadCheckpoint(self, request, context):
+        check_path(request.path)
         return await load_checkpoint(
             self.served, request, context, lambda path, cid: start_engine(self.config.engine, path, cid),
             checkpoint_access(self.config),
@@ -173,12 +165,23 @@ async def build_generation_service(
 ) -> GrpcService:
     """The generation service, ready to ``start()``. Starts its engine unless a served model is
     given (the embedded default shares one policy engine between generation and critique)."""
-    served = served or await start_served_policy(config)
+    service = GrpcService(config.server, None, [SERVICE],
+                          message_limits=generation_message_limits(config.limits))
+    await service.bind()  # ports first: a port in use is found before the model loads
+    try:
+        served = served or await start_served_policy(config)
+    except BaseException:
+        await service.release()
+        raise
     servicer = GenerationServicer(served, config)
-    return GrpcService(
-        config.server,
+    return service.attach(
         lambda server: generation_pb2_grpc.add_GenerationServicer_to_server(servicer, server),
-        [SERVICE],
         on_stop=served.close,
         healthy=lambda: served.engine.healthy,
     )
+
+
+def generation_message_limits(limits: RequestLimits) -> dict[str, int]:
+    """Largest request per method: one conversation per prompt."""
+    size = message_bytes_limit(limits, texts_per_item=1)
+    return {"Generate": size, "GenerateStream": size}

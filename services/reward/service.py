@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
-
 from services.api.cai.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 from services.common import metrics
-from services.common.requests import InvalidRequest, check_count, conversation_messages
+from services.common.requests import (
+    InvalidRequest,
+    check_count,
+    check_path,
+    check_text,
+    conversation_messages,
+    message_bytes_limit,
+    off_loop,
+)
 from services.common.served_model import CheckpointAccess, ServedModel, is_loopback, load_checkpoint, promoted_checkpoint
 from services.common.server import GrpcService, within_deadline
 from services.reward.config import RewardConfig
@@ -33,18 +39,17 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         self.limits = config.limits
 
     async def Score(self, request, context):
-        try:
-            check_count(request.items, "items", self.limits)
-            prompts = [conversation_messages(it.prompt, f"items[{i}].prompt") for i, it in enumerate(request.items)]
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        check_count(request.items, "items", self.limits)
+        prompts = [conversation_messages(it.prompt, f"items[{i}].prompt", self.limits)
+                   for i, it in enumerate(request.items)]
         answers = [it.answer for it in request.items]
+        for i, a in enumerate(answers):
+            check_text(a, f"items[{i}].answer", self.limits)
         async with self.served.use() as scorer:
-            for i, (p, a) in enumerate(zip(prompts, answers)):
-                n = scorer.count_tokens(p, a)
+            counts = await off_loop(lambda: [scorer.count_tokens(p, a) for p, a in zip(prompts, answers)])
+            for i, n in enumerate(counts):
                 if n > self.limits.max_prompt_tokens:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"items[{i}]: {n} tokens exceeds max_prompt_tokens={self.limits.max_prompt_tokens}")
+                    raise InvalidRequest(f"items[{i}]", f"{n} tokens exceeds max_prompt_tokens={self.limits.max_prompt_tokens}")
             scores = await within_deadline(context, scorer.score(prompts, answers))
         metrics.BATCH_ITEMS.labels(SERVICE, "Score").observe(len(answers))
         SCORED.inc(len(scores))
@@ -53,6 +58,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         return reward_pb2.ScoreResponse(scores=scores, checkpoint_id=scorer.checkpoint_id)
 
     async def LoadCheckpoint(self, request, context):
+        check_path(request.path)
         cfg = self.config
         return await load_checkpoint(
             self.served, request, context,
@@ -80,22 +86,30 @@ def checkpoint_access(config: RewardConfig) -> CheckpointAccess:
 
 async def build_reward_service(config: RewardConfig, served: ServedModel | None = None) -> GrpcService:
     """The reward service, ready to ``start()``."""
+    if served is None and not config.model:
+        raise ValueError("model: the reward service needs a reward-model folder (--model)")
+    service = GrpcService(config.server, None, [SERVICE],
+                          message_limits={"Score": message_bytes_limit(config.limits, texts_per_item=2)})
+    await service.bind()  # ports first: a port in use is found before the model loads
     if served is None:
-        if not config.model:
-            raise ValueError("model: the reward service needs a reward-model folder (--model)")
-        promoted = await asyncio.to_thread(promoted_checkpoint, checkpoint_access(config))
-        model, checkpoint_id = promoted or (config.model, config.checkpoint_id)
-        if promoted:
-            log.info("serving the promoted checkpoint %s (%s) recorded in %s/promoted/reward.json",
-                     checkpoint_id, model, config.checkpoint_dir)
-        scorer = await RewardScorer.load(model, checkpoint_id, device=config.device,
-                                         dtype=config.dtype, batch_size=config.batch_size)
+        try:
+            promoted = await asyncio.to_thread(promoted_checkpoint, checkpoint_access(config))
+            model, checkpoint_id = promoted or (config.model, config.checkpoint_id)
+            if promoted:
+                log.info("serving the promoted checkpoint %s (%s) recorded in %s/promoted/reward.json",
+                         checkpoint_id, model, config.checkpoint_dir)
+            scorer = await RewardScorer.load(model, checkpoint_id, device=config.device,
+                                             dtype=config.dtype, batch_size=config.batch_size)
+        except BaseException:
+            await service.release()
+            raise
         served = ServedModel(SERVICE, scorer)
         served.promoted = promoted is not None
+    # Scoring imports the training library (TRL, ~2 s holding the GIL) on first use: import it
+    # now, before serving, so the first Score does not stall health checks.
+    import services.trainer.reward_trainer  # noqa: F401
     servicer = RewardServicer(served, config)
-    return GrpcService(
-        config.server,
+    return service.attach(
         lambda server: reward_pb2_grpc.add_RewardServicer_to_server(servicer, server),
-        [SERVICE],
         on_stop=served.close,
     )

@@ -1,0 +1,48 @@
+"""Queue URLs: one ``redact_url`` hides every secret wherever a URL is shown, and the URL (with its
+password) can come from the environment or a file instead of the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from services.queue import QueueError, open_queue, redact_url
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:s3cret@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+    ("redis://user:s3cret@h:6379/0?stream=x", "redis://user:***@h:6379/0?stream=x"),
+    ("rediss://s3cret@h:6380/1", "rediss://***@h:6380/1"),
+    ("redis://h:6379/0?password=s3cret&stream=x", "redis://h:6379/0?password=***&stream=x"),
+    ("sqlite:///data/q.db?stream=x", "sqlite:///data/q.db?stream=x"),
+])
+def test_redact_url_hides_userinfo_and_password_parameters(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_queue_url_from_environment_or_file(tmp_path, monkeypatch):
+    db = tmp_path / "q.db"
+    monkeypatch.delenv("CAI_QUEUE_URL", raising=False)
+    secret = tmp_path / "queue-url"
+    secret.write_text(f"\nsqlite:///{db}?stream=helper12_env\n")
+    monkeypatch.setenv("CAI_QUEUE_URL_FILE", str(secret))
+    q = open_queue("")
+    assert q.stream == "helper12_env"
+    q.close()
+    monkeypatch.setenv("CAI_QUEUE_URL", f"sqlite:///{db}?stream=helper12_env2")
+    q = open_queue("")
+    assert q.stream == "helper12_env2"
+    q.close()
+    monkeypatch.delenv("CAI_QUEUE_URL")
+    monkeypatch.setenv("CAI_QUEUE_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(QueueError, match="queue URL file .*missing: cannot read"):
+        open_queue("")
+
+
+def test_bad_queue_url_error_never_shows_the_password():
+    with pytest.raises(QueueError) as err:
+        open_queue("redis://:s3cret@127.0.0.1:1/zero?password=s3cret")
+    assert "s3cret" not in str(err.value)
