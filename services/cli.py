@@ -22,6 +22,26 @@ def _setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+QUEUE_FILE_HELP = ("file holding the queue URL (a mounted Secret), so a password stays off the command line; "
+                   "without --queue/--queue-file: $CAI_QUEUE_URL, then the file $CAI_QUEUE_URL_FILE names")
+
+
+def _queue_url(args) -> str | None:
+    """--queue, else the URL in --queue-file, else the environment (CAI_QUEUE_URL, CAI_QUEUE_URL_FILE);
+    None when none is set (a --config file may name it)."""
+    from services.config import ConfigError
+    from services.queue import QueueError, queue_url_from_environment, read_queue_url_file
+
+    if args.queue:
+        return args.queue
+    try:
+        if getattr(args, "queue_file", None):
+            return read_queue_url_file(args.queue_file)
+        return queue_url_from_environment() or None
+    except QueueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _fail(message: str) -> int:
     print(f"cai: error: {message}", file=sys.stderr)
     return 2
@@ -92,7 +112,7 @@ def serve_config(args):
     elif args.service == "reward":
         changes.update(model=args.model, checkpoint_id=args.checkpoint_id)
     elif args.service == "trainer":
-        changes.update(queue=args.queue, work_dir=args.work_dir, reward_base_model=args.model)
+        changes.update(queue=_queue_url(args), work_dir=args.work_dir, reward_base_model=args.model)
     changes["server"] = dataclasses.replace(config.server, **_set(_server_overrides(args)))
     if getattr(args, "constitution", None):
         changes["constitution"] = args.constitution
@@ -344,9 +364,10 @@ def cmd_label(args) -> int:
             raise ValueError(f"environment variable {name}={text!r} is not a whole number") from None
 
     try:
-        cfg = load_config(LabelConfig, args.config) if args.config else LabelConfig(queue=args.queue or "")
+        queue = _queue_url(args)
+        cfg = load_config(LabelConfig, args.config) if args.config else LabelConfig(queue=queue or "")
         cfg = replace_config(
-            cfg, queue=args.queue, prompts=args.prompts, helpfulness_pairs=args.helpfulness_pairs,
+            cfg, queue=queue, prompts=args.prompts, helpfulness_pairs=args.helpfulness_pairs,
             samples_per_prompt=args.samples, pairs=args.pairs, limit=args.limit,
             batch_size=args.batch_size, max_tokens=args.max_tokens, mode=args.mode,
             swap_debias=False if args.no_swap else None, seed=args.seed,
@@ -547,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="model folder, hub id or packaged name (trainer: the reward model's base)")
         if name == "trainer":
             p.add_argument("--queue", help="sqlite:///path.db or redis://host:port/db")
+            p.add_argument("--queue-file", help=QUEUE_FILE_HELP)
             p.add_argument("--work-dir", help="folder for training data and checkpoints")
         else:
             p.add_argument("--checkpoint-id", help="id reported for the initial checkpoint")
@@ -594,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("label", help="label comparisons with the judge and publish them to the queue")
     lab.add_argument("--queue", help="sqlite:///path.db or redis://host:port/db")
+    lab.add_argument("--queue-file", help=QUEUE_FILE_HELP)
     lab.add_argument("--prompts", help="prompts to answer and compare (default: shipped red-team prompts)")
     lab.add_argument("--helpfulness-pairs", help="helpfulness preference pairs to mix in ('' for none)")
     lab.add_argument("--samples", type=int, help="answers per prompt (default 2)")

@@ -46,3 +46,17 @@ def test_bad_queue_url_error_never_shows_the_password():
     with pytest.raises(QueueError) as err:
         open_queue("redis://:s3cret@127.0.0.1:1/zero?password=s3cret")
     assert "s3cret" not in str(err.value)
+
+
+def test_cli_takes_the_queue_url_from_a_file_and_names_a_missing_one(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "p1", "messages": 7}\n')
+    secret = tmp_path / "queue-url"
+    secret.write_text(f"sqlite:///{tmp_path}/q.db?stream=helper12_cli\n")
+    base = [sys.executable, "-m", "services.cli", "label", "--prompts", str(bad), "--helpfulness-pairs", ""]
+    # the URL from the file passes config validation: the next problem reported is the prompts file
+    ok = subprocess.run([*base, "--queue-file", str(secret)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 2 and f"{bad}:1" in ok.stderr, ok.stderr[-2000:]
+    missing = subprocess.run([*base, "--queue-file", str(tmp_path / "nope")], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 2 and "nope: cannot read" in missing.stderr and "Traceback" not in missing.stderr
