@@ -51,11 +51,23 @@ class EngineConfig:
         return dict(dtype="float32" if self.dtype == "auto" else self.dtype)
 
 
+ENGINE_STARTS: dict[str, int] = {}
+"""Engines started by ``start_engine`` in this process, by kind (``cai run`` reports them)."""
+
+
+def engine_starts() -> int:
+    """How many engines ``start_engine`` has started in this process (all kinds)."""
+    return sum(ENGINE_STARTS.values())
+
+
 async def start_engine(config: EngineConfig, model: str | None = None, checkpoint_id: str = "") -> Engine:
     """Resolves the model (converting a packaged one once) and starts the configured engine."""
     import asyncio
+    import logging
 
     path = await asyncio.to_thread(resolve_model, model or config.model)
+    ENGINE_STARTS[config.kind] = ENGINE_STARTS.get(config.kind, 0) + 1
+    logging.getLogger(__name__).info("starting %s engine #%d on %s", config.kind, engine_starts(), path)
     return await create_engine(
         config.kind,
         path,

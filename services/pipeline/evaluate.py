@@ -1,7 +1,8 @@
 """``cai eval``: compare policies on held-out prompts under the constitution.
 
 Each policy answers the held-out red-team (harmlessness) and helpfulness prompts, ``samples``
-times each (one generation service, policies swapped in with ``LoadCheckpoint``). The held-out
+times each (one generation service per policy, or one service with the policies swapped in with
+``LoadCheckpoint``). The held-out
 prompts are the ``eval`` part of the prompt split (``services.prompts.split_prompts``), which the
 training commands leave out by default. For every pair of policies the judge labels sample k of
 one against sample k of the other (both orders, averaged): the win rate of a policy is its mean
@@ -145,31 +146,48 @@ def _conv(p: Prompt):
 async def evaluate(policies: dict[str, str], sets: dict[str, list[Prompt]], addresses: dict,
                    cfg: EvalConfig = EvalConfig()) -> dict:
     """``policies``: name -> model folder; ``sets``: name -> prompts; ``addresses``: generation,
-    judge and optionally reward. Returns the results as a JSON-able dict."""
+    judge and optionally reward. ``addresses["generation"]`` is one service's address (each policy
+    is loaded into it in turn with ``LoadCheckpoint``) or a dict policy name -> the address of a
+    generation service already serving that policy (no swap; ``cai run`` keeps one engine per
+    policy). Returns the results as a JSON-able dict."""
     import grpc
 
     from services.api.cai.v1 import (
         common_pb2, generation_pb2, generation_pb2_grpc, judge_pb2, judge_pb2_grpc, reward_pb2, reward_pb2_grpc)
 
     answers: dict[str, dict[str, list[list[str]]]] = {}  # policy -> set -> prompt -> samples
-    async with open_aio_channel(addresses["generation"]) as gch:
-        gen = generation_pb2_grpc.GenerationStub(gch)
-        original = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)
-        for name, path in policies.items():
-            await gen.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=path, checkpoint_id=name), timeout=900)
-            answers[name] = {}
-            for set_name, prompts in sets.items():
-                texts = []
-                for i in range(0, len(prompts), cfg.batch_size):
-                    r = await gen.Generate(generation_pb2.GenerateRequest(
-                        prompts=[_conv(p) for p in prompts[i : i + cfg.batch_size]],
-                        sampling=common_pb2.SamplingParams(n=cfg.samples, max_tokens=cfg.max_tokens,
-                                                           temperature=cfg.temperature, seed=cfg.seed)), timeout=3600)
-                    texts += [[s.text.strip() or "(no answer)" for s in c.samples] for c in r.completions]
-                answers[name][set_name] = texts
-        if original.model and original.checkpoint_id not in policies:
-            await gen.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=original.model,
-                                                                      checkpoint_id=original.checkpoint_id), timeout=900)
+
+    async def generate(gen, name: str) -> None:
+        answers[name] = {}
+        for set_name, prompts in sets.items():
+            texts = []
+            for i in range(0, len(prompts), cfg.batch_size):
+                r = await gen.Generate(generation_pb2.GenerateRequest(
+                    prompts=[_conv(p) for p in prompts[i : i + cfg.batch_size]],
+                    sampling=common_pb2.SamplingParams(n=cfg.samples, max_tokens=cfg.max_tokens,
+                                                       temperature=cfg.temperature, seed=cfg.seed)), timeout=3600)
+                texts += [[s.text.strip() or "(no answer)" for s in c.samples] for c in r.completions]
+            answers[name][set_name] = texts
+
+    own = addresses["generation"] if isinstance(addresses["generation"], dict) else {}
+    for name in policies:  # a policy with its own generation service: no checkpoint swap
+        if name in own:
+            async with open_aio_channel(own[name]) as gch:
+                await generate(generation_pb2_grpc.GenerationStub(gch), name)
+    swapped = [name for name in policies if name not in own]
+    if swapped:  # one generation service: each policy loaded in turn, the original restored after
+        async with open_aio_channel(addresses["generation"]) as gch:
+            gen = generation_pb2_grpc.GenerationStub(gch)
+            original = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)
+            for name in swapped:
+                await gen.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=policies[name], checkpoint_id=name),
+                                         timeout=900)
+                await generate(gen, name)
+            if original.model and original.checkpoint_id not in policies:
+                await gen.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=original.model,
+                                                                          checkpoint_id=original.checkpoint_id),
+                                         timeout=900)
+    answers = {name: answers[name] for name in policies}
     results: dict = {"policies": {n: {"refusal_rate": {}, "refusal": {}, "reward_mean": {}} for n in policies},
                      "pairs": [], "prompts": {s: len(p) for s, p in sets.items()}, "samples_per_prompt": cfg.samples}
     by_judge, method = await _judge_refusals(addresses["judge"], sets, answers, cfg)

@@ -78,3 +78,27 @@ def test_eval_judge_constitution_without_the_refusal_principle_falls_back_to_the
     result = json.loads(out.read_text())
     assert result["refusal_method"].startswith("regex (the judge's constitution has no principle")
     assert result["judge"]["constitution_file"] == "other.yaml"
+
+
+async def test_evaluate_serves_each_policy_from_its_own_engine_without_swaps(tiny_model, tiny_model_b):
+    """``cai run``'s evaluation: one generation service per policy (engines started once, no
+    LoadCheckpoint), and the judge sharing the first policy's engine keeps its model."""
+    from services.engines.config import EngineConfig, engine_starts
+    from services.pipeline.embedded import EmbeddedServices
+    from services.pipeline.evaluate import EvalConfig, evaluate
+    from services.prompts import HELPFULNESS, split_prompts
+
+    a = EngineConfig(kind="transformers", model=tiny_model)
+    b = EngineConfig(kind="transformers", model=tiny_model_b)
+    sets = {"red_team": split_prompts(load_prompts(RED_TEAM), "eval")[:2],
+            "helpfulness": split_prompts(load_prompts(HELPFULNESS), "eval")[:2]}
+    before = engine_starts()
+    async with EmbeddedServices() as embedded:
+        generation = {"a": await embedded.address("generation", a), "b": await embedded.address("generation", b)}
+        judge = await embedded.address("judge", a)
+        assert await embedded.address("generation", a) == generation["a"]  # started once, handed back
+        results = await evaluate({"a": tiny_model, "b": tiny_model_b}, sets, {"generation": generation, "judge": judge},
+                                 EvalConfig(max_tokens=2, samples=1, bootstrap=20, refusal_principle=""))
+    assert engine_starts() - before == 2  # a (generation + judge) and b; no swap started another
+    assert results["judge"]["model"] == tiny_model  # the judge's provenance: still model a
+    assert set(results["policies"]) == {"a", "b"} and results["pairs"][0]["red_team"]["comparisons"] == 2
