@@ -82,6 +82,8 @@ class VLLMEngine(Engine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from services.engines.vllm_stats import prefix_cache_logger
+
         tokenizer = await asyncio.to_thread(load_tokenizer, model_path)
         cpu_only = {}
         if not _on_gpu():
@@ -103,7 +105,8 @@ class VLLMEngine(Engine):
             # Off the event loop: starting the engine core takes seconds to minutes. Built outside
             # a running loop, AsyncLLM starts its output handler on the first request, on this
             # loop, where it then lives.
-            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            # vLLM's own stat loggers stay off; ours counts the prefix-cache hits (cai_engine_prefix_cache_*)
+            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[prefix_cache_logger()])
         except Exception as exc:  # vLLM raises plain RuntimeErrors from its core process
             raise EngineError(f"vLLM could not start on {model_path}: {exc}") from exc
         return cls(model_path, tokenizer, checkpoint_id, llm)
