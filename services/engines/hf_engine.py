@@ -186,10 +186,11 @@ def load_weights(model, state: dict, model_path: str) -> None:
     """Copies ``state`` into ``model``; every parameter must be given except tied ones."""
     import torch
 
-    state = {k: v.to(dtype=model.state_dict()[k].dtype) if k in model.state_dict() else v for k, v in state.items()}
     own = model.state_dict()
+    state = {k: v.to(dtype=own[k].dtype) if k in own else v for k, v in state.items()}
     unexpected = sorted(set(state) - set(own))
-    tied = {k for k, v in own.items() if any(v.data_ptr() == w.data_ptr() for n, w in own.items() if n != k and n in state)}
+    given = {own[n].data_ptr() for n in state if n in own}
+    tied = {k for k, v in own.items() if k not in state and v.data_ptr() in given}  # shares a given tensor
     missing = sorted(set(own) - set(state) - tied)
     if unexpected or missing:
         raise EngineError(f"{model_path}: weights do not fit the loaded model "
