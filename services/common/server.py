@@ -466,15 +466,3 @@ async def within_deadline(context, coro):
         return await asyncio.wait_for(coro, timeout=max(remaining, 0.0))
     except asyncio.TimeoutError:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the work finished")
-
-
-async def abort_engine_error(context, exc: Exception, engine=None) -> None:
-    """Deprecated: servicers just raise; the interceptor answers an ``EngineError`` with its
-    status. Kept for callers not moved yet: the same statuses, by hand."""
-    from services.engines import EngineInputError
-
-    if isinstance(exc, EngineInputError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the engine refused the input: {exc}")
-    if engine is not None and not engine.healthy:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the engine is dead, restart the service: {exc}")
-    await context.abort(grpc.StatusCode.UNAVAILABLE, f"the engine failed: {exc}")
