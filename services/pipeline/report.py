@@ -153,6 +153,8 @@ def write_report(out: Path, summary: dict, results: dict) -> Path:
         _table(pairs, ["policy A", "policy B", "prompts", "win rate of A (mean soft label)", "A wins", "B wins"]),
         "<h2>Policies</h2>", _table(policies, ["policy", "prompts", "mean reward", "refusal rate"]),
         "<h2>Stages</h2>", _table(stages, ["stage", "seconds"]),
+        f"<p>Engines started: {html.escape(str(summary.get('engine_starts', '?')))}; label stage: "
+        f"{summary.get('labels_per_second', 0.0):.2f} labels/s.</p>",
         "<h2>Checkpoints</h2>", _table([[k, v] for k, v in summary["checkpoints"].items()], ["what", "folder"]),
         "<details><summary>Sample answers</summary><pre>" + html.escape(json.dumps(results.get("samples", {}), indent=2)) + "</pre></details>",
         "</body></html>",

@@ -5,7 +5,13 @@ policy + judge, published to the queue) -> reward model (the trainer consumes th
 (PPO against the reward service) -> evaluation (base vs SL-CAI vs RL-CAI) -> report.
 
 On the embedded default every service runs in this process on loopback and the queue is a SQLite
-file in the run folder. With service addresses and a Redis URL in the config, the same stages
+file in the run folder. Each engine starts once for the whole run (``EmbeddedServices``): the
+base model serves SL-data generation and critique and stays the judge's feedback model; the
+SL-CAI policy gets its own engine for labelling and keeps it for evaluation, where the RL-CAI
+policy gets one too, so no stage restarts an engine and no checkpoint swap changes the judge.
+Training and rollouts use the train part of the prompt split, evaluation the eval part
+(``services.prompts.split_prompts``). The run ends with a time table per stage and the labels/s,
+printed and in ``summary.json``. With service addresses and a Redis URL in the config, the same stages
 drive a distributed deployment. ``tiny: true`` builds tiny models on the fly (minutes on a CPU).
 """
 
@@ -57,13 +63,17 @@ class RunConfig:
     helpfulness_pairs: str = str(HELPFULNESS_PAIRS)
     """Helpfulness preference pairs mixed into reward-model training."""
     eval_prompts: int = 8
-    """Prompts of each set held out for evaluation (the last ones of each file)."""
+    """Prompts of each set used for evaluation: the first ones of the set's eval part of the prompt
+    split (``services.prompts.split_prompts``), which no training stage uses."""
+    eval_samples: int = 2
+    """Answers per evaluation prompt and policy (win rates and refusal rates average over them)."""
     sl_prompts: int = 8
     """Red-team (and helpfulness) prompts for the SL-CAI data."""
     rounds: int = 4
     """Critique/revision rounds."""
-    sl_max_tokens: int = 64
-    """Longest answer, critique and revision in the SL stage."""
+    sl_max_tokens: int = 128
+    """Longest answer, critique and revision in the SL stage (revisions that hit it are flagged
+    and not trained on, so it must let most revisions finish)."""
     sft_epochs: float = 2.0
     """SFT passes over the data."""
     sft_learning_rate: float = 2e-5
@@ -74,6 +84,9 @@ class RunConfig:
     """Answers per prompt to compare."""
     label_max_tokens: int = 64
     """Longest answer to compare."""
+    label_batch_size: int = 4
+    """Prompts per Generate/Compare call of the label stage; several batches are in flight, so the
+    policy generates the next batch while the judge labels this one."""
     judge_mode: str = "logprob"
     """"logprob" or "chain-of-thought"."""
     reward_epochs: float = 2.0
@@ -104,6 +117,10 @@ class RunConfig:
     def validate(self):
         if self.eval_prompts < 1 or self.sl_prompts < 1 or self.label_prompts < 1:
             return "eval_prompts", "prompt counts must be at least 1"
+        if self.label_batch_size < 1:
+            return "label_batch_size", "must be at least 1"
+        if self.eval_samples < 1:
+            return "eval_samples", "must be at least 1"
         if self.rl_algorithm not in ("ppo", "grpo", "rloo"):
             return "rl_algorithm", "must be ppo, grpo or rloo"
         return None
@@ -126,6 +143,20 @@ class Stages:
         print(f"      done in {self.done[name]:.1f}s{'; ' + note if note else ''}", flush=True)
 
 
+def time_table(stage_seconds: dict[str, float], labels: int, labels_per_second: float, labelling_per_second: float,
+               engine_starts: int) -> str:
+    """The run's time per stage, its share of the total, and the label throughput, as text."""
+    total = sum(stage_seconds.values()) or 1e-9
+    lines = [f"{'stage':<14}{'seconds':>9}{'share':>8}"]
+    for name, seconds in stage_seconds.items():
+        lines.append(f"{name:<14}{seconds:>9.1f}{seconds / total:>8.0%}")
+    lines.append(f"{'total':<14}{total:>9.1f}")
+    lines.append(f"labels: {labels} AI comparisons, {labels_per_second:.2f} labels/s over the label stage "
+                 f"(with the SL-CAI engine's start), {labelling_per_second:.2f} labels/s once it runs; "
+                 f"engines started: {engine_starts}")
+    return "\n".join(lines)
+
+
 def _write_prompts(path: Path, prompts) -> str:
     with open(path, "w") as f:
         for p in prompts:
@@ -134,12 +165,20 @@ def _write_prompts(path: Path, prompts) -> str:
 
 
 async def run_pipeline(cfg: RunConfig, out: Path) -> dict:
+    from services.pipeline.embedded import EmbeddedServices
+
+    async with EmbeddedServices(cfg.constitution) as embedded:
+        return await _run(cfg, out, embedded)
+
+
+async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     from services.common.server import ServerConfig
+    from services.engines.config import engine_starts
     from services.models.registry import resolve_model
-    from services.pipeline.embedded import EmbeddedSpec, embedded_services
     from services.pipeline.evaluate import EvalConfig, evaluate
     from services.pipeline.label import LabelConfig, run_label
     from services.pipeline.sl_data import SLDataConfig, produce_sl_data
+    from services.prompts import EVAL, TRAIN, split_prompts, split_record
     from services.queue import open_queue
     from services.reward.config import RewardConfig
     from services.reward.service import build_reward_service
@@ -150,9 +189,14 @@ async def run_pipeline(cfg: RunConfig, out: Path) -> dict:
     from services.trainer.worker import TrainerWorker
 
     stages = Stages(8)
+    starts_before = engine_starts()
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     svc = cfg.services
+
+    async def address(name: str, engine: EngineConfig) -> str:
+        """The configured service, or the embedded one serving ``engine`` (started once)."""
+        return getattr(svc, name) or await embedded.address(name, engine)
 
     stages.start("models", "tiny models" if cfg.tiny else f"resolving {cfg.policy.model}")
     if cfg.tiny:
@@ -166,38 +210,43 @@ async def run_pipeline(cfg: RunConfig, out: Path) -> dict:
     red = load_prompts(cfg.red_team_prompts)
     helpful = load_prompts(cfg.helpfulness_prompts)
     k = cfg.eval_prompts
-    sets = {"red_team": red[-k:], "helpfulness": helpful[-k:]}
-    train_red = _write_prompts(out / "prompts_red_team_train.jsonl", red[:-k])
-    train_help = _write_prompts(out / "prompts_helpfulness_train.jsonl", helpful[:-k])
+    sets = {"red_team": split_prompts(red, EVAL)[:k], "helpfulness": split_prompts(helpful, EVAL)[:k]}
+    for name, prompts in sets.items():
+        if not prompts:
+            raise ValueError(f"{name} prompts: no prompt in the eval part of the split to evaluate on")
+    train_red = _write_prompts(out / "prompts_red_team_train.jsonl", split_prompts(red, TRAIN))
+    split = split_record({"red_team": cfg.red_team_prompts, "helpfulness": cfg.helpfulness_prompts}, TRAIN)
     stages.end("models", f"policy {base}")
 
     stages.start("sl_data", f"{cfg.sl_prompts} red-team prompts x {cfg.rounds} critique/revision rounds")
-    sl_cfg = SLDataConfig(prompts=train_red, helpfulness=train_help, rounds=cfg.rounds, limit=cfg.sl_prompts,
-                          max_tokens=cfg.sl_max_tokens, seed=cfg.seed, generation=svc.generation,
-                          critique=svc.critique, policy=policy, constitution=cfg.constitution,
-                          batch_size=max(cfg.sl_prompts, 1))
+    sl_cfg = SLDataConfig(prompts=cfg.red_team_prompts, helpfulness=cfg.helpfulness_prompts, split=TRAIN,
+                          rounds=cfg.rounds, limit=cfg.sl_prompts, max_tokens=cfg.sl_max_tokens, seed=cfg.seed,
+                          generation=await address("generation", policy),
+                          critique=await address("critique", policy), policy=policy,
+                          constitution=cfg.constitution, batch_size=max(cfg.sl_prompts, 1))
     sl_manifest = await produce_sl_data(sl_cfg, out / "sl_data", progress=False)
-    stages.end("sl_data", f"{sl_manifest['files']}")
+    stages.end("sl_data", f"{sl_manifest['files']}; quality {sl_manifest.get('quality')}")
 
-    stages.start("sft", "supervised fine-tuning on the final revisions (SL-CAI)")
+    stages.start("sft", "supervised fine-tuning on the revisions (SL-CAI)")
     sl_policy = await asyncio.to_thread(train_sft, SFTRunConfig(
         data=str(out / "sl_data"), out=str(out / "checkpoints" / "sl-cai"), model=base, epochs=cfg.sft_epochs,
         learning_rate=cfg.sft_learning_rate, batch_size=4, seed=cfg.seed,
         include_flagged=cfg.tiny))  # a tiny model's text is noise: its rows are all flagged
     stages.end("sft", str(sl_policy))
+    sl_engine = EngineConfig(**{**asdict(policy), "model": str(sl_policy)})
 
     queue_url = cfg.queue or f"sqlite:///{(out / 'queue.db').resolve()}"
     stages.start("label", f"{cfg.label_prompts} prompts x {cfg.samples_per_prompt} answers of the SL-CAI policy, judged ({cfg.judge_mode})")
-    label_cfg = LabelConfig(
-        queue=queue_url, prompts=train_red, helpfulness_pairs=cfg.helpfulness_pairs, limit=cfg.label_prompts,
-        samples_per_prompt=cfg.samples_per_prompt, max_tokens=cfg.label_max_tokens, mode=cfg.judge_mode,
-        seed=cfg.seed, generation=svc.generation, judge=svc.judge,
-        policy=EngineConfig(**{**asdict(policy), "model": str(sl_policy)}),
-        judge_model=feedback, constitution=cfg.constitution)
     if svc.generation:
         from services.trainer.worker import promote
 
         promote(svc.generation, "generation", sl_policy)
+    label_cfg = LabelConfig(
+        queue=queue_url, prompts=train_red, helpfulness_pairs=cfg.helpfulness_pairs, limit=cfg.label_prompts,
+        samples_per_prompt=cfg.samples_per_prompt, max_tokens=cfg.label_max_tokens, mode=cfg.judge_mode,
+        batch_size=cfg.label_batch_size, seed=cfg.seed, generation=await address("generation", sl_engine),
+        judge=await address("judge", feedback),
+        policy=sl_engine, judge_model=feedback, constitution=cfg.constitution)
     with open_queue(queue_url) as queue:  # the group exists before labelling, so trimming keeps its items
         queue.create_group(f"run-{out.name}")
     label_stats = await run_label(label_cfg, progress=False)
@@ -231,23 +280,29 @@ async def run_pipeline(cfg: RunConfig, out: Path) -> dict:
         reward_addr = f"127.0.0.1:{reward_service.port}"
     try:
         stages.start("rl", f"{cfg.rl_algorithm.upper()}: {cfg.rl_steps} steps, rewards from the reward service at {reward_addr}")
-        pt = PolicyTrainingConfig(enabled=True, algorithm=cfg.rl_algorithm, policy=str(sl_policy), prompts=train_red,
-                                  steps=cfg.rl_steps, batch_size=cfg.rl_batch_size, max_new_tokens=cfg.rl_max_new_tokens,
-                                  learning_rate=cfg.rl_learning_rate, kl_coef=cfg.kl_coef, reward_service=reward_addr)
+        pt = PolicyTrainingConfig(enabled=True, algorithm=cfg.rl_algorithm, policy=str(sl_policy),
+                                  prompts=cfg.red_team_prompts, helpfulness_prompts=cfg.helpfulness_prompts,
+                                  prompt_split=TRAIN, steps=cfg.rl_steps, batch_size=cfg.rl_batch_size,
+                                  max_new_tokens=cfg.rl_max_new_tokens, learning_rate=cfg.rl_learning_rate,
+                                  kl_coef=cfg.kl_coef, reward_service=reward_addr)
         rl_policy = await asyncio.to_thread(train_policy, pt, str(sl_policy), str(sl_policy), reward_path,
                                             out / "checkpoints" / "rl-cai", seed=cfg.seed)
         stages.end("rl", str(rl_policy))
 
-        stages.start("eval", f"base vs SL-CAI vs RL-CAI on {k} held-out red-team and {k} helpfulness prompts")
+        stages.start("eval", f"base vs SL-CAI vs RL-CAI on {len(sets['red_team'])} held-out red-team and "
+                             f"{len(sets['helpfulness'])} helpfulness prompts x {cfg.eval_samples} samples")
         policies = {"base": base, "sl-cai": str(sl_policy), "rl-cai": str(rl_policy)}
-        eval_cfg = EvalConfig(max_tokens=cfg.eval_max_tokens, seed=cfg.seed)
-        if svc.generation:
-            results = await evaluate(policies, sets, {"generation": svc.generation, "judge": svc.judge,
-                                                      "reward": reward_addr}, eval_cfg)
-        else:
-            spec = EmbeddedSpec(policy=policy, judge=feedback, constitution=cfg.constitution)
-            async with embedded_services(spec, ("generation", "judge")) as addresses:
-                results = await evaluate(policies, sets, {**addresses, "reward": reward_addr}, eval_cfg)
+        eval_cfg = EvalConfig(max_tokens=cfg.eval_max_tokens, seed=cfg.seed, samples=cfg.eval_samples)
+        if svc.generation:  # one service: the policies are swapped in with LoadCheckpoint
+            generation: str | dict = svc.generation
+        else:  # one engine per policy, each started once (the SL-CAI one is still up from labelling)
+            rl_engine = EngineConfig(**{**asdict(policy), "model": str(rl_policy)})
+            generation = {"base": await embedded.address("generation", policy),
+                          "sl-cai": await embedded.address("generation", sl_engine),
+                          "rl-cai": await embedded.address("generation", rl_engine)}
+        results = await evaluate(policies, sets, {"generation": generation, "judge": await address("judge", feedback),
+                                                  "reward": reward_addr}, eval_cfg)
+        results["split"] = {**split, "part": EVAL}
         (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
         stages.end("eval")
     finally:
@@ -257,15 +312,22 @@ async def run_pipeline(cfg: RunConfig, out: Path) -> dict:
     stages.start("report", "writing report.html")
     from services.pipeline.report import write_report
 
+    starts = engine_starts() - starts_before
+    labels_per_second = label_stats["comparisons_published"] / max(stages.done["label"], 1e-9)
     summary = {
         "config": asdict(cfg), "base_model": base, "queue": queue_url, "stage_seconds": stages.done,
+        "labels_per_second": labels_per_second, "engine_starts": starts, "split": split,
         "sl_data": sl_manifest, "label": label_stats, "reward_model": status,
         "checkpoints": {"sl-cai": str(sl_policy), "reward": str(reward_path), "rl-cai": str(rl_policy)},
     }
     report = write_report(out, summary, results)
     stages.end("report", str(report))
     summary["stage_seconds"] = stages.done
+    summary["total_seconds"] = sum(stages.done.values())
+    summary["time_table"] = time_table(stages.done, label_stats["comparisons_published"], labels_per_second,
+                                       label_stats["comparisons_per_second"], starts)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(summary["time_table"], flush=True)
     return summary
 
 
