@@ -69,6 +69,9 @@ async def _judge_alone(address: str, items: list[dict], per_request: int, concur
 
 
 async def main(args) -> None:
+    import os
+
+    load_at_start = os.getloadavg()[0]
     model = args.model or small_model()
     policy = EngineConfig(model=model, kind=args.engine)
     judge = None if args.shared_engine else EngineConfig(model=model, kind=args.engine, checkpoint_id="judge")
@@ -78,6 +81,7 @@ async def main(args) -> None:
                 swap_debias=not args.no_swap)
     seconds = {1: 0.0, args.in_flight: 0.0}
     labels = {1: 0, args.in_flight: 0}
+    stages = {1: {}, args.in_flight: {}}
     async with embedded_services(spec, ("generation", "judge")) as addresses:
         async def label(name: str, in_flight: int, seed: int) -> dict:
             url = f"sqlite:///{tmp / f'{name}.db'}"
@@ -94,6 +98,8 @@ async def main(args) -> None:
                 stats = await label(f"pass-{r}-{in_flight}", in_flight, seed=1 + 2 * r + (in_flight > 1))
                 seconds[in_flight] += stats["seconds"]
                 labels[in_flight] += stats["comparisons_published"]
+                for k in ("setup_seconds", "done_check_seconds", "generate_seconds", "compare_seconds"):
+                    stages[in_flight][k] = stages[in_flight].get(k, 0.0) + stats[k]
         items = _harmlessness(f"sqlite:///{tmp / f'pass-{args.repeats - 1}-{args.in_flight}.db'}")
         per_request = args.batch_size * len(pair_indices(2, "adjacent"))
         judge_one = await _judge_alone(addresses["judge"], items, per_request, 1, not args.no_swap, seed=7777)
@@ -110,12 +116,23 @@ async def main(args) -> None:
         "sequential_labels_per_s": sequential,
         "pipelined_labels_per_s": pipelined,
         "ratio_pipelined_over_sequential": pipelined / sequential,
+        "sequential_seconds": seconds[1], "pipelined_seconds": seconds[args.in_flight],
+        "sequential_call_seconds": stages[1], "pipelined_call_seconds_summed_over_calls": stages[args.in_flight],
         "judge_alone_labels_per_s_one_request_at_a_time": len(items) / judge_one,
         "judge_alone_labels_per_s_in_flight": len(items) / judge_many,
         "ratio_label_end_to_end_over_judge_alone": pipelined / judge_own,
         "note": "end to end includes Generate, the judge probe, the done-check and publishing to SQLite; "
                 "shared 2-core machine, other work running",
     }
+    import os
+    import platform
+
+    import torch
+    import vllm
+
+    figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "vllm": vllm.__version__, "torch": torch.__version__,
+                          "load_average_1m_at_start_and_end": [load_at_start, os.getloadavg()[0]]}
     report(f"label-{args.engine}" + ("-" + Path(args.model).name if args.model else ""), figures)
 
 

@@ -215,13 +215,15 @@ async def _judge_key_now(judge, address: str) -> str:
     return judge_key(response.labels[0])
 
 
-async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge, mode) -> list[dict]:
-    """Generate -> Compare for one batch; the labeled comparisons, ready to publish."""
+async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge, mode, stats: dict) -> list[dict]:
+    """Generate -> Compare for one batch; the labeled comparisons, ready to publish. Adds the
+    seconds of each call to ``stats`` (``generate_seconds``, ``compare_seconds``)."""
     import grpc
 
     from services.api.cai.v1 import common_pb2, generation_pb2, judge_pb2
 
     names = ", ".join(repr(p.id) for p in batch)
+    started = time.perf_counter()
     try:
         answers = await gen.Generate(generation_pb2.GenerateRequest(
             prompts=[_conversation(p) for p in batch],
@@ -230,6 +232,7 @@ async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge,
         ), timeout=3600)
     except grpc.RpcError as exc:
         raise LabelError(f"Generate failed for prompt(s) {names}: {exc.code().name}: {exc.details()}") from None
+    stats["generate_seconds"] += time.perf_counter() - started
     if len(answers.completions) != len(batch):
         raise LabelError(f"Generate answered {len(answers.completions)} completions for {len(batch)} prompts "
                          f"({names})")
@@ -243,12 +246,14 @@ async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge,
             comparisons.append(judge_pb2.Comparison(prompt=_conversation(p), answer_a=texts[i], answer_b=texts[j],
                                                     id=f"{p.id}/{i}-{j}"))
             meta.append((p, i, j))
+    started = time.perf_counter()
     try:
         labels = await judge.Compare(judge_pb2.CompareRequest(
             comparisons=comparisons, mode=mode, swap_debias=cfg.swap_debias, seed=cfg.seed,
         ), timeout=3600)
     except grpc.RpcError as exc:
         raise LabelError(f"Compare failed for prompt(s) {names}: {exc.code().name}: {exc.details()}") from None
+    stats["compare_seconds"] += time.perf_counter() - started
     if len(labels.labels) != len(comparisons):
         raise LabelError(f"Compare answered {len(labels.labels)} labels for {len(comparisons)} comparisons of "
                          f"prompt(s) {names}")
@@ -285,7 +290,7 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
     pairs = pair_indices(cfg.samples_per_prompt, cfg.pairs)
     stats = {"comparisons_published": 0, "helpfulness_published": 0, "prompts_skipped_as_done": 0,
              "prompts": len(prompts), "shard": [cfg.shard_index, cfg.num_shards], "in_flight": cfg.in_flight,
-             "peak_in_flight": 0, "timeline": []}
+             "peak_in_flight": 0, "generate_seconds": 0.0, "compare_seconds": 0.0, "timeline": []}
     started = time.perf_counter()
     async with open_aio_channel(addresses["generation"]) as gch, \
             open_aio_channel(addresses["judge"]) as jch:
@@ -300,12 +305,14 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
             return all(queue.is_published(harmlessness_id(cfg, p, i, j, policy.model, policy.checkpoint_id, key))
                        for i, j in pairs)
 
+        stats["setup_seconds"] = time.perf_counter() - started  # model info and the judge probe
         todo = []
         for p in prompts:
             if await asyncio.to_thread(done, p):
                 stats["prompts_skipped_as_done"] += 1
             else:
                 todo.append(p)
+        stats["done_check_seconds"] = time.perf_counter() - started - stats["setup_seconds"]
         bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="label", unit="prompt",
                    disable=not progress)
         batches = iter([todo[k : k + cfg.batch_size] for k in range(0, len(todo), cfg.batch_size)])
@@ -316,7 +323,7 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
             for batch in batches:  # shared by the workers: each takes the next batch not yet taken
                 working[0] += 1
                 stats["peak_in_flight"] = max(stats["peak_in_flight"], working[0])
-                items = await _label_batch(cfg, batch, pairs, gen, judge, mode)
+                items = await _label_batch(cfg, batch, pairs, gen, judge, mode, stats)
                 working[0] -= 1
                 async with publishing:
                     stats["comparisons_published"] += await asyncio.to_thread(queue.publish, items)
