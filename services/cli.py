@@ -409,7 +409,7 @@ def cmd_eval(args) -> int:
     import json
 
     from services.engines.config import EngineConfig
-    from services.pipeline.embedded import EmbeddedSpec, embedded_services
+    from services.pipeline.embedded import EmbeddedServices
     from services.pipeline.evaluate import EvalConfig, evaluate
     from services.prompts import EVAL, HELPFULNESS, RED_TEAM, PromptFileError, load_prompts, split_prompts, split_record
 
@@ -457,11 +457,12 @@ def cmd_eval(args) -> int:
             if args.generation:
                 return await evaluate(policies, sets, {**addresses, "generation": args.generation, "judge": args.judge}, cfg)
             first = next(iter(policies.values()))
-            spec = EmbeddedSpec(policy=EngineConfig(model=first, kind=args.engine or "vllm"),
-                                judge=EngineConfig(model=judge_model or first, kind=args.engine or "vllm"),
-                                constitution=constitution)
-            async with embedded_services(spec, ("generation", "judge")) as started:
-                return await evaluate(policies, sets, {**addresses, **started}, cfg)
+            kind = args.engine or "vllm"
+            async with EmbeddedServices(constitution) as embedded:  # one engine per policy, started once
+                generation = {name: await embedded.address("generation", EngineConfig(model=path, kind=kind))
+                              for name, path in policies.items()}  # no LoadCheckpoint swaps
+                judge = await embedded.address("judge", EngineConfig(model=judge_model or first, kind=kind))
+                return await evaluate(policies, sets, {**addresses, "generation": generation, "judge": judge}, cfg)
         finally:
             if reward_service is not None:
                 await reward_service.stop(grace=2)
