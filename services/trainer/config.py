@@ -17,9 +17,23 @@ class PolicyTrainingConfig:
     algorithm: str = "ppo"
     """"ppo" (ours), or TRL's "grpo" / "rloo" with the same reward source."""
     policy: str = ""
-    """The SL-CAI policy folder to start from (also the KL reference)."""
+    """The SL-CAI policy folder to start from. It stays the KL reference of every round: later
+    rounds start from the previous RL checkpoint (PPO also from its value head and KL coefficient)
+    but are anchored to this policy."""
     prompts: str = ""
-    """Prompts for rollouts (JSONL); empty: the shipped red-team and helpfulness prompts."""
+    """Red-team prompts for rollouts (JSONL); empty: the shipped red-team prompts."""
+    helpfulness_prompts: str = ""
+    """Helpfulness prompts for rollouts (JSONL); empty: the shipped helpfulness prompts, unless
+    ``prompts`` is set (then only that file, the behaviour of configs written before this field)."""
+    helpfulness_share: float = 0.5
+    """Share of helpfulness prompts in every rollout batch (the rest are red-team prompts): RL on
+    red-team prompts alone pushes the policy towards evasiveness."""
+    prompt_split: str = "train"
+    """Part of the prompt split rollouts use ("train", "eval" or "all"): by default never the
+    prompts ``cai eval`` scores."""
+    num_generations: int = 4
+    """GRPO/RLOO group size: completions per prompt whose rewards are compared (at least 2; with 2
+    the advantages collapse to their sign). ``batch_size`` must be a multiple of it."""
     steps: int = 20
     """Policy-optimisation steps per reward-model checkpoint."""
     batch_size: int = 8
@@ -71,7 +85,12 @@ class TrainerConfig:
     reward_batch_size: int = 8
     """Comparisons per step."""
     helpfulness_ratio: float = 0.25
-    """Share of helpfulness comparisons mixed into reward-model training."""
+    """Share of helpfulness comparisons mixed into reward-model training (its target: when the
+    helpfulness comparisons run out, the share reached is reported and warned about)."""
+    constitution_sha256: str = ""
+    """Train on the harmlessness labels of this constitution hash (full hex, or a prefix of 8 or
+    more); "": the newest hash seen in the data; "any": labels of every constitution. Labels of
+    other hashes stay in the durable data, untrained on."""
     eval_fraction: float = 0.1
     """Comparisons held out to measure reward-model accuracy against the soft labels."""
     reward_service: str = ""
@@ -94,6 +113,19 @@ class TrainerConfig:
             return "helpfulness_ratio", "must be in [0, 1)"
         if self.policy_training.algorithm not in ("ppo", "grpo", "rloo"):
             return "policy_training.algorithm", "must be ppo, grpo or rloo"
+        pt = self.policy_training
+        if not 0 <= pt.helpfulness_share <= 1:
+            return "policy_training.helpfulness_share", "must be in [0, 1]"
+        if pt.prompt_split not in ("train", "eval", "all"):
+            return "policy_training.prompt_split", "must be train, eval or all"
+        if pt.num_generations < 2:
+            return "policy_training.num_generations", "must be at least 2 (a group compares its completions)"
+        if pt.algorithm in ("grpo", "rloo") and pt.batch_size % pt.num_generations:
+            return "policy_training.batch_size", (f"must be a multiple of num_generations ({pt.num_generations}) "
+                                                  f"for {pt.algorithm}")
+        sha = self.constitution_sha256
+        if sha not in ("", "any") and (len(sha) < 8 or any(c not in "0123456789abcdef" for c in sha)):
+            return "constitution_sha256", "must be \"\", \"any\" or 8 or more lowercase hex digits of a hash"
         if self.policy_training.enabled and not self.policy_training.policy:
             return "policy_training.policy", "is required when policy training is enabled"
         return None

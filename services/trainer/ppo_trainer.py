@@ -212,9 +212,29 @@ class PPOTrainer:
     # --- rewards ---------------------------------------------------------------------------------
 
     def _score(self, prompts: list[Conversation], completions: list[str]) -> torch.Tensor:
-        result = self.reward_fn(prompts, completions)
-        if inspect.isawaitable(result):
-            result = asyncio.run_coroutine_threadsafe(_awaited(result), self._event_loop()).result()
+        return self._start_scoring(prompts, completions)()
+
+    def _start_scoring(self, prompts: list[Conversation],
+                       completions: list[str]) -> Callable[[], torch.Tensor]:
+        """Starts scoring and returns a function that waits for the scores. An asynchronous
+        ``reward_fn`` (the reward service over gRPC) runs on the reward loop thread meanwhile, so
+        the caller overlaps the call with its own work (the value and reference passes); a
+        synchronous one is called when the scores are awaited, its work being on this thread anyway."""
+        if inspect.iscoroutinefunction(self.reward_fn) or inspect.iscoroutinefunction(
+                getattr(self.reward_fn, "__call__", None)):
+            future = asyncio.run_coroutine_threadsafe(_awaited(self.reward_fn(prompts, completions)),
+                                                      self._event_loop())
+            return lambda: self._check_scores(future.result(), completions)
+
+        def wait() -> torch.Tensor:
+            result = self.reward_fn(prompts, completions)
+            if inspect.isawaitable(result):
+                result = asyncio.run_coroutine_threadsafe(_awaited(result), self._event_loop()).result()
+            return self._check_scores(result, completions)
+
+        return wait
+
+    def _check_scores(self, result, completions: list[str]) -> torch.Tensor:
         scores = [float(s) for s in result]
         if len(scores) != len(completions):
             raise ValueError(f"reward_fn returned {len(scores)} scores for {len(completions)} completions")
@@ -266,10 +286,9 @@ class PPOTrainer:
         responses = responses.masked_fill(~mask, self.tokenizer.pad_token_id)
         completions = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
 
-        raw_scores = self._score(prompts, completions)
-        scores = raw_scores
-        if cfg.missing_eos_penalty is not None:
-            scores = raw_scores - cfg.missing_eos_penalty * (~ended).float()
+        # The reward call (an RPC to the reward service) runs while this thread computes the
+        # log-probabilities, values and reference log-probabilities; its scores are awaited last.
+        awaiting_scores = self._start_scoring(prompts, completions)
 
         input_ids = torch.cat([enc["input_ids"], responses], 1)
         attention_mask = torch.cat([enc["attention_mask"], mask.long()], 1)
@@ -284,6 +303,10 @@ class PPOTrainer:
                 entropy.append(entropy_from_logits(response_logits))
                 values.append(value[:, context - 1 : -1])
                 ref_logprobs.append(_response_logprobs(self._ref_logits(ids, att), ids, context, cfg.temperature)[0])
+        raw_scores = awaiting_scores()
+        scores = raw_scores
+        if cfg.missing_eos_penalty is not None:
+            scores = raw_scores - cfg.missing_eos_penalty * (~ended).float()
         return Rollout(input_ids=input_ids, attention_mask=attention_mask, context=context, mask=mask.float(),
                        raw_scores=raw_scores, scores=scores, logprobs=torch.cat(logprobs),
                        ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values).float(),

@@ -14,6 +14,7 @@ The saved checkpoint is a plain ``AutoModelForSequenceClassification`` folder (L
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,8 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 from services.config import ConfigError
 from services.trainer.checkpoint import run_args, write_manifest
 from services.trainer.reward_config import RewardRunConfig
+
+log = logging.getLogger(__name__)
 
 HARMLESSNESS = "harmlessness"
 HELPFULNESS = "helpfulness"
@@ -159,12 +162,55 @@ def helpfulness_pairs_to_comparisons(pairs: Iterable[dict], seed: int = 0) -> li
     return out
 
 
+ANY_CONSTITUTION = "any"
+
+
+def _row_constitution(row: dict) -> str:
+    prov = row.get("provenance")
+    return (prov.get("constitution_sha256", "") if isinstance(prov, dict) else "") or ""
+
+
+def select_constitution(rows: Sequence[dict], wanted: str = "") -> tuple[str, list[dict], int]:
+    """The harmlessness comparisons to train on: those labelled under one constitution hash.
+
+    ``wanted``: "" picks the newest hash in ``rows`` (the hash of the last row that has one: rows
+    are in the order they arrived); "any" keeps every row; otherwise a full hash or a prefix of
+    it. Returns ``(hash chosen, rows of that hash, number of rows left out)``; the hash is "any"
+    for "any" and "" when no row matches."""
+    rows = list(rows)
+    if wanted == ANY_CONSTITUTION:
+        return ANY_CONSTITUTION, rows, 0
+    if not wanted:
+        chosen = next((h for h in map(_row_constitution, reversed(rows)) if h), "")
+    else:
+        matches = sorted({h for h in map(_row_constitution, rows) if h.startswith(wanted)})
+        if len(matches) > 1:
+            raise ValueError(f"constitution_sha256 {wanted!r} matches several hashes in the data: "
+                             f"{', '.join(m[:16] for m in matches)}; give more digits")
+        chosen = matches[0] if matches else ""
+    if not chosen:
+        return "", [], len(rows)
+    kept = [r for r in rows if _row_constitution(r) == chosen]
+    return chosen, kept, len(rows) - len(kept)
+
+
+def helpfulness_mix(n_comparisons: int, n_available: int, ratio: float) -> dict:
+    """How many helpfulness comparisons a training run wants at ``ratio`` and how many it gets:
+    ``wanted``, ``used``, ``available``, ``share`` (of the mixed data), ``target`` (= ratio) and
+    ``short`` (True when they ran out before the target)."""
+    wanted = round(n_comparisons * ratio / (1 - ratio))
+    used = min(wanted, n_available)
+    total = n_comparisons + used
+    return {"wanted": wanted, "used": used, "available": n_available, "target": ratio,
+            "share": used / total if total else 0.0, "short": used < wanted}
+
+
 def mix_helpfulness(comparisons: Sequence[dict], helpfulness: Sequence[dict], ratio: float,
                     seed: int) -> list[dict]:
     """The comparisons plus a seeded sample of helpfulness comparisons making up ``ratio`` of the
-    result (all of them when fewer are available)."""
-    wanted = round(len(comparisons) * ratio / (1 - ratio))
-    sample = random.Random(seed).sample(list(helpfulness), min(wanted, len(helpfulness)))
+    result (all of them when fewer are available: see ``helpfulness_mix``)."""
+    mix = helpfulness_mix(len(comparisons), len(helpfulness), ratio)
+    sample = random.Random(seed).sample(list(helpfulness), mix["used"])
     return [*comparisons, *sample]
 
 
@@ -243,6 +289,14 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
     if is_classifier and base.num_labels != 1:
         raise ValueError(f"{cfg.model}: a reward model has one output, this classifier has {base.num_labels}")
     mixed = mix_helpfulness(comparisons, helpfulness, cfg.helpfulness_ratio, cfg.seed)
+    mix = helpfulness_mix(len(comparisons), len(helpfulness), cfg.helpfulness_ratio)
+    warnings = []
+    if mix["short"]:
+        warnings.append(
+            f"helpfulness share {mix['share']:.3f} is below its target {mix['target']:.3f}: the helpfulness "
+            f"comparisons ran out ({mix['used']} used of {mix['wanted']} wanted; add helpfulness pairs or lower "
+            f"helpfulness_ratio)")
+        log.warning("reward model %s: %s", Path(cfg.out).name, warnings[-1])
     train_rows, eval_rows = split_eval(mixed, cfg.eval_fraction, cfg.seed)
     out = Path(cfg.out)
     work = out.with_name(out.name + ".work")
@@ -286,6 +340,8 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
             tmp, kind="reward", step=trainer.state.global_step, base_model=cfg.model,
             data={
                 HARMLESSNESS: len(comparisons), HELPFULNESS: n_help, "helpfulness_available": len(helpfulness),
+                "helpfulness_wanted": mix["wanted"], "helpfulness_share": mix["share"],
+                "helpfulness_share_target": mix["target"], "helpfulness_short": mix["short"],
                 "train": len(trainer.train_dataset), "eval": n_eval,
                 "too_long": len(train_rows) - len(trainer.train_dataset) + len(eval_rows) - n_eval,
             },
@@ -297,7 +353,10 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
                 "eval_accuracy": after["accuracy"] if after else None,
                 "initial_eval_loss": before["loss"] if before else None,
                 "initial_eval_accuracy": before["accuracy"] if before else None,
+                "helpfulness_share": mix["share"],
+                "helpfulness_share_target": mix["target"],
             },
+            warnings=warnings,
             id=out.name,  # the final name, not the temporary folder's
             lora=cfg.lora, max_length=cfg.max_length, helpfulness_ratio=cfg.helpfulness_ratio,
         )

@@ -38,6 +38,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             queue_url=redact_url(self.config.queue), queue_lag=s["queue_lag"], error=s["error"],
             queue_connected=s["queue_connected"], queue_error=s["queue_error"],
             promotions_pending=s["promotions_pending"],
+            constitution_sha256=s.get("constitution_sha256", ""), warning=s.get("warning", ""),
         )
         for k, v in s["metrics"].items():
             response.metrics[k] = float(v)

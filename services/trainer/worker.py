@@ -81,7 +81,8 @@ class TrainerWorker:
         self.finished = threading.Event()
         self._status = {"phase": "idle", "items_consumed": 0, "items_dead_lettered": 0, "step": 0,
                         "last_checkpoint": None, "metrics": {}, "queue_lag": 0, "error": "",
-                        "queue_connected": False, "queue_error": "", "promotions_pending": []}
+                        "queue_connected": False, "queue_error": "", "promotions_pending": [],
+                        "constitution_sha256": cfg.constitution_sha256, "warning": ""}
         self.failed = False
         """True when the loop ended on an error: the process must exit non-zero."""
         self._thread: threading.Thread | None = None
@@ -235,7 +236,7 @@ class TrainerWorker:
     def train(self, queue, state: dict) -> dict:
         from services.trainer.checkpoint import read_manifest
         from services.trainer.reward_config import RewardRunConfig
-        from services.trainer.reward_trainer import train_reward_model
+        from services.trainer.reward_trainer import select_constitution, train_reward_model
 
         cfg = self.cfg
         rows = read_rows(self.data_file)
@@ -243,8 +244,19 @@ class TrainerWorker:
         out = self.work / "checkpoints" / f"reward-{number:05d}"
         self._set(phase="reward_model", step=0)
         log.info("training reward model %s on %d comparisons", out.name, len(rows))
-        harmless = [r for r in rows if r.get("kind", "harmlessness") != "helpfulness"]
         helpful = [r for r in rows if r.get("kind") == "helpfulness"]
+        # the labels of one constitution (cfg.constitution_sha256); the others stay durable, untrained on
+        chosen, harmless, other_constitutions = select_constitution(
+            [r for r in rows if r.get("kind", "harmlessness") != "helpfulness"], cfg.constitution_sha256)
+        self._set(constitution_sha256=chosen)
+        if not harmless:
+            message = (f"no harmlessness comparisons of constitution {cfg.constitution_sha256 or 'newest'!r} among "
+                       f"{len(rows)} rows: not training until some arrive")
+            log.warning(message)
+            self._set(phase="idle", warning=message)
+            state = {**state, "trained_rows": len(rows)}
+            self._save_state(state)
+            return state
         path = train_reward_model(
             RewardRunConfig(model=cfg.reward_base_model, out=str(out), epochs=cfg.reward_epochs,
                             max_steps=cfg.reward_max_steps, learning_rate=cfg.reward_learning_rate,
@@ -256,6 +268,8 @@ class TrainerWorker:
         manifest["queue"] = {"url": redact_url(cfg.queue), "group": cfg.group, "position": queue.position(cfg.group)}
         manifest["data"]["rows_on_disk"] = len(rows)
         manifest["constitution_sha256s"] = sorted({r["provenance"].get("constitution_sha256", "") for r in harmless} - {""})
+        manifest["constitution_sha256"] = chosen  # the hash trained on ("any": every hash)
+        manifest["data"]["other_constitution_rows"] = other_constitutions
         (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         metrics = manifest.get("metrics", {})
         if "eval_accuracy" in metrics and metrics["eval_accuracy"] is not None:
@@ -266,7 +280,8 @@ class TrainerWorker:
         state = {**state, "trained_rows": len(rows),
                  "reward_checkpoints": [*state["reward_checkpoints"], str(path)]}
         self._save_state(state)
-        self._set(last_checkpoint=str(path), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        self._set(last_checkpoint=str(path), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                  warning="; ".join(manifest.get("warnings", [])))
         if cfg.reward_service:
             self.request_promotion("reward", cfg.reward_service, path)
         if cfg.policy_training.enabled:
@@ -290,7 +305,9 @@ class TrainerWorker:
                 LOSS.labels("policy").set(m["policy_loss"])
             self._set(step=step, metrics={k: v for k, v in m.items() if isinstance(v, (int, float))})
 
-        path = train_policy(pt, start, pt.policy, reward_path, out, seed=self.cfg.seed, on_step=on_step)
+        # the reference stays the SL-CAI policy (pt.policy) in every round; the round advances the prompt order
+        path = train_policy(pt, start, pt.policy, reward_path, out, seed=self.cfg.seed,
+                            round_index=len(state["policy_checkpoints"]), on_step=on_step)
         LAST_CHECKPOINT.set(time.time())
         state = {**state, "policy_checkpoints": [*state["policy_checkpoints"], str(path)]}
         self._save_state(state)

@@ -172,3 +172,47 @@ def test_ppo_steps_with_the_reward_service_over_grpc(tiny_model, tiny_reward_mod
     before = load_file(Path(tiny_model) / "model.safetensors")
     after = load_file(out / "model.safetensors")
     assert max((after[k] - v).abs().max().item() for k, v in before.items() if k in after) > 0
+
+
+def test_trains_on_the_labels_of_one_constitution_and_status_says_which(tiny_reward_model, tmp_path):
+    """Labels of an older constitution stay in the data but the reward model trains on the newest
+    hash's; the manifest and Trainer.Status name it; the short helpfulness share is reported and warned."""
+    old, new = comparisons(12, "old"), comparisons(12, "new")
+    for c in new:
+        c["provenance"] = {**c["provenance"], "constitution_sha256": "b" * 64}
+    helpful = [{**c, "id": f"help-{i}", "kind": "helpfulness", "p_a": 1.0,
+                "provenance": {**c["provenance"], "constitution_sha256": ""}} for i, c in enumerate(comparisons(2, "h"))]
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    queue = open_queue(url)
+    queue.publish(old + new + helpful)
+    port = free_port()
+    config = tmp_path / "trainer.yaml"
+    config.write_text(json.dumps({
+        "queue": url, "work_dir": str(tmp_path / "work"), "reward_base_model": tiny_reward_model,
+        "train_every": 26, "consume_batch": 32, "exit_when_idle_seconds": 3, "reward_max_steps": 1,
+        "reward_batch_size": 4, "eval_fraction": 0.0,
+        "server": {"host": "127.0.0.1", "port": port, "metrics_port": -1},
+    }))
+    proc = start_trainer(config, tmp_path / "log")
+    seen = []
+    try:
+        while proc.poll() is None:
+            try:
+                seen.append(status(port))
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (tmp_path / "log").read_text()[-3000:]
+    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    manifest = json.loads(Path(state["reward_checkpoints"][-1], "manifest.json").read_text())
+    assert manifest["constitution_sha256"] == "b" * 64 and manifest["constitution_sha256s"] == ["b" * 64]
+    assert manifest["data"]["harmlessness"] == 12 and manifest["data"]["other_constitution_rows"] == 12
+    assert len(read_rows(tmp_path / "work" / "data" / "comparisons.jsonl")) == 26  # the old labels stay durable
+    last = [s for s in seen if s.last_checkpoint.kind == "reward"]
+    assert last, (tmp_path / "log").read_text()[-3000:]
+    assert last[-1].constitution_sha256 == "b" * 64 and last[-1].last_checkpoint.constitution_sha256 == "b" * 64
+    assert last[-1].metrics["helpfulness_share"] == pytest.approx(2 / 14)
+    assert "helpfulness share" in last[-1].warning and "below its target" in last[-1].warning

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63\x61i/v1/trainer.proto\x12\x06\x63\x61i.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14TrainerStatusRequest\"\x8f\x01\n\nCheckpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63onstitution_sha256\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\"\x99\x03\n\rTrainerStatus\x12#\n\x05phase\x18\x01 \x01(\x0e\x32\x14.cai.v1.TrainerPhase\x12\x16\n\x0eitems_consumed\x18\x02 \x01(\x04\x12\x1b\n\x13items_dead_lettered\x18\x03 \x01(\x04\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12+\n\x0flast_checkpoint\x18\x05 \x01(\x0b\x32\x12.cai.v1.Checkpoint\x12\x33\n\x07metrics\x18\x06 \x03(\x0b\x32\".cai.v1.TrainerStatus.MetricsEntry\x12\x11\n\tqueue_url\x18\x07 \x01(\t\x12\x11\n\tqueue_lag\x18\x08 \x01(\x04\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07warning\x18\n \x01(\t\x12\x17\n\x0fqueue_connected\x18\x0b \x01(\x08\x12\x13\n\x0bqueue_error\x18\x0c \x01(\t\x12\x1a\n\x12promotions_pending\x18\r \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xc8\x01\n\x0cTrainerPhase\x12\x1d\n\x19TRAINER_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12TRAINER_PHASE_IDLE\x10\x01\x12\x15\n\x11TRAINER_PHASE_SFT\x10\x02\x12\x1e\n\x1aTRAINER_PHASE_REWARD_MODEL\x10\x03\x12\x18\n\x14TRAINER_PHASE_POLICY\x10\x04\x12\x16\n\x12TRAINER_PHASE_DONE\x10\x05\x12\x18\n\x14TRAINER_PHASE_FAILED\x10\x06\x32H\n\x07Trainer\x12=\n\x06Status\x12\x1c.cai.v1.TrainerStatusRequest\x1a\x15.cai.v1.TrainerStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63\x61i/v1/trainer.proto\x12\x06\x63\x61i.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14TrainerStatusRequest\"\x8f\x01\n\nCheckpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63onstitution_sha256\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\"\xb6\x03\n\rTrainerStatus\x12#\n\x05phase\x18\x01 \x01(\x0e\x32\x14.cai.v1.TrainerPhase\x12\x16\n\x0eitems_consumed\x18\x02 \x01(\x04\x12\x1b\n\x13items_dead_lettered\x18\x03 \x01(\x04\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12+\n\x0flast_checkpoint\x18\x05 \x01(\x0b\x32\x12.cai.v1.Checkpoint\x12\x33\n\x07metrics\x18\x06 \x03(\x0b\x32\".cai.v1.TrainerStatus.MetricsEntry\x12\x11\n\tqueue_url\x18\x07 \x01(\t\x12\x11\n\tqueue_lag\x18\x08 \x01(\x04\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07warning\x18\n \x01(\t\x12\x17\n\x0fqueue_connected\x18\x0b \x01(\x08\x12\x13\n\x0bqueue_error\x18\x0c \x01(\t\x12\x1a\n\x12promotions_pending\x18\r \x03(\t\x12\x1b\n\x13\x63onstitution_sha256\x18\x0e \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xc8\x01\n\x0cTrainerPhase\x12\x1d\n\x19TRAINER_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12TRAINER_PHASE_IDLE\x10\x01\x12\x15\n\x11TRAINER_PHASE_SFT\x10\x02\x12\x1e\n\x1aTRAINER_PHASE_REWARD_MODEL\x10\x03\x12\x18\n\x14TRAINER_PHASE_POLICY\x10\x04\x12\x16\n\x12TRAINER_PHASE_DONE\x10\x05\x12\x18\n\x14TRAINER_PHASE_FAILED\x10\x06\x32H\n\x07Trainer\x12=\n\x06Status\x12\x1c.cai.v1.TrainerStatusRequest\x1a\x15.cai.v1.TrainerStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRAINERSTATUS_METRICSENTRY']._loaded_options = None
   _globals['_TRAINERSTATUS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TRAINERPHASE']._serialized_start=648
-  _globals['_TRAINERPHASE']._serialized_end=848
+  _globals['_TRAINERPHASE']._serialized_start=677
+  _globals['_TRAINERPHASE']._serialized_end=877
   _globals['_TRAINERSTATUSREQUEST']._serialized_start=65
   _globals['_TRAINERSTATUSREQUEST']._serialized_end=87
   _globals['_CHECKPOINT']._serialized_start=90
   _globals['_CHECKPOINT']._serialized_end=233
   _globals['_TRAINERSTATUS']._serialized_start=236
-  _globals['_TRAINERSTATUS']._serialized_end=645
-  _globals['_TRAINERSTATUS_METRICSENTRY']._serialized_start=599
-  _globals['_TRAINERSTATUS_METRICSENTRY']._serialized_end=645
-  _globals['_TRAINER']._serialized_start=850
-  _globals['_TRAINER']._serialized_end=922
+  _globals['_TRAINERSTATUS']._serialized_end=674
+  _globals['_TRAINERSTATUS_METRICSENTRY']._serialized_start=628
+  _globals['_TRAINERSTATUS_METRICSENTRY']._serialized_end=674
+  _globals['_TRAINER']._serialized_start=879
+  _globals['_TRAINER']._serialized_end=951
 # @@protoc_insertion_point(module_scope)

@@ -48,7 +48,7 @@ class Checkpoint(_message.Message):
     def __init__(self, id: _Optional[str] = ..., path: _Optional[str] = ..., step: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., constitution_sha256: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class TrainerStatus(_message.Message):
-    __slots__ = ("phase", "items_consumed", "items_dead_lettered", "step", "last_checkpoint", "metrics", "queue_url", "queue_lag", "error", "warning", "queue_connected", "queue_error", "promotions_pending")
+    __slots__ = ("phase", "items_consumed", "items_dead_lettered", "step", "last_checkpoint", "metrics", "queue_url", "queue_lag", "error", "warning", "queue_connected", "queue_error", "promotions_pending", "constitution_sha256")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class TrainerStatus(_message.Message):
     QUEUE_CONNECTED_FIELD_NUMBER: _ClassVar[int]
     QUEUE_ERROR_FIELD_NUMBER: _ClassVar[int]
     PROMOTIONS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    CONSTITUTION_SHA256_FIELD_NUMBER: _ClassVar[int]
     phase: TrainerPhase
     items_consumed: int
     items_dead_lettered: int
@@ -82,4 +83,5 @@ class TrainerStatus(_message.Message):
     queue_connected: bool
     queue_error: str
     promotions_pending: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, phase: _Optional[_Union[TrainerPhase, str]] = ..., items_consumed: _Optional[int] = ..., items_dead_lettered: _Optional[int] = ..., step: _Optional[int] = ..., last_checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., queue_url: _Optional[str] = ..., queue_lag: _Optional[int] = ..., error: _Optional[str] = ..., warning: _Optional[str] = ..., queue_connected: _Optional[bool] = ..., queue_error: _Optional[str] = ..., promotions_pending: _Optional[_Iterable[str]] = ...) -> None: ...
+    constitution_sha256: str
+    def __init__(self, phase: _Optional[_Union[TrainerPhase, str]] = ..., items_consumed: _Optional[int] = ..., items_dead_lettered: _Optional[int] = ..., step: _Optional[int] = ..., last_checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., queue_url: _Optional[str] = ..., queue_lag: _Optional[int] = ..., error: _Optional[str] = ..., warning: _Optional[str] = ..., queue_connected: _Optional[bool] = ..., queue_error: _Optional[str] = ..., promotions_pending: _Optional[_Iterable[str]] = ..., constitution_sha256: _Optional[str] = ...) -> None: ...
