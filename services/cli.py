@@ -286,6 +286,24 @@ def cmd_constitution_check(args) -> int:
     return 0
 
 
+# --- cai trace ID ---------------------------------------------------------------------------
+
+
+def cmd_trace(args) -> int:
+    from services.trace import TraceError, format_trace, trace
+
+    try:
+        found = trace(args.id, args.folders or [], args.queue or "")
+    except TraceError as exc:
+        print(f"cai trace: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print("\n\n".join(format_trace(f) for f in found))
+    return 0
+
+
 # --- cai generate (a client) -----------------------------------------------------------------
 
 
@@ -742,6 +760,14 @@ def build_parser() -> argparse.ArgumentParser:
     genc.add_argument("--seed", type=int)
     genc.add_argument("--timeout", type=float, default=120.0)
     genc.set_defaults(func=cmd_generate)
+
+    tr = sub.add_parser("trace", help="where a label or SFT row came from: constitution sentence, judge, prompt line")
+    tr.add_argument("id", help="a comparison id (or a prefix of 8+ characters), or PROMPT_ID/rN for an SFT row")
+    tr.add_argument("--in", dest="folders", action="append", metavar="DIR",
+                    help="a run folder, the trainer's work folder or an sl_data folder (repeatable)")
+    tr.add_argument("--queue", default="", help="also search this queue (sqlite:///... or redis://...)")
+    tr.add_argument("--json", action="store_true", help="print JSON")
+    tr.set_defaults(func=cmd_trace)
 
     protos = sub.add_parser("protos", help="regenerate the gRPC code from protos/")
     protos.add_argument("--check", action="store_true", help="only check it is fresh")

@@ -31,6 +31,7 @@ and resumes on its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import json
@@ -191,6 +192,14 @@ def helpfulness_comparisons(pairs: list[Prompt], seed: int, source: str) -> list
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _prompts_sha256(path: str) -> str:
+    """SHA-256 of the prompt file (recorded in each label's provenance; ``cai trace`` checks it)."""
+    from services.prompts import file_sha256
+
+    return file_sha256(path)
+
+
 PROBE_ID = "cai-label-probe"
 
 
@@ -275,6 +284,7 @@ async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge,
                 "judge_config_sha256": key,
                 "policy_model": answers.model, "policy_checkpoint": answers.checkpoint_id,
                 "prompt_id": p.id, "mode": cfg.mode, "swap_debias": cfg.swap_debias, "seed": cfg.seed,
+                "prompts_file": cfg.prompts, "prompts_sha256": _prompts_sha256(cfg.prompts),
                 "created_at": prov.created_at.ToJsonString(),
             },
         })
