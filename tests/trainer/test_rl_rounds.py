@@ -59,8 +59,17 @@ def test_prompt_order_differs_between_rounds_with_both_halves_mixed():
 
 
 def test_kl_coefficient_and_value_head_restored(tiny_model, tiny_reward_model_path, tmp_path):
-    first, second = _two_rounds(tmp_path, tiny_model, tiny_reward_model_path, algorithm="ppo",
+    import shutil
+
+    reward = tmp_path / "reward-00007"  # a reward checkpoint as the trainer writes it, with its manifest
+    shutil.copytree(tiny_reward_model_path, reward)
+    (reward / "manifest.json").write_text(json.dumps({"id": "reward-00007", "kind": "reward",
+                                                      "constitution_sha256": "c" * 64,
+                                                      "constitution_sha256s": ["c" * 64]}))
+    first, second = _two_rounds(tmp_path, tiny_model, str(reward), algorithm="ppo",
                                 learning_rate=1e-3, kl_coef=0.2)
+    # RL manifests carry the reward model's id and the constitution its labels came from
+    assert second["constitution_sha256"] == "c" * 64 and second["reward_model_id"] == "reward-00007"
     round1 = Path(second["start"])
     saved = json.loads((round1 / "ppo" / "state.json").read_text())
     assert first["kl_coef_start"] == 0.2 and saved["kl_coef"] == first["kl_coef_end"] != 0.2  # adaptive: moved
