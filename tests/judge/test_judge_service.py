@@ -83,8 +83,10 @@ def test_chain_of_thought_is_clamped_and_returns_reasoning(stub):
 
 
 def test_principles_are_sampled_per_comparison_with_provenance(stub):
+    # The draw depends on a comparison's content and the seed (not its index): 40 different pairs.
     c = load_constitution()
-    response = stub.Compare(judge_pb2.CompareRequest(comparisons=[comparison(id=f"x{i}") for i in range(40)], seed=3), timeout=120)
+    pairs = [comparison(a=f"{A} ({i})", id=f"x{i}") for i in range(40)]
+    response = stub.Compare(judge_pb2.CompareRequest(comparisons=pairs, seed=3), timeout=120)
     used = {label.principle_id for label in response.labels}
     assert len(used) > 5 and used <= {p.id for p in c.judging}
     label = response.labels[0]
@@ -93,7 +95,7 @@ def test_principles_are_sampled_per_comparison_with_provenance(stub):
     assert (p.constitution_file, p.constitution_sha256, p.principle_id, p.prompt_id) == (
         "default.yaml", c.sha256, label.principle_id, "p1")
     assert p.model and p.checkpoint and p.created_at.seconds > 0
-    again = stub.Compare(judge_pb2.CompareRequest(comparisons=[comparison(id=f"x{i}") for i in range(40)], seed=3), timeout=120)
+    again = stub.Compare(judge_pb2.CompareRequest(comparisons=pairs, seed=3), timeout=120)
     assert [x.principle_id for x in again.labels] == [x.principle_id for x in response.labels]
 
 
