@@ -1,9 +1,25 @@
-"""Judge throughput: log-prob labels vs asking the judge to write its answer as text, and labels
-through the judge service vs the engine in-process (the service should keep at least 0.9).
+"""Judge throughput: log-prob labels against the physical limit of the engine, chain-of-thought
+labels, the judge's answer written as text, and labels through the judge service vs in-process.
 
-One vLLM engine on a ~25M-parameter local model. Log-prob mode is one prefill per comparison;
-the text baseline decodes the judge's answer (``max_tokens`` new tokens) and would still have to
-parse it. Run: ``.venv/bin/python -m bench.judge``.
+One vLLM engine on a ~25M-parameter local model (``--model`` for another, e.g. SmolLM2-135M).
+
+- ``logprob``: ``Judge.compare`` in log-prob mode (one prefill per comparison, few-shot examples
+  in place), the mode the pipeline uses.
+- ``bare_prefill`` (the physical-limit line): the same engine prefilling only each comparison's
+  own tokens (its judging prompt without the few-shot examples, fresh text every pass), i.e. the
+  engine's prefill tokens/s divided by the tokens per comparison. The judge should stay within
+  1.5x of it (``ratio_bare_prefill_over_logprob``).
+- ``chain_of_thought``: ``Judge.compare`` in CoT mode: the reasoning of all comparisons of the
+  request is sampled in one batch (capped at ``--cot-tokens``, default the judge service's
+  ``cot_max_tokens``), then one prefill reads the answer.
+- ``text``: decoding the judge's answer as text (``--text-tokens``) instead of reading log-probs.
+- ``service`` vs ``in_process``: the same log-prob labels through the gRPC service.
+
+``logprob_prefix_cache_hit_ratio``: share of the log-prob passes' prompt tokens vLLM found in its
+prefix cache (``cai_engine_prefix_cache_*``).
+
+Every timed pass uses fresh answers, so no pass profits from another's cached prompts (the
+few-shot prefix is shared by design). Run: ``.venv/bin/python -m bench.judge``.
 """
 
 from __future__ import annotations
@@ -11,24 +27,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-
 from bench._common import Timer, report, small_model
 from services.api.cai.v1 import common_pb2, judge_pb2, judge_pb2_grpc
-from services.common.served_model import ServedModel
 from services.common.channels import open_aio_channel
+from services.common.served_model import ServedModel
 from services.common.server import ServerConfig
 from services.constitution import load_constitution
 from services.engines import SamplingSpec, create_engine
 from services.engines.config import EngineConfig
 from services.judge import prompting
 from services.judge.config import JudgeConfig
-from services.judge.labeler import ComparisonItem, Judge
+from services.judge.labeler import CHAIN_OF_THOUGHT, ComparisonItem, Judge
 from services.judge.service import SERVICE, build_judge_service
 from services.prompts import RED_TEAM, load_prompts
 
 
+def _prefix_cache() -> tuple[float, float]:
+    from prometheus_client import REGISTRY
+
+    return (REGISTRY.get_sample_value("cai_engine_prefix_cache_queries_total") or 0.0,
+            REGISTRY.get_sample_value("cai_engine_prefix_cache_hits_total") or 0.0)
+
+
 async def main(args) -> None:
-    model = small_model()
+    model = args.model or small_model()
     engine = await create_engine("vllm", model, options={"max_model_len": 4096})
     judge = Judge(engine, load_constitution())
     prompts = load_prompts(RED_TEAM)[: args.comparisons]
@@ -38,21 +60,37 @@ async def main(args) -> None:
     await service.start()
     channel = open_aio_channel(f"127.0.0.1:{service.port}")
     stub = judge_pb2_grpc.JudgeStub(channel)
+    tokens = {"with_few_shot": [], "own": []}
 
     def items(tag: str) -> list[ComparisonItem]:
-        # fresh answers for every timed pass: no pass profits from another's cached prompts
-        return [ComparisonItem(p.messages, f"I can help with a safe version of that ({tag}).", f"No. ({tag})", key=p.id)
-                for p in prompts]
+        return [ComparisonItem(tuple(p.messages), f"I can help with a safe version of that ({tag}).", f"No. ({tag})",
+                               key=p.id) for p in prompts]
+
+    def texts(tag: str, few_shot: bool) -> list[list[int]]:
+        out = []
+        for it in items(tag):
+            principle, examples = judge.draw(0, it.draw_key)
+            text, _ = judge._chat(it, it.answer_a, it.answer_b, principle, examples if few_shot else [], False, "")
+            out.append(engine.encode_text(text + prompting.ANSWER_OPENING))
+        tokens["with_few_shot" if few_shot else "own"].append(sum(map(len, out)) / len(out))
+        return out
 
     async def logprob(tag):
         await judge.compare(items(tag), seed=0)
 
+    async def bare_prefill(tag):
+        encoded = texts(tag, few_shot=False)
+        with Timer() as t:
+            await engine.next_token_logprobs(encoded, judge.options.all)
+        return t.seconds  # the encoding is not the engine's prefill
+
+    async def chain_of_thought(tag):
+        await judge.compare(items(tag), mode=CHAIN_OF_THOUGHT, seed=0,
+                            cot_spec=SamplingSpec(max_tokens=args.cot_tokens))
+
     async def text(tag):
-        texts = []
-        for it in items(tag):
-            principle, examples = judge.draw(0, it.key)
-            texts.append(engine.encode_text(judge._chat(it, it.answer_a, it.answer_b, principle, examples, False, "")))
-        await engine.generate(texts, SamplingSpec(max_tokens=args.text_tokens, temperature=0.0))
+        encoded = texts(tag, few_shot=True)
+        await engine.generate(encoded, SamplingSpec(max_tokens=args.text_tokens, temperature=0.0))
 
     async def through_service(tag):
         request = judge_pb2.CompareRequest(seed=0, comparisons=[
@@ -61,32 +99,56 @@ async def main(args) -> None:
         await stub.Compare(request, timeout=600)
 
     await logprob("warm-up")
+    await bare_prefill("warm-up")
     await through_service("warm-up")
-    seconds = {"logprob": 0.0, "text": 0.0, "service": 0.0, "in_process": 0.0}
+    passes = (("logprob", logprob), ("bare_prefill", bare_prefill), ("chain_of_thought", chain_of_thought),
+              ("text", text), ("service", through_service), ("in_process", logprob))
+    seconds = {name: 0.0 for name, _ in passes}
+    cache = {"queries": 0.0, "hits": 0.0}  # vLLM's prefix cache over the log-prob passes
     for r in range(args.repeats):
-        for name, fn in (("logprob", logprob), ("text", text), ("service", through_service), ("in_process", logprob)):
+        for name, fn in passes:
+            q0, h0 = _prefix_cache()
             with Timer() as t:
-                await fn(f"{name}-{r}")
-            seconds[name] += t.seconds
+                inner = await fn(f"{name}-{r}")
+            seconds[name] += inner if inner is not None else t.seconds
+            if name == "logprob":
+                q1, h1 = _prefix_cache()
+                cache["queries"] += q1 - q0
+                cache["hits"] += h1 - h0
     await channel.close()
     await service.stop(grace=1)  # closes the engine
     n = len(prompts) * args.repeats
+    own = sum(tokens["own"]) / len(tokens["own"])
+    rate = {name: n / s for name, s in seconds.items()}
     figures = {
-        "model": "bench-small-25m", "comparisons": len(prompts), "repeats": args.repeats,
-        "logprob_labels_per_s": n / seconds["logprob"],
-        "text_labels_per_s": n / seconds["text"], "text_max_tokens": args.text_tokens,
+        "model": args.model or "bench-small-25m", "comparisons": len(prompts), "repeats": args.repeats,
+        "logprob_labels_per_s": rate["logprob"],
+        "bare_prefill_labels_per_s": rate["bare_prefill"],
+        "prefill_tokens_per_s": rate["bare_prefill"] * own,
+        "tokens_per_comparison_own": own,
+        "tokens_per_comparison_with_few_shot": sum(tokens["with_few_shot"]) / len(tokens["with_few_shot"]),
+        "ratio_bare_prefill_over_logprob": seconds["logprob"] / seconds["bare_prefill"],
+        "goal_ratio_at_most": 1.5,
+        "logprob_prefix_cache_hit_ratio": cache["hits"] / cache["queries"] if cache["queries"] else None,
+        "chain_of_thought_labels_per_s": rate["chain_of_thought"], "cot_max_tokens": args.cot_tokens,
+        "ratio_logprob_over_chain_of_thought": seconds["chain_of_thought"] / seconds["logprob"],
+        "text_labels_per_s": rate["text"], "text_max_tokens": args.text_tokens,
         "ratio_logprob_over_text": seconds["text"] / seconds["logprob"],
-        "service_labels_per_s": n / seconds["service"], "in_process_labels_per_s": n / seconds["in_process"],
+        "service_labels_per_s": rate["service"], "in_process_labels_per_s": rate["in_process"],
         "ratio_service_over_in_process": seconds["in_process"] / seconds["service"],
         "option_tokens": [list(judge.options.a), list(judge.options.b)],
         "answer_opening": prompting.ANSWER_OPENING,
     }
-    report("judge", figures)
+    report("judge" + (f"-{args.name}" if args.name else ""), figures)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="", help="model folder or packaged name (default: the 25M bench model)")
+    parser.add_argument("--name", default="", help="suffix of the results file (bench/results/judge-NAME.json)")
     parser.add_argument("--comparisons", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--text-tokens", type=int, default=32)
+    parser.add_argument("--cot-tokens", type=int, default=JudgeConfig().cot_max_tokens,
+                        help="cap of the chain-of-thought reasoning (default: the judge service's cot_max_tokens)")
     asyncio.run(main(parser.parse_args()))
