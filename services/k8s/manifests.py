@@ -27,14 +27,15 @@ from typing import Any
 
 import yaml
 
+from services import registry
 from services.common.channels import open_channel
 from services.paths import data_dir
 from services.errors import CaiError
 
 K8S_DIR = data_dir("k8s")
 OVERLAYS = ("gpu", "cpu-small")
-INFERENCE_SERVICES = ("generation", "critique", "judge", "reward")
-SERVICES = (*INFERENCE_SERVICES, "trainer")
+INFERENCE_SERVICES = registry.INFERENCE_SERVICES
+SERVICES = tuple(registry.SERVICES)  # the service registry's names (services/registry.py)
 PART_OF = "app.kubernetes.io/part-of=cai"
 IMAGE_NAME = "cai"
 """Name of the services' image in the manifests (overlays and ``DeployConfig.image`` replace it)."""

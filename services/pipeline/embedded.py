@@ -37,23 +37,19 @@ class EmbeddedSpec:
 
 
 def _build(name: str, engine: EngineConfig, spec: EmbeddedSpec, server: ServerConfig):
-    kwargs = {"constitution": spec.constitution} if spec.constitution else {}
-    if name == "generation":
-        from services.generation.config import GenerationConfig
-        from services.generation.service import build_generation_service
+    """The builder and config of registry service ``name`` (one that runs over a shared engine)."""
+    import dataclasses
 
-        return build_generation_service, GenerationConfig(engine=engine, server=server)
-    if name == "critique":
-        from services.critique.config import CritiqueConfig
-        from services.critique.service import build_critique_service
+    from services.registry import EMBEDDABLE_SERVICES, service
 
-        return build_critique_service, CritiqueConfig(engine=engine, server=server, **kwargs)
-    if name == "judge":
-        from services.judge.config import JudgeConfig
-        from services.judge.service import build_judge_service
-
-        return build_judge_service, JudgeConfig(engine=engine, server=server, **kwargs)
-    raise ValueError(f"unknown service {name!r}")
+    if name not in EMBEDDABLE_SERVICES:
+        raise ValueError(f"unknown service {name!r}; expected one of {', '.join(EMBEDDABLE_SERVICES)}")
+    entry = service(name)
+    config_type = entry.config_type()
+    kwargs = {"engine": engine, "server": server}
+    if spec.constitution and "constitution" in {f.name for f in dataclasses.fields(config_type)}:
+        kwargs["constitution"] = spec.constitution
+    return entry.build_function(), config_type(**kwargs)
 
 
 class EmbeddedServices:
