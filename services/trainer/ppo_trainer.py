@@ -200,6 +200,7 @@ class PPOTrainer:
         else:
             self.kl_controller = FixedKLController(config.kl_coef)
         self.global_step = 0
+        self._reward_wait = 0.0  # seconds the last rollout waited for its scores after its own work
         self._reward_loop: asyncio.AbstractEventLoop | None = None
         self._stop_reward_loop: weakref.finalize | None = None
 
@@ -216,12 +217,17 @@ class PPOTrainer:
 
     def _start_scoring(self, prompts: list[Conversation],
                        completions: list[str]) -> Callable[[], torch.Tensor]:
-        """Starts scoring and returns a function that waits for the scores. An asynchronous
-        ``reward_fn`` (the reward service over gRPC) runs on the reward loop thread meanwhile, so
-        the caller overlaps the call with its own work (the value and reference passes); a
-        synchronous one is called when the scores are awaited, its work being on this thread anyway."""
-        if inspect.iscoroutinefunction(self.reward_fn) or inspect.iscoroutinefunction(
-                getattr(self.reward_fn, "__call__", None)):
+        """Starts scoring and returns a function that waits for the scores. With
+        ``config.overlap_reward``, an asynchronous ``reward_fn`` (the reward service over gRPC)
+        runs on the reward loop thread meanwhile, so the caller overlaps the call with its own work
+        (the value and reference passes); otherwise, and for a synchronous one (its work would be
+        on this thread anyway), the call is made when the scores are awaited."""
+        is_async = inspect.iscoroutinefunction(self.reward_fn) or inspect.iscoroutinefunction(
+            getattr(self.reward_fn, "__call__", None))
+        overlap = self.config.overlap_reward
+        if overlap is None:
+            overlap = self.accelerator.device.type != "cpu"
+        if is_async and overlap:
             future = asyncio.run_coroutine_threadsafe(_awaited(self.reward_fn(prompts, completions)),
                                                       self._event_loop())
             return lambda: self._check_scores(future.result(), completions)
@@ -303,7 +309,9 @@ class PPOTrainer:
                 entropy.append(entropy_from_logits(response_logits))
                 values.append(value[:, context - 1 : -1])
                 ref_logprobs.append(_response_logprobs(self._ref_logits(ids, att), ids, context, cfg.temperature)[0])
+        waited = time.perf_counter()
         raw_scores = awaiting_scores()
+        self._reward_wait = time.perf_counter() - waited
         scores = raw_scores
         if cfg.missing_eos_penalty is not None:
             scores = raw_scores - cfg.missing_eos_penalty * (~ended).float()
@@ -316,7 +324,8 @@ class PPOTrainer:
         """One PPO iteration on ``config.batch_size`` prompts (chat conversations); returns metrics:
         reward_mean/reward_std (of ``reward_fn``'s scores), kl (mean sequence KL to the reference),
         kl_coef (used for this batch), policy_loss, value_loss, clipfrac, value_clipfrac, approx_kl,
-        entropy (per token), response_length_mean and step_seconds."""
+        entropy (per token), response_length_mean, step_seconds and reward_wait_seconds (time the
+        rollout still waited for its scores after the value and reference passes it overlapped)."""
         cfg = self.config
         if len(prompts) != cfg.batch_size:
             raise ValueError(f"step expects batch_size={cfg.batch_size} prompts, got {len(prompts)}")
@@ -377,6 +386,7 @@ class PPOTrainer:
             "entropy": averages[5].item(),
             "response_length_mean": lengths.mean().item(),
             "step_seconds": time.perf_counter() - started,
+            "reward_wait_seconds": self._reward_wait,
         }
         log.info("ppo step %d: reward %.4f kl %.4f kl_coef %.4f policy_loss %.4f value_loss %.4f (%.1fs)",
                  self.global_step, metrics["reward_mean"], kl, kl_coef, metrics["policy_loss"],

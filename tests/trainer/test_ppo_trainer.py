@@ -153,3 +153,30 @@ def test_lora_step_and_merged_save(tiny_model, tmp_path):
     assert max((loaded.state_dict()[k] - v).abs().max().item() for k, v in base.items()) > 1e-6
     assert any("lora_" in n for n, _ in unwrapped.named_parameters())  # saving left the adapters in place
     trainer.step(PROMPTS[:4])
+
+
+def test_reward_call_overlaps_the_value_and_reference_pass(tiny_model):
+    """An asynchronous reward (the reward service over gRPC) is in flight while the trainer runs
+    its reference pass (overlap_reward=True); not otherwise. The reference pass waits (up to 3 s)
+    for the reward call to start; the reward call records whether the pass had run by then."""
+    for overlap in (True, False):
+        reward_started, ref_pass_ran = threading.Event(), threading.Event()
+        in_flight_during_ref_pass = []
+
+        async def reward(prompts, completions):
+            in_flight_during_ref_pass.append(not ref_pass_ran.is_set())
+            reward_started.set()
+            return [1.0] * len(completions)
+
+        def on_ref_pass(*_):
+            if not ref_pass_ran.is_set():
+                reward_started.wait(3.0)
+                ref_pass_ran.set()
+
+        trainer = PPOTrainer(small_config(max_new_tokens=4, overlap_reward=overlap), tiny_model, reward)
+        trainer.ref_model.register_forward_hook(on_ref_pass)
+        try:
+            trainer.step(PROMPTS[:4])
+        finally:
+            trainer.close()
+        assert in_flight_during_ref_pass == [overlap]
