@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from services.errors import InvalidArgument
 
 T = TypeVar("T")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from services.paths import data_dir
 from services.errors import InvalidArgument
+from services.paths import data_dir
 
 FORMAT = "cai-constitution/v1"
 DEFAULT_CONSTITUTION = data_dir("constitutions") / "default.yaml"

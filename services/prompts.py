@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.paths import data_dir
 from services.errors import InvalidArgument
+from services.paths import data_dir
 
 RED_TEAM = data_dir("prompts") / "red_team.jsonl"
 HELPFULNESS = data_dir("prompts") / "helpfulness.jsonl"

@@ -10,14 +10,31 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["run", "serve", "serve generation", "serve trainer", "sl-data", "label", "eval", "train sft",
-            "tiny-model", "model prepare", "judge validate", "constitution check", "constitution diff",
-            "generate", "trace", "protos", "k8s"]
+COMMANDS = [
+    "run",
+    "serve",
+    "serve generation",
+    "serve trainer",
+    "sl-data",
+    "label",
+    "eval",
+    "train sft",
+    "tiny-model",
+    "model prepare",
+    "judge validate",
+    "constitution check",
+    "constitution diff",
+    "generate",
+    "trace",
+    "protos",
+    "k8s",
+]
 
 
 def _cai(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_every_command_is_a_module_with_add_parser_and_run():
@@ -58,5 +75,6 @@ def test_a_failed_grpc_call_exits_2_naming_code_and_details(capsys):
 
     assert run_command(Args()) == 2
     err = capsys.readouterr().err
-    assert err.startswith("cai: error: service call failed: UNAVAILABLE: ") or \
-        err.startswith("cai: error: service call failed: DEADLINE_EXCEEDED: "), err
+    assert err.startswith("cai: error: service call failed: UNAVAILABLE: ") or err.startswith(
+        "cai: error: service call failed: DEADLINE_EXCEEDED: "
+    ), err

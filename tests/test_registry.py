@@ -15,7 +15,11 @@ def test_each_service_names_its_config_builder_grpc_service_and_ports(name):
 
     import services.api.cai.v1  # noqa: F401  (registers the descriptors)
     from services.api.cai.v1 import (  # noqa: F401
-        critique_pb2, generation_pb2, judge_pb2, reward_pb2, trainer_pb2,
+        critique_pb2,
+        generation_pb2,
+        judge_pb2,
+        reward_pb2,
+        trainer_pb2,
     )
 
     entry = SERVICES[name]
@@ -37,8 +41,9 @@ def test_cli_embedded_runner_and_manifests_read_the_registry():
     from services.k8s import manifests
     from services.pipeline.embedded import LOOPBACK, EmbeddedSpec, _build
 
-    serve = next(a for a in build_parser()._subparsers._group_actions[0].choices["serve"]._actions
-                 if a.dest == "service")
+    serve = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices["serve"]._actions if a.dest == "service"
+    )
     assert list(serve.choices) == list(SERVICES)
     assert manifests.SERVICES == tuple(SERVICES) and manifests.INFERENCE_SERVICES == INFERENCE_SERVICES
     assert "trainer" not in INFERENCE_SERVICES

@@ -46,7 +46,8 @@ def cmd_constitution_diff(args) -> int:
 
     async def main():
         run = lambda old, new: constitution_diff(  # noqa: E731
-            args.old, args.new, args.comparisons, old, new, seed=args.seed, swap=not args.no_swap, limit=args.limit)
+            args.old, args.new, args.comparisons, old, new, seed=args.seed, swap=not args.no_swap, limit=args.limit
+        )
         if args.judge_old:
             return await run(args.judge_old, args.judge_new)
         async with judges_in_process(args.model or "", args.engine or "vllm", args.old, args.new) as (old, new):
@@ -62,11 +63,15 @@ def cmd_constitution_diff(args) -> int:
         return _fail(message)
     files = write_report(result, args.out)
     o = result["overall"]
-    print(f"{o['comparisons']} comparisons, labels as sampled: agreement {o['agreement']:.3f}, "
-          f"mean |dp_a| {o['mean_abs_delta_p_a']:.3f}, {o['flipped']} flipped")
+    print(
+        f"{o['comparisons']} comparisons, labels as sampled: agreement {o['agreement']:.3f}, "
+        f"mean |dp_a| {o['mean_abs_delta_p_a']:.3f}, {o['flipped']} flipped"
+    )
     for r in result["principles"]:
-        print(f"  {r['principle_id']} ({r['change']}): agreement {r['agreement']:.3f}, "
-              f"mean |dp_a| {r['mean_abs_delta_p_a']:.3f}, {r['flipped']} flipped")
+        print(
+            f"  {r['principle_id']} ({r['change']}): agreement {r['agreement']:.3f}, "
+            f"mean |dp_a| {r['mean_abs_delta_p_a']:.3f}, {r['flipped']} flipped"
+        )
     print(f"wrote {files['json']}, {files['html']}")
     return 0
 
@@ -80,8 +85,11 @@ def add_parser(sub) -> None:
     cdiff = con.add_parser("diff", help="relabel fixed comparisons under two constitutions; the impact per principle")
     cdiff.add_argument("old", help="the constitution before")
     cdiff.add_argument("new", help="the constitution after")
-    cdiff.add_argument("--comparisons", required=True,
-                       help="JSONL of comparisons (prompt, answer_a, answer_b) or TRL pairs (prompt, chosen, rejected)")
+    cdiff.add_argument(
+        "--comparisons",
+        required=True,
+        help="JSONL of comparisons (prompt, answer_a, answer_b) or TRL pairs (prompt, chosen, rejected)",
+    )
     cdiff.add_argument("--model", help="judge model for the in-process judges (default smollm2-135m-instruct)")
     cdiff.add_argument("--engine", choices=["vllm", "transformers"])
     cdiff.add_argument("--judge-old", help="address of a judge serving OLD (with --judge-new; default in-process)")

@@ -25,22 +25,32 @@ def cmd_eval(args) -> int:
     if len(policies) < 2:
         return _fail("give at least two --policy NAME=PATH to compare")
     if args.split != EVAL and not args.allow_train_prompts:
-        return _fail(f"--split {args.split} includes prompts the training commands use by default; evaluating on "
-                     "them flatters the policies (pass --allow-train-prompts to do it anyway)")
+        return _fail(
+            f"--split {args.split} includes prompts the training commands use by default; evaluating on "
+            "them flatters the policies (pass --allow-train-prompts to do it anyway)"
+        )
     if args.samples < 1:
         return _fail("--samples must be at least 1")
     files = {"red_team": args.red_team or str(RED_TEAM), "helpfulness": args.helpfulness or str(HELPFULNESS)}
     try:
-        sets = {name: split_prompts(load_prompts(path), args.split, args.eval_fraction)[: args.prompts]
-                for name, path in files.items()}
+        sets = {
+            name: split_prompts(load_prompts(path), args.split, args.eval_fraction)[: args.prompts]
+            for name, path in files.items()
+        }
     except ValueError as exc:  # a PromptFileError too (it is a ValueError)
         return _fail(str(exc))
     for name, prompts in sets.items():
         if not prompts:
-            return _fail(f"{files[name]}: no prompts in the {args.split} part of the split "
-                         f"(eval fraction {args.eval_fraction})")
-    cfg = EvalConfig(max_tokens=args.max_tokens, seed=args.seed, samples=args.samples, bootstrap=args.bootstrap,
-                     refusal_principle=args.refusal_principle)
+            return _fail(
+                f"{files[name]}: no prompts in the {args.split} part of the split (eval fraction {args.eval_fraction})"
+            )
+    cfg = EvalConfig(
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        samples=args.samples,
+        bootstrap=args.bootstrap,
+        refusal_principle=args.refusal_principle,
+    )
     judge_model = args.eval_judge_model
     constitution = args.eval_constitution or ""
 
@@ -52,18 +62,23 @@ def cmd_eval(args) -> int:
             from services.reward.config import RewardConfig
             from services.reward.service import build_reward_service
 
-            reward_service = await build_reward_service(RewardConfig(
-                model=args.reward_model, server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)))
+            reward_service = await build_reward_service(
+                RewardConfig(model=args.reward_model, server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1))
+            )
             await reward_service.start()
             addresses["reward"] = f"127.0.0.1:{reward_service.port}"
         try:
             if args.generation:
-                return await evaluate(policies, sets, {**addresses, "generation": args.generation, "judge": args.judge}, cfg)
+                return await evaluate(
+                    policies, sets, {**addresses, "generation": args.generation, "judge": args.judge}, cfg
+                )
             first = next(iter(policies.values()))
             kind = args.engine or "vllm"
             async with EmbeddedServices(constitution) as embedded:  # one engine per policy, started once
-                generation = {name: await embedded.address("generation", EngineConfig(model=path, kind=kind))
-                              for name, path in policies.items()}  # no LoadCheckpoint swaps
+                generation = {
+                    name: await embedded.address("generation", EngineConfig(model=path, kind=kind))
+                    for name, path in policies.items()
+                }  # no LoadCheckpoint swaps
                 judge = await embedded.address("judge", EngineConfig(model=judge_model or first, kind=kind))
                 return await evaluate(policies, sets, {**addresses, "generation": generation, "judge": judge}, cfg)
         finally:
@@ -78,21 +93,31 @@ def cmd_eval(args) -> int:
     ci = lambda x: f"[{x[0]:.2f}, {x[1]:.2f}]"  # noqa: E731
     for pair in results["pairs"]:
         for s in sets:
-            print(f"{s}: win rate of {pair['a']} over {pair['b']} {pair[s]['win_rate_a']:.2f} "
-                  f"(95% CI {ci(pair[s]['ci95'])}, {pair[s]['comparisons']} comparisons)")
+            print(
+                f"{s}: win rate of {pair['a']} over {pair['b']} {pair[s]['win_rate_a']:.2f} "
+                f"(95% CI {ci(pair[s]['ci95'])}, {pair[s]['comparisons']} comparisons)"
+            )
     for name, v in results["policies"].items():
         refusal = ", ".join(f"{s} {r['rate']:.2f} {ci(r['ci95'])}" for s, r in v["refusal"].items())
-        over = ", ".join(f"{s} {r['rate']:.2f} {ci(r['ci95'])} on {r['prompts']} prompts"
-                         for s, r in v.get("over_refusal", {}).items())
-        print(f"{name}: refusal rate {refusal}; over-refusal (benign bait prompts) {over or 'n/a'}; "
-              f"reward {v['reward_mean'] or 'n/a'}")
+        over = ", ".join(
+            f"{s} {r['rate']:.2f} {ci(r['ci95'])} on {r['prompts']} prompts"
+            for s, r in v.get("over_refusal", {}).items()
+        )
+        print(
+            f"{name}: refusal rate {refusal}; over-refusal (benign bait prompts) {over or 'n/a'}; "
+            f"reward {v['reward_mean'] or 'n/a'}"
+        )
     print(f"refusals decided by: {results['refusal_method']}")
     judge = results.get("judge", {})
-    print(f"judge: {judge.get('model', '?')} under {judge.get('constitution_file', '?')} "
-          f"({judge.get('constitution_sha256', '')[:12]})")
+    print(
+        f"judge: {judge.get('model', '?')} under {judge.get('constitution_file', '?')} "
+        f"({judge.get('constitution_sha256', '')[:12]})"
+    )
     if results["judge_same_constitution_as_training"]:
-        print("note: the evaluation judge uses the constitution the policies were trained under; win rates are "
-              "not independent of training (use --eval-constitution / --eval-judge-model for an independent judge)")
+        print(
+            "note: the evaluation judge uses the constitution the policies were trained under; win rates are "
+            "not independent of training (use --eval-constitution / --eval-judge-model for an independent judge)"
+        )
     print(f"wrote {args.out}")
     return 0
 
@@ -103,26 +128,44 @@ def add_parser(sub) -> None:
     ev.add_argument("--policy", action="append", required=True, metavar="NAME=PATH", help="a policy (twice or more)")
     ev.add_argument("--reward-model", help="reward-model folder (scored in-process)")
     ev.add_argument("--reward", help="reward service address instead of --reward-model")
-    ev.add_argument("--eval-judge-model", "--judge-model", dest="eval_judge_model",
-                    help="evaluation judge model for the in-process judge (default: the first policy); "
-                         "a model other than the training judge makes the win rates independent of training")
+    ev.add_argument(
+        "--eval-judge-model",
+        "--judge-model",
+        dest="eval_judge_model",
+        help="evaluation judge model for the in-process judge (default: the first policy); "
+        "a model other than the training judge makes the win rates independent of training",
+    )
     ev.add_argument("--generation", help="generation service address (default: in-process)")
     ev.add_argument("--judge", help="judge service address (default: in-process)")
     ev.add_argument("--engine", choices=["vllm", "transformers"])
-    ev.add_argument("--eval-constitution", "--constitution", dest="eval_constitution",
-                    help="constitution of the in-process evaluation judge (default: the shipped one)")
+    ev.add_argument(
+        "--eval-constitution",
+        "--constitution",
+        dest="eval_constitution",
+        help="constitution of the in-process evaluation judge (default: the shipped one)",
+    )
     ev.add_argument("--red-team", help="harmlessness prompts (JSONL; its eval part is used)")
     ev.add_argument("--helpfulness", help="helpfulness prompts (JSONL; its eval part is used)")
-    ev.add_argument("--split", choices=["eval", "train", "all"], default="eval",
-                    help="part of the prompt split to evaluate on (train/all need --allow-train-prompts)")
+    ev.add_argument(
+        "--split",
+        choices=["eval", "train", "all"],
+        default="eval",
+        help="part of the prompt split to evaluate on (train/all need --allow-train-prompts)",
+    )
     ev.add_argument("--eval-fraction", type=float, default=0.2, help="share of prompts in the eval part")
-    ev.add_argument("--allow-train-prompts", action="store_true",
-                    help="evaluate on prompts the training commands use (results flatter the policies)")
+    ev.add_argument(
+        "--allow-train-prompts",
+        action="store_true",
+        help="evaluate on prompts the training commands use (results flatter the policies)",
+    )
     ev.add_argument("--prompts", type=int, default=16, help="at most this many held-out prompts per set")
     ev.add_argument("--samples", type=int, default=4, help="answers per prompt and policy")
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% intervals")
-    ev.add_argument("--refusal-principle", default="judge-no-needless-refusal",
-                    help="judging principle under which the judge decides refusals ('' for the regex)")
+    ev.add_argument(
+        "--refusal-principle",
+        default="judge-no-needless-refusal",
+        help="judging principle under which the judge decides refusals ('' for the regex)",
+    )
     ev.add_argument("--max-tokens", type=int, default=64)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="eval.json")

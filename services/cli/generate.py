@@ -15,8 +15,9 @@ def cmd_generate(args) -> int:
     if args.seed is not None:
         sampling.seed = args.seed
     request = generation_pb2.GenerateRequest(
-        prompts=[common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content=p)])
-                 for p in args.prompt],
+        prompts=[
+            common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content=p)]) for p in args.prompt
+        ],
         sampling=sampling,
     )
     with open_channel(args.addr) as channel:

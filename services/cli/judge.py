@@ -15,8 +15,10 @@ async def _with_judge(args, work):
     from services.pipeline.embedded import EmbeddedSpec, embedded_services
 
     kwargs = {"model": args.model} if args.model else {}
-    spec = EmbeddedSpec(policy=EngineConfig(kind=args.engine or "vllm", **kwargs),
-                        constitution=getattr(args, "constitution", None) or "")
+    spec = EmbeddedSpec(
+        policy=EngineConfig(kind=args.engine or "vllm", **kwargs),
+        constitution=getattr(args, "constitution", None) or "",
+    )
     async with embedded_services(spec, ("judge",)) as started:
         return await work(started["judge"])
 
@@ -35,9 +37,20 @@ def cmd_judge_validate(args) -> int:
     load_pairs(args.pairs)  # a PairFileError reaches the CLI's error boundary
     name = args.judge or (args.model or "smollm2-135m-instruct")
     try:
-        result = asyncio.run(_with_judge(args, lambda address: validate(
-            args.pairs, address, judge=name, seed=args.seed, limit=args.limit, batch_size=args.batch_size,
-            principle_id=args.principle or "")))
+        result = asyncio.run(
+            _with_judge(
+                args,
+                lambda address: validate(
+                    args.pairs,
+                    address,
+                    judge=name,
+                    seed=args.seed,
+                    limit=args.limit,
+                    batch_size=args.batch_size,
+                    principle_id=args.principle or "",
+                ),
+            )
+        )
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     except Exception as exc:
@@ -46,9 +59,11 @@ def cmd_judge_validate(args) -> int:
         return _fail(message)
     files = write_report(result, args.out)
     s, pb = result["summary"], result["summary"]["position_bias"]
-    print(f"{s['pairs']} pairs: accuracy {s['accuracy']:.3f}, mean p(correct) {s['mean_p_correct']:.3f}, "
-          f"ECE {s['ece']:.3f}; mean p_a chosen first {pb['mean_p_a_chosen_first']:.3f}, chosen second "
-          f"{pb['mean_p_a_chosen_second']:.3f}; prefers A {pb['prefers_a']:.3f}, B {pb['prefers_b']:.3f}")
+    print(
+        f"{s['pairs']} pairs: accuracy {s['accuracy']:.3f}, mean p(correct) {s['mean_p_correct']:.3f}, "
+        f"ECE {s['ece']:.3f}; mean p_a chosen first {pb['mean_p_a_chosen_first']:.3f}, chosen second "
+        f"{pb['mean_p_a_chosen_second']:.3f}; prefers A {pb['prefers_a']:.3f}, B {pb['prefers_b']:.3f}"
+    )
     print(f"wrote {files['json']}, {files['html']}")
     return 0
 

@@ -26,12 +26,23 @@ def cmd_label(args) -> int:
         queue = _queue_url(args)
         cfg = load_config(LabelConfig, args.config) if args.config else LabelConfig(queue=queue or "")
         cfg = replace_config(
-            cfg, queue=queue, prompts=args.prompts, helpfulness_pairs=args.helpfulness_pairs,
-            samples_per_prompt=args.samples, pairs=args.pairs, limit=args.limit,
-            batch_size=args.batch_size, max_tokens=args.max_tokens, mode=args.mode,
-            swap_debias=False if args.no_swap else None, seed=args.seed,
-            generation=args.generation, judge=args.judge, constitution=args.constitution,
-            metrics_port=args.metrics_port, in_flight=args.in_flight,
+            cfg,
+            queue=queue,
+            prompts=args.prompts,
+            helpfulness_pairs=args.helpfulness_pairs,
+            samples_per_prompt=args.samples,
+            pairs=args.pairs,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            max_tokens=args.max_tokens,
+            mode=args.mode,
+            swap_debias=False if args.no_swap else None,
+            seed=args.seed,
+            generation=args.generation,
+            judge=args.judge,
+            constitution=args.constitution,
+            metrics_port=args.metrics_port,
+            in_flight=args.in_flight,
             # an Indexed Job's pod: its completion index is its shard; CAI_NUM_SHARDS = completions
             shard_index=args.shard_index if args.shard_index is not None else _env_int("JOB_COMPLETION_INDEX"),
             num_shards=args.num_shards if args.num_shards is not None else _env_int("CAI_NUM_SHARDS"),
@@ -47,10 +58,12 @@ def cmd_label(args) -> int:
         return _fail(f"label: {exc}")
     except (ValueError, OSError) as exc:  # CaiError and grpc.RpcError: the CLI's error boundary
         return _fail(str(exc))
-    print(f"published {stats['comparisons_published']} labeled comparisons "
-          f"({stats['comparisons_per_second']:.2f}/s) and {stats['helpfulness_published']} helpfulness "
-          f"comparisons to {redact(cfg.queue)}; {stats['prompts_skipped_as_done']} of shard "
-          f"{cfg.shard_index}/{cfg.num_shards}'s {stats['prompts']} prompts were already done")
+    print(
+        f"published {stats['comparisons_published']} labeled comparisons "
+        f"({stats['comparisons_per_second']:.2f}/s) and {stats['helpfulness_published']} helpfulness "
+        f"comparisons to {redact(cfg.queue)}; {stats['prompts_skipped_as_done']} of shard "
+        f"{cfg.shard_index}/{cfg.num_shards}'s {stats['prompts']} prompts were already done"
+    )
     return 0
 
 
@@ -76,10 +89,12 @@ def add_parser(sub) -> None:
     lab.add_argument("--constitution", help="constitution for the in-process judge")
     lab.add_argument("--metrics-port", type=int, help="serve this job's Prometheus metrics on this port")
     lab.add_argument("--in-flight", type=int, help="batches worked on at once (default 4; 1: sequential)")
-    lab.add_argument("--shard-index", type=int,
-                     help="this worker's shard of the prompts (default: $JOB_COMPLETION_INDEX, else 0)")
-    lab.add_argument("--num-shards", type=int,
-                     help="workers the prompts are split across (default: $CAI_NUM_SHARDS, else 1)")
+    lab.add_argument(
+        "--shard-index", type=int, help="this worker's shard of the prompts (default: $JOB_COMPLETION_INDEX, else 0)"
+    )
+    lab.add_argument(
+        "--num-shards", type=int, help="workers the prompts are split across (default: $CAI_NUM_SHARDS, else 1)"
+    )
     lab.add_argument("--config", help="YAML with the same settings")
     lab.add_argument("--no-progress", action="store_true")
     lab.set_defaults(func=cmd_label)

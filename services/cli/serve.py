@@ -31,9 +31,7 @@ def _engine_overrides(args) -> dict:
 async def _serve(service, port_file: str | None) -> None:
     await service.start()
     if port_file:
-        Path(port_file).write_text(
-            json.dumps({"port": service.port, "metrics_port": service.metrics_port}) + "\n"
-        )
+        Path(port_file).write_text(json.dumps({"port": service.port, "metrics_port": service.metrics_port}) + "\n")
     print(f"serving on port {service.port} (metrics on {service.metrics_port})", flush=True)
     await service.serve_until_signal()
 
@@ -93,9 +91,12 @@ def add_parser(sub) -> None:
         else:
             p.add_argument("--checkpoint-id", help="id reported for the initial checkpoint")
         if name in ("generation", "reward"):
-            p.add_argument("--checkpoint-dir", help="LoadCheckpoint loads only from under this folder and records "
-                           "the promoted checkpoint there (a restart serves it); without it, only a loopback "
-                           "server accepts LoadCheckpoint")
+            p.add_argument(
+                "--checkpoint-dir",
+                help="LoadCheckpoint loads only from under this folder and records "
+                "the promoted checkpoint there (a restart serves it); without it, only a loopback "
+                "server accepts LoadCheckpoint",
+            )
         if name not in ("reward", "trainer"):
             p.add_argument("--engine", choices=["vllm", "transformers"], help="inference engine (default vllm)")
         if name in ("critique", "judge"):
@@ -105,11 +106,17 @@ def add_parser(sub) -> None:
         p.add_argument("--metrics-port", type=int, help="Prometheus port (-1 off, 0 picks one)")
         p.add_argument("--tls-cert-file", help="PEM certificate chain: serve gRPC over TLS")
         p.add_argument("--tls-key-file", help="PEM private key (with --tls-cert-file)")
-        p.add_argument("--tls-client-ca-file",
-                       help="PEM CA bundle: require client certificates signed by it (mutual TLS; with --tls-cert-file)")
-        p.add_argument("--tls-allowed-client-name", action="append", metavar="NAME",
-                       help="a client certificate name (SAN or CN) allowed to call LoadCheckpoint; repeat for "
-                            "several (default: every client; needs --tls-client-ca-file)")
+        p.add_argument(
+            "--tls-client-ca-file",
+            help="PEM CA bundle: require client certificates signed by it (mutual TLS; with --tls-cert-file)",
+        )
+        p.add_argument(
+            "--tls-allowed-client-name",
+            action="append",
+            metavar="NAME",
+            help="a client certificate name (SAN or CN) allowed to call LoadCheckpoint; repeat for "
+            "several (default: every client; needs --tls-client-ca-file)",
+        )
         p.add_argument("--port-file", help="write the bound ports as JSON to this file once serving")
         p.set_defaults(func=cmd_serve)
 

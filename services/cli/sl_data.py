@@ -14,10 +14,19 @@ def cmd_sl_data(args) -> int:
     # a ConfigError reaches the CLI's error boundary
     cfg = load_config(SLDataConfig, args.config) if args.config else SLDataConfig()
     cfg = replace_config(
-        cfg, prompts=args.prompts, helpfulness=args.helpfulness, rounds=args.rounds,
-        limit=args.limit, batch_size=args.batch_size, max_tokens=args.max_tokens, seed=args.seed,
-        generation=args.generation, critique=args.critique, constitution=args.constitution,
-        split=args.split, eval_fraction=args.eval_fraction,
+        cfg,
+        prompts=args.prompts,
+        helpfulness=args.helpfulness,
+        rounds=args.rounds,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        generation=args.generation,
+        critique=args.critique,
+        constitution=args.constitution,
+        split=args.split,
+        eval_fraction=args.eval_fraction,
         policy=replace_config(cfg.policy, model=args.model, kind=args.engine),
     )
     try:
@@ -44,8 +53,11 @@ def add_parser(sub) -> None:
     sl.add_argument("--model", help="policy for the in-process services")
     sl.add_argument("--engine", choices=["vllm", "transformers"])
     sl.add_argument("--constitution", help="constitution for the in-process critique service")
-    sl.add_argument("--split", choices=["train", "eval", "all"],
-                    help="part of the prompt split to use (default train: the eval part stays held out)")
+    sl.add_argument(
+        "--split",
+        choices=["train", "eval", "all"],
+        help="part of the prompt split to use (default train: the eval part stays held out)",
+    )
     sl.add_argument("--eval-fraction", type=float, help="share of prompts in the eval part (default 0.2)")
     sl.add_argument("--config", help="YAML with the same settings")
     sl.add_argument("--no-progress", action="store_true", help="no progress bar")

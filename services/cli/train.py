@@ -26,10 +26,15 @@ def cmd_train_sft(args) -> int:
 
     # a ConfigError reaches the CLI's error boundary
     cfg = replace_config(
-        SFTRunConfig(data=args.data, out=args.out), model=args.model, rounds=args.rounds,
+        SFTRunConfig(data=args.data, out=args.out),
+        model=args.model,
+        rounds=args.rounds,
         include_flagged=args.include_flagged or None,
-        lora=args.lora or None, epochs=args.epochs, max_steps=args.max_steps,
-        learning_rate=args.learning_rate, batch_size=args.batch_size,
+        lora=args.lora or None,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
     )
     from services.trainer.sft_trainer import train_sft
 
@@ -48,10 +53,17 @@ def add_parser(sub) -> None:
     sft.add_argument("--data", required=True, help="folder written by cai sl-data")
     sft.add_argument("--model", help="policy to fine-tune (default smollm2-135m-instruct)")
     sft.add_argument("--out", required=True, help="checkpoint folder")
-    sft.add_argument("--rounds", type=_sft_rounds, metavar="N|all",
-                     help="SL-CAI-n: the revisions of rounds 1..N, or all (default: all)")
-    sft.add_argument("--include-flagged", action="store_true",
-                     help="also train on rows cai sl-data marked (truncated, scaffold leaks, failed rounds)")
+    sft.add_argument(
+        "--rounds",
+        type=_sft_rounds,
+        metavar="N|all",
+        help="SL-CAI-n: the revisions of rounds 1..N, or all (default: all)",
+    )
+    sft.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="also train on rows cai sl-data marked (truncated, scaffold leaks, failed rounds)",
+    )
     sft.add_argument("--lora", action="store_true", help="train LoRA adapters (merged on save)")
     sft.add_argument("--epochs", type=float)
     sft.add_argument("--max-steps", type=int)

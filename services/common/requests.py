@@ -11,8 +11,8 @@ so an 8 MB prompt is refused in microseconds. Tokenizing (CPU work) runs off the
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 

@@ -117,7 +117,7 @@ class ServedModel:
         if self._closed:
             return
         self._closed = True
-        for key, event in list(self._idle.items()):
+        for event in list(self._idle.values()):
             event.set()
         await asyncio.gather(*self._closing, return_exceptions=True)
         await self._engine.close()

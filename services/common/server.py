@@ -464,5 +464,5 @@ async def within_deadline(context, coro):
         return await coro
     try:
         return await asyncio.wait_for(coro, timeout=max(remaining, 0.0))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the work finished")

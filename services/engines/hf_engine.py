@@ -33,7 +33,7 @@ class TransformersEngine(Engine):
     @classmethod
     async def start(
         cls, model_path: str, checkpoint_id: str, *, dtype: str = "float32", device: str = ""
-    ) -> "TransformersEngine":
+    ) -> TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM
 

@@ -77,7 +77,7 @@ class VLLMEngine(Engine):
         gpu_memory_utilization: float = 0.85,
         tensor_parallel_size: int = 1,
         seed: int = 0,
-    ) -> "VLLMEngine":
+    ) -> VLLMEngine:
         prepare_environment()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

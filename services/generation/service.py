@@ -20,7 +20,13 @@ from services.common.requests import (
     off_loop,
     sampling_spec,
 )
-from services.common.served_model import CheckpointAccess, ServedModel, is_loopback, load_checkpoint, promoted_checkpoint
+from services.common.served_model import (
+    CheckpointAccess,
+    ServedModel,
+    is_loopback,
+    load_checkpoint,
+    promoted_checkpoint,
+)
 from services.common.server import GrpcService, within_deadline
 from services.engines import Engine
 from services.engines.config import start_engine

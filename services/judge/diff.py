@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.constitution import Constitution, load_constitution
-from services.judge.validate import PairFileError, Pair, conversation, html_page, read_pair
+from services.judge.validate import Pair, PairFileError, conversation, html_page, read_pair
 
 EXAMPLES = 3
 

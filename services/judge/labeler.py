@@ -139,7 +139,7 @@ class Judge:
         read = await self._read(texts)
         lo, hi = self.cot_range
         labels = []
-        for i, item in enumerate(items):
+        for i, _item in enumerate(items):
             p, la, lb = read[i]
             raw_ab, raw_ba = p, None
             if cot:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
 from services.common.channels import open_channel
 
 
@@ -76,9 +77,7 @@ def cmd_apply(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from services.k8s.manifests import Cluster, K8sError
-
-    from services.k8s.manifests import load_deploy_config
+    from services.k8s.manifests import Cluster, K8sError, load_deploy_config
 
     try:
         namespace = args.namespace or load_deploy_config(args.config)[0].namespace

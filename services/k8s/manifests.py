@@ -29,8 +29,8 @@ import yaml
 
 from services import registry
 from services.common.channels import open_channel
-from services.paths import data_dir
 from services.errors import CaiError
+from services.paths import data_dir
 
 K8S_DIR = data_dir("k8s")
 OVERLAYS = ("gpu", "cpu-small")
@@ -355,7 +355,7 @@ class Cluster:
     context: str
 
     @classmethod
-    def connect(cls, context: str | None = None, timeout: float = 5.0) -> "Cluster":
+    def connect(cls, context: str | None = None, timeout: float = 5.0) -> Cluster:
         """Loads the kubeconfig ($KUBECONFIG, else ~/.kube/config; in a pod, the service account)
         and checks the API server answers."""
         from kubernetes import client, config
@@ -453,7 +453,7 @@ class Cluster:
                 raise K8sError(f"{what}: {_reason(exc)}") from None
             report(f"{what} {'checked (dry run)' if dry_run else 'applied'}")
 
-    def status(self, namespace: str, trainer: str = "", timeout: float = 5.0) -> "PipelineStatus":
+    def status(self, namespace: str, trainer: str = "", timeout: float = 5.0) -> PipelineStatus:
         """Pods, workloads and volumes of the pipeline in ``namespace``, and the queue lag."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
@@ -489,7 +489,7 @@ class Cluster:
                 status.queue = QueueStatus(source="", error="no running trainer pod")
         return status
 
-    def trainer_metrics(self, namespace: str, pod: str, timeout: float = 5.0) -> "QueueStatus":
+    def trainer_metrics(self, namespace: str, pod: str, timeout: float = 5.0) -> QueueStatus:
         """Queue figures from the trainer's /metrics through a port-forward (the API server tunnels
         it into the pod, so NetworkPolicies do not get in the way)."""
         from kubernetes import client
@@ -542,7 +542,7 @@ def _age(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def _pod_row(pod, now: float) -> "PodRow":
+def _pod_row(pod, now: float) -> PodRow:
     statuses = pod.status.container_statuses or []
     ready = sum(1 for s in statuses if s.ready)
     total = len(pod.spec.containers)

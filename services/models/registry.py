@@ -14,8 +14,8 @@ import shutil
 import threading
 from pathlib import Path
 
-from services.paths import cache_dir
 from services.errors import NotFound
+from services.paths import cache_dir
 
 SMOLLM2 = "smollm2-135m-instruct"
 DEFAULT_MODEL = SMOLLM2

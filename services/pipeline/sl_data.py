@@ -27,7 +27,6 @@ files and their hashes, policy model, constitution hash) and refuses to mix data
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -224,7 +223,6 @@ def _check_constitution(out: Path, rows: list[dict], expected: str) -> None:
 
 
 async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool, expected_sha: str = "") -> dict:
-    import grpc
     from tqdm import tqdm
 
     from services.api.cai.v1 import critique_pb2_grpc, generation_pb2_grpc

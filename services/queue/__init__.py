@@ -13,7 +13,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from services.queue.base import (
-    RETENTION_PARAMS, ComparisonQueue, Delivery, MalformedItem, QueueError, Retention, validate_comparison,
+    RETENTION_PARAMS,
+    ComparisonQueue,
+    Delivery,
+    MalformedItem,
+    QueueError,
+    Retention,
+    validate_comparison,
 )
 
 __all__ = ["ComparisonQueue", "Delivery", "MalformedItem", "QueueError", "Retention", "open_queue",

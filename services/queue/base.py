@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge
+
 from services.errors import Unavailable
 
 PUBLISHED = Counter("cai_queue_published_total", "Labeled comparisons newly appended to the queue.", ["backend"])

@@ -34,8 +34,16 @@ from contextlib import contextmanager
 import redis
 
 from services.queue.base import (
-    CONSUMED, DEAD_LETTERED, PUBLISHED, REDELIVERED, ComparisonQueue, Delivery, QueueError, Retention,
-    decode_payload, encode_items,
+    CONSUMED,
+    DEAD_LETTERED,
+    PUBLISHED,
+    REDELIVERED,
+    ComparisonQueue,
+    Delivery,
+    QueueError,
+    Retention,
+    decode_payload,
+    encode_items,
 )
 
 # Every script that uses the id windows starts with this: ARGV[1] is W in milliseconds; `cur` and

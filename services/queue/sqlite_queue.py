@@ -38,8 +38,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from services.queue.base import (
-    CONSUMED, DEAD_LETTERED, PUBLISHED, REDELIVERED, ComparisonQueue, Delivery, QueueError, decode_payload,
-    Retention, encode_items,
+    CONSUMED,
+    DEAD_LETTERED,
+    PUBLISHED,
+    REDELIVERED,
+    ComparisonQueue,
+    Delivery,
+    QueueError,
+    Retention,
+    decode_payload,
+    encode_items,
 )
 
 BUSY_TIMEOUT_S = 30.0

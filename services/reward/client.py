@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from services.common.channels import open_aio_channel
 from services.api.cai.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from services.common.channels import open_aio_channel
 
 
 def completion_text(completion) -> str:
@@ -35,8 +35,6 @@ class RewardClient:
         self.__name__ = "reward_service"  # TRL logs reward functions by name
 
     def _stub(self):
-        import grpc
-
         loop = id(asyncio.get_running_loop())
         if loop not in self._channels:
             self._channels[loop] = open_aio_channel(self.address)

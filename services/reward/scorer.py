@@ -27,7 +27,7 @@ class RewardScorer:
 
     @classmethod
     async def load(cls, model_path: str, checkpoint_id: str = "", *, device: str = "",
-                   dtype: str = "float32", batch_size: int = 32) -> "RewardScorer":
+                   dtype: str = "float32", batch_size: int = 32) -> RewardScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

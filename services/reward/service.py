@@ -16,7 +16,13 @@ from services.common.requests import (
     message_bytes_limit,
     off_loop,
 )
-from services.common.served_model import CheckpointAccess, ServedModel, is_loopback, load_checkpoint, promoted_checkpoint
+from services.common.served_model import (
+    CheckpointAccess,
+    ServedModel,
+    is_loopback,
+    load_checkpoint,
+    promoted_checkpoint,
+)
 from services.common.server import GrpcService, within_deadline
 from services.reward.config import RewardConfig
 from services.reward.scorer import RewardScorer

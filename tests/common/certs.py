@@ -28,7 +28,7 @@ class CA:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.key = _key()
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
@@ -46,7 +46,7 @@ class CA:
               server: bool = False) -> tuple[Path, Path]:
         """A certificate for ``name`` (CN and a DNS SAN) signed by this CA; returns (cert, key) files."""
         key = _key()
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         sans = [x509.DNSName(name), *(x509.DNSName(d) for d in dns), *(x509.IPAddress(ipaddress.ip_address(i)) for i in ips)]
         usages = [*([ExtendedKeyUsageOID.SERVER_AUTH] if server else []), *([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])]
         builder = (

@@ -20,6 +20,7 @@ from tests.conftest import REPO
 
 
 def test_every_error_has_the_common_base_its_status_and_its_old_base():
+    from services.common.requests import InvalidRequest
     from services.config import ConfigError
     from services.constitution import ConstitutionError
     from services.engines import EngineError, EngineInputError
@@ -28,7 +29,6 @@ def test_every_error_has_the_common_base_its_status_and_its_old_base():
     from services.models.registry import ModelNotFound
     from services.prompts import PromptFileError
     from services.queue import MalformedItem, QueueError
-    from services.common.requests import InvalidRequest
 
     expected = {
         ConfigError: ("INVALID_ARGUMENT", ValueError), ConstitutionError: ("INVALID_ARGUMENT", ValueError),

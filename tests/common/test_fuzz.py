@@ -23,7 +23,7 @@ import time
 
 import grpc
 from google.protobuf import descriptor, descriptor_pool, message_factory
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 EXPECTED = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "NOT_FOUND",
@@ -245,7 +245,7 @@ def test_fuzz_every_method_of_every_service_from_reflection(fast_servers, tmp_pa
                 order = targets[:]
                 rng.shuffle(order)
                 for i in range(0, len(order), BURST):
-                    for (name, path, _, case, _), code, message in pool.map(call, order[i:i + BURST]):
+                    for (_name, path, _, case, _), code, message in pool.map(call, order[i:i + BURST]):
                         counts[code] += 1
                         if code not in EXPECTED:
                             bad.append(f"{path} [{case}]: {code} {message[:200]}")

@@ -5,7 +5,6 @@ swapped in) and a reward service (weights reloaded in place) under load, over re
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -102,10 +101,10 @@ def test_promotion_under_load_is_served_refused_outside_and_remembered(checkpoin
                 load.stop()
         assert (loaded_g.checkpoint_id, loaded_g.previous_checkpoint_id) == ("policy-step-2", "policy-a")
         assert (loaded_r.checkpoint_id, loaded_r.previous_checkpoint_id) == ("reward-b", "reward-a")
-        report = {l.name: (l.count, round(l.slowest, 3), l.failures[:3]) for l in loads}
+        report = {load.name: (load.count, round(load.slowest, 3), load.failures[:3]) for load in loads}
         print("promotion under load (calls, slowest s, failures):", report, "load s:", loaded_g.load_seconds, loaded_r.load_seconds)
-        assert all(not l.failures for l in loads), report
-        assert all(l.count >= 3 for l in loads), report
+        assert all(not load.failures for load in loads), report
+        assert all(load.count >= 3 for load in loads), report
         # The event loop never waited on the load: health answers within a second throughout.
         assert loads[0].slowest < 1.0 and loads[1].slowest < 1.0, report
         # Requests do compute, on 2 shared cores beside a vLLM engine starting up (tens of seconds
@@ -159,7 +158,6 @@ def test_promotion_under_load_is_served_refused_outside_and_remembered(checkpoin
 
 def test_without_checkpoint_dir_a_public_server_refuses_load_checkpoint(checkpoints, tmp_path):
     """No --checkpoint-dir and listening beyond loopback: LoadCheckpoint is off, the error names the flag."""
-    import asyncio
 
     from services.common.served_model import CheckpointAccess, check_checkpoint
     from services.errors import FailedPrecondition

@@ -4,8 +4,6 @@ is wrong on this platform must say so and let promotion start a new engine inste
 
 from __future__ import annotations
 
-import pytest
-
 from services.engines import SamplingSpec, create_engine
 
 CONVERSATIONS = [[{"role": "user", "content": "How do I cook rice?"}], [{"role": "user", "content": "hi"}]]

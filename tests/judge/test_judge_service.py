@@ -135,7 +135,7 @@ def test_option_tokens_of_real_tokenizers(tiny_model):
     for path in (tiny_model, resolve_model("smollm2-135m-instruct")):
         tok = AutoTokenizer.from_pretrained(path)
         probe = tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True)
-        options = prompting.find_option_tokens(lambda t: tok(t, add_special_tokens=False)["input_ids"], probe)
+        options = prompting.find_option_tokens(lambda t: tok(t, add_special_tokens=False)["input_ids"], probe)  # noqa: B023 (called in this iteration)
         assert tok.decode(list(options.a[:1])).strip() == "A" and tok.decode(list(options.b[:1])).strip() == "B"
 
 

@@ -229,7 +229,7 @@ class Cluster:
             env["CAI_GRPC_TLS_SERVER_NAME"] = "localhost"
         pod.env = env
         args = [remap(_expand(a, env)) for a in container.get("args", [])]
-        for flag, number in (("--port", 50051), ("--metrics-port", 9090)):
+        for flag, _number in (("--port", 50051), ("--metrics-port", 9090)):
             if flag in args:
                 i = args.index(flag) + 1
                 args[i] = str(pod.ports[int(args[i])])

@@ -244,9 +244,9 @@ def test_tls_component_serves_tls_and_probes_over_tls(renders, name):
 
 
 def test_the_tls_probe_command_parses():
-    from services.k8s.cli import add_parser
-
     import argparse
+
+    from services.k8s.cli import add_parser
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
@@ -347,7 +347,7 @@ def test_service_configs_load_and_point_at_mounted_files(renders, name, tmp_path
         path.write_text(yaml.safe_dump(config))
         # What the container runs: its own flags ($(VAR) from its env) over the file, no filling in.
         env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-        args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["args"]]
+        args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["args"]]  # noqa: B023
         args[args.index("--config") + 1] = str(path)
         serve_config(build_parser().parse_args(args))  # raises ConfigError naming file and field
 
@@ -879,9 +879,9 @@ def test_trainer_metrics_are_read_over_a_socket_that_stays_open():
 def test_probe_checks_health_over_tls_with_the_service_name(tmp_path, monkeypatch):
     """The tls component's exec probe: a certificate for <service>.<namespace>.svc, checked on
     127.0.0.1 with the name from $CAI_TLS_SERVER_NAME."""
-    import grpc
     from concurrent.futures import ThreadPoolExecutor
 
+    import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from services.k8s.cli import main
@@ -1000,7 +1000,7 @@ def test_the_distributed_run_writes_where_the_services_read(renders):
     writes its run folder on the trainer's work volume at the path reward and generation mount it."""
     objects = renders["cpu-small"]
     config = yaml.safe_load((REPO / "configs" / "distributed.yaml").read_text())
-    for service, address in config["services"].items():
+    for _service, address in config["services"].items():
         host = address.removeprefix("dns:///").rsplit(":", 1)[0]
         name, namespace = host.split(".")[:2]
         assert namespace == "cai" and _get(objects, "Service", name)["spec"].get("clusterIP") == "None"

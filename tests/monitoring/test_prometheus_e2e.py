@@ -13,8 +13,6 @@ import time
 import urllib.parse
 import urllib.request
 
-import pytest
-
 from tests.conftest import REPO, ServerProcess
 
 DASHBOARD = REPO / "k8s" / "monitoring" / "grafana-dashboard.json"

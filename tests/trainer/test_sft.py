@@ -3,7 +3,6 @@ loads without a restart."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
 import torch
 from safetensors.torch import load_file

@@ -21,7 +21,7 @@ def test_status_on_a_torn_manifest_answers_with_a_warning(manifest, tmp_path):
     folder = tmp_path / "ckpt-7"
     folder.mkdir()
     (folder / "manifest.json").write_text(manifest)
-    config = TrainerConfig(queue=f"redis://:hunter2@127.0.0.1:6379/0?password=hunter2", work_dir=str(tmp_path))
+    config = TrainerConfig(queue="redis://:hunter2@127.0.0.1:6379/0?password=hunter2", work_dir=str(tmp_path))
     worker = TrainerWorker(config)  # not started: its status as after a checkpoint at step 7
     worker._status.update(last_checkpoint=str(folder), step=7)
     servicer = TrainerServicer(worker, config)
