@@ -78,3 +78,56 @@ def test_a_failed_grpc_call_exits_2_naming_code_and_details(capsys):
     assert err.startswith("cai: error: service call failed: UNAVAILABLE: ") or err.startswith(
         "cai: error: service call failed: DEADLINE_EXCEEDED: "
     ), err
+
+
+def test_label_and_sl_data_flags_are_generated_from_the_config_fields_with_their_docstrings():
+    import dataclasses
+
+    from services.cli import build_parser
+    from services.cli._config_flags import config_fields, field_docs
+    from services.pipeline.label import LabelConfig
+    from services.pipeline.sl_data import SLDataConfig
+
+    parser = build_parser()
+    for command, config_type, exclude in (("label", LabelConfig, {"swap_debias"}), ("sl-data", SLDataConfig, set())):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        flags = {a.dest: a for a in sub._actions}
+        docs = field_docs(config_type)
+        scalar = [f.name for f, _ in config_fields(config_type)]
+        assert len(scalar) >= 10 and set(docs) >= set(scalar)
+        for name in scalar:
+            if name in exclude:
+                continue
+            assert f"--{name.replace('_', '-')}" in flags[name].option_strings, (command, name)
+            assert flags[name].help.startswith(docs[name].replace("%", "%%")), (command, name)
+        assert {f.name for f in dataclasses.fields(config_type)} - set(scalar) <= {"policy", "judge_model"}
+
+
+def test_old_flag_names_keep_working_and_flags_win_over_the_config_file(tmp_path, monkeypatch):
+    from services.cli import build_parser
+    from services.cli.label import label_config
+    from services.cli.sl_data import sl_data_config
+
+    monkeypatch.delenv("CAI_QUEUE_URL", raising=False)
+    monkeypatch.delenv("CAI_QUEUE_URL_FILE", raising=False)
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    monkeypatch.delenv("CAI_NUM_SHARDS", raising=False)
+    file = tmp_path / "label.yaml"
+    file.write_text("queue: sqlite:///q.db\nbatch_size: 3\nseed: 5\nmode: chain-of-thought\n")
+    parse = build_parser().parse_args
+    cfg = label_config(parse(["label", "--config", str(file), "--seed", "9", "--samples", "3", "--no-swap"]))
+    assert (cfg.queue, cfg.batch_size, cfg.mode) == ("sqlite:///q.db", 3, "chain-of-thought")  # the file's
+    assert (cfg.seed, cfg.samples_per_prompt, cfg.swap_debias) == (9, 3, False)  # the flags win
+    assert cfg.max_tokens == 128  # neither: the field's default
+    assert (
+        label_config(parse(["label", "--queue", "sqlite:///x.db", "--samples-per-prompt", "4"])).samples_per_prompt == 4
+    )
+    file = tmp_path / "sl.yaml"
+    file.write_text("rounds: 2\nlimit: 7\n")
+    cfg = sl_data_config(
+        parse(["sl-data", "--out", "o", "--config", str(file), "--rounds", "3", "--eval-fraction", "0.5"])
+    )
+    assert (cfg.rounds, cfg.limit, cfg.eval_fraction) == (3, 7, 0.5)
+    out = _cai("label", "--queue", "sqlite:///x.db", "--samples", "1", "--helpfulness-pairs", "")
+    assert out.returncode == 2 and out.stderr.startswith("cai: error: ") and "samples_per_prompt" in out.stderr
+    assert "Traceback" not in out.stderr
