@@ -45,9 +45,13 @@ def machine() -> dict:
     import platform
     from importlib import metadata
 
-    info: dict = {"nproc": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
-                  "platform": platform.platform(), "python": platform.python_version(),
-                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    info: dict = {
+        "nproc": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     try:
         with open("/proc/meminfo") as f:
             mem = dict(line.split(":", 1) for line in f)

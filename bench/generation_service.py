@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-
 from bench._common import PROMPTS, Timer, report, small_model
 from services.api.cai.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from services.common.channels import open_aio_channel
+from services.common.served_model import ServedModel
 from services.common.server import ServerConfig
 from services.engines import SamplingSpec, create_engine
 from services.engines.config import EngineConfig
 from services.generation.config import GenerationConfig
-from services.common.served_model import ServedModel
 from services.generation.service import SERVICE, build_generation_service
 
 
@@ -58,7 +57,10 @@ async def main(args) -> None:
             svc_tokens += sum(s.token_count for c in response.completions for s in c.samples)
     await service.stop(grace=5)
     figures = {
-        "model": "bench-small-25m", "prompts": len(PROMPTS), "n": args.n, "max_tokens": args.max_tokens,
+        "model": "bench-small-25m",
+        "prompts": len(PROMPTS),
+        "n": args.n,
+        "max_tokens": args.max_tokens,
         "in_process_tokens_per_s": in_tokens / in_seconds,
         "service_tokens_per_s": svc_tokens / svc_seconds,
     }

@@ -45,8 +45,10 @@ from services.prompts import RED_TEAM, load_prompts
 def _prefix_cache() -> tuple[float, float]:
     from prometheus_client import REGISTRY
 
-    return (REGISTRY.get_sample_value("cai_engine_prefix_cache_queries_total") or 0.0,
-            REGISTRY.get_sample_value("cai_engine_prefix_cache_hits_total") or 0.0)
+    return (
+        REGISTRY.get_sample_value("cai_engine_prefix_cache_queries_total") or 0.0,
+        REGISTRY.get_sample_value("cai_engine_prefix_cache_hits_total") or 0.0,
+    )
 
 
 async def main(args) -> None:
@@ -55,16 +57,22 @@ async def main(args) -> None:
     judge = Judge(engine, load_constitution())
     prompts = load_prompts(RED_TEAM)[: args.comparisons]
     served = ServedModel(SERVICE, engine)
-    service = await build_judge_service(JudgeConfig(engine=EngineConfig(model=model),
-                                                    server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)), served)
+    service = await build_judge_service(
+        JudgeConfig(engine=EngineConfig(model=model), server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)),
+        served,
+    )
     await service.start()
     channel = open_aio_channel(f"127.0.0.1:{service.port}")
     stub = judge_pb2_grpc.JudgeStub(channel)
     tokens = {"with_few_shot": [], "own": []}
 
     def items(tag: str) -> list[ComparisonItem]:
-        return [ComparisonItem(tuple(p.messages), f"I can help with a safe version of that ({tag}).", f"No. ({tag})",
-                               key=p.id) for p in prompts]
+        return [
+            ComparisonItem(
+                tuple(p.messages), f"I can help with a safe version of that ({tag}).", f"No. ({tag})", key=p.id
+            )
+            for p in prompts
+        ]
 
     def texts(tag: str, few_shot: bool) -> list[list[int]]:
         out = []
@@ -85,24 +93,40 @@ async def main(args) -> None:
         return t.seconds  # the encoding is not the engine's prefill
 
     async def chain_of_thought(tag):
-        await judge.compare(items(tag), mode=CHAIN_OF_THOUGHT, seed=0,
-                            cot_spec=SamplingSpec(max_tokens=args.cot_tokens))
+        await judge.compare(
+            items(tag), mode=CHAIN_OF_THOUGHT, seed=0, cot_spec=SamplingSpec(max_tokens=args.cot_tokens)
+        )
 
     async def text(tag):
         encoded = texts(tag, few_shot=True)
         await engine.generate(encoded, SamplingSpec(max_tokens=args.text_tokens, temperature=0.0))
 
     async def through_service(tag):
-        request = judge_pb2.CompareRequest(seed=0, comparisons=[
-            judge_pb2.Comparison(prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(**m) for m in it.messages]),
-                                 answer_a=it.answer_a, answer_b=it.answer_b, id=it.key) for it in items(tag)])
+        request = judge_pb2.CompareRequest(
+            seed=0,
+            comparisons=[
+                judge_pb2.Comparison(
+                    prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(**m) for m in it.messages]),
+                    answer_a=it.answer_a,
+                    answer_b=it.answer_b,
+                    id=it.key,
+                )
+                for it in items(tag)
+            ],
+        )
         await stub.Compare(request, timeout=600)
 
     await logprob("warm-up")
     await bare_prefill("warm-up")
     await through_service("warm-up")
-    passes = (("logprob", logprob), ("bare_prefill", bare_prefill), ("chain_of_thought", chain_of_thought),
-              ("text", text), ("service", through_service), ("in_process", logprob))
+    passes = (
+        ("logprob", logprob),
+        ("bare_prefill", bare_prefill),
+        ("chain_of_thought", chain_of_thought),
+        ("text", text),
+        ("service", through_service),
+        ("in_process", logprob),
+    )
     seconds = {name: 0.0 for name, _ in passes}
     cache = {"queries": 0.0, "hits": 0.0}  # vLLM's prefix cache over the log-prob passes
     for r in range(args.repeats):
@@ -121,7 +145,9 @@ async def main(args) -> None:
     own = sum(tokens["own"]) / len(tokens["own"])
     rate = {name: n / s for name, s in seconds.items()}
     figures = {
-        "model": args.model or "bench-small-25m", "comparisons": len(prompts), "repeats": args.repeats,
+        "model": args.model or "bench-small-25m",
+        "comparisons": len(prompts),
+        "repeats": args.repeats,
         "logprob_labels_per_s": rate["logprob"],
         "bare_prefill_labels_per_s": rate["bare_prefill"],
         "prefill_tokens_per_s": rate["bare_prefill"] * own,
@@ -130,11 +156,14 @@ async def main(args) -> None:
         "ratio_bare_prefill_over_logprob": seconds["logprob"] / seconds["bare_prefill"],
         "goal_ratio_at_most": 1.5,
         "logprob_prefix_cache_hit_ratio": cache["hits"] / cache["queries"] if cache["queries"] else None,
-        "chain_of_thought_labels_per_s": rate["chain_of_thought"], "cot_max_tokens": args.cot_tokens,
+        "chain_of_thought_labels_per_s": rate["chain_of_thought"],
+        "cot_max_tokens": args.cot_tokens,
         "ratio_logprob_over_chain_of_thought": seconds["chain_of_thought"] / seconds["logprob"],
-        "text_labels_per_s": rate["text"], "text_max_tokens": args.text_tokens,
+        "text_labels_per_s": rate["text"],
+        "text_max_tokens": args.text_tokens,
         "ratio_logprob_over_text": seconds["text"] / seconds["logprob"],
-        "service_labels_per_s": rate["service"], "in_process_labels_per_s": rate["in_process"],
+        "service_labels_per_s": rate["service"],
+        "in_process_labels_per_s": rate["in_process"],
         "ratio_service_over_in_process": seconds["in_process"] / seconds["service"],
         "option_tokens": [list(judge.options.a), list(judge.options.b)],
         "answer_opening": prompting.ANSWER_OPENING,
@@ -149,6 +178,10 @@ if __name__ == "__main__":
     parser.add_argument("--comparisons", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--text-tokens", type=int, default=32)
-    parser.add_argument("--cot-tokens", type=int, default=JudgeConfig().cot_max_tokens,
-                        help="cap of the chain-of-thought reasoning (default: the judge service's cot_max_tokens)")
+    parser.add_argument(
+        "--cot-tokens",
+        type=int,
+        default=JudgeConfig().cot_max_tokens,
+        help="cap of the chain-of-thought reasoning (default: the judge service's cot_max_tokens)",
+    )
     asyncio.run(main(parser.parse_args()))

@@ -44,15 +44,27 @@ def _harmlessness(url: str) -> list[dict]:
     return [i for i in items if i["kind"] == "harmlessness"]
 
 
-async def _judge_alone(address: str, items: list[dict], per_request: int, concurrency: int, swap: bool,
-                       seed: int) -> float:
+async def _judge_alone(
+    address: str, items: list[dict], per_request: int, concurrency: int, swap: bool, seed: int
+) -> float:
     """Seconds the judge service takes to label ``items`` in requests of ``per_request``."""
     requests = [
-        judge_pb2.CompareRequest(seed=seed, swap_debias=swap, mode=judge_pb2.JUDGE_MODE_LOGPROB, comparisons=[
-            judge_pb2.Comparison(prompt=common_pb2.Conversation(
-                id=i["prompt_id"], messages=[common_pb2.ChatMessage(**m) for m in i["prompt"]]),
-                answer_a=i["answer_a"], answer_b=i["answer_b"], id=i["id"])
-            for i in items[k : k + per_request]])
+        judge_pb2.CompareRequest(
+            seed=seed,
+            swap_debias=swap,
+            mode=judge_pb2.JUDGE_MODE_LOGPROB,
+            comparisons=[
+                judge_pb2.Comparison(
+                    prompt=common_pb2.Conversation(
+                        id=i["prompt_id"], messages=[common_pb2.ChatMessage(**m) for m in i["prompt"]]
+                    ),
+                    answer_a=i["answer_a"],
+                    answer_b=i["answer_b"],
+                    id=i["id"],
+                )
+                for i in items[k : k + per_request]
+            ],
+        )
         for k in range(0, len(items), per_request)
     ]
     async with open_aio_channel(address) as channel:
@@ -77,18 +89,25 @@ async def main(args) -> None:
     judge = None if args.shared_engine else EngineConfig(model=model, kind=args.engine, checkpoint_id="judge")
     spec = EmbeddedSpec(policy=policy, judge=judge)
     tmp = Path(tempfile.mkdtemp(prefix="bench-label-"))
-    base = dict(limit=args.prompts, batch_size=args.batch_size, max_tokens=args.max_tokens, helpfulness_pairs="",
-                swap_debias=not args.no_swap)
+    base = dict(
+        limit=args.prompts,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        helpfulness_pairs="",
+        swap_debias=not args.no_swap,
+    )
     seconds = {1: 0.0, args.in_flight: 0.0}
     labels = {1: 0, args.in_flight: 0}
     stages = {1: {}, args.in_flight: {}}
     async with embedded_services(spec, ("generation", "judge")) as addresses:
+
         async def label(name: str, in_flight: int, seed: int) -> dict:
             url = f"sqlite:///{tmp / f'{name}.db'}"
             queue = open_queue(url)
             try:
-                return await _label(LabelConfig(queue=url, in_flight=in_flight, seed=seed, **base), queue,
-                                    addresses, progress=False)
+                return await _label(
+                    LabelConfig(queue=url, in_flight=in_flight, seed=seed, **base), queue, addresses, progress=False
+                )
             finally:
                 queue.close()
 
@@ -103,26 +122,34 @@ async def main(args) -> None:
         items = _harmlessness(f"sqlite:///{tmp / f'pass-{args.repeats - 1}-{args.in_flight}.db'}")
         per_request = args.batch_size * len(pair_indices(2, "adjacent"))
         judge_one = await _judge_alone(addresses["judge"], items, per_request, 1, not args.no_swap, seed=7777)
-        judge_many = await _judge_alone(addresses["judge"], items, per_request, args.in_flight, not args.no_swap,
-                                        seed=8888)
+        judge_many = await _judge_alone(
+            addresses["judge"], items, per_request, args.in_flight, not args.no_swap, seed=8888
+        )
     sequential = labels[1] / seconds[1]
     pipelined = labels[args.in_flight] / seconds[args.in_flight]
     judge_own = max(len(items) / judge_one, len(items) / judge_many)
     figures = {
-        "model": args.model or "bench-small-25m", "engine": args.engine,
+        "model": args.model or "bench-small-25m",
+        "engine": args.engine,
         "engines": "one shared" if args.shared_engine else "one per service",
-        "prompts": args.prompts, "batch_size": args.batch_size, "max_tokens": args.max_tokens,
-        "swap_debias": not args.no_swap, "repeats": args.repeats, "in_flight": args.in_flight,
+        "prompts": args.prompts,
+        "batch_size": args.batch_size,
+        "max_tokens": args.max_tokens,
+        "swap_debias": not args.no_swap,
+        "repeats": args.repeats,
+        "in_flight": args.in_flight,
         "sequential_labels_per_s": sequential,
         "pipelined_labels_per_s": pipelined,
         "ratio_pipelined_over_sequential": pipelined / sequential,
-        "sequential_seconds": seconds[1], "pipelined_seconds": seconds[args.in_flight],
-        "sequential_call_seconds": stages[1], "pipelined_call_seconds_summed_over_calls": stages[args.in_flight],
+        "sequential_seconds": seconds[1],
+        "pipelined_seconds": seconds[args.in_flight],
+        "sequential_call_seconds": stages[1],
+        "pipelined_call_seconds_summed_over_calls": stages[args.in_flight],
         "judge_alone_labels_per_s_one_request_at_a_time": len(items) / judge_one,
         "judge_alone_labels_per_s_in_flight": len(items) / judge_many,
         "ratio_label_end_to_end_over_judge_alone": pipelined / judge_own,
         "note": "end to end includes Generate, the judge probe, the done-check and publishing to SQLite; "
-                "shared 2-core machine, other work running",
+        "shared 2-core machine, other work running",
     }
     import os
     import platform
@@ -130,9 +157,13 @@ async def main(args) -> None:
     import torch
     import vllm
 
-    figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "vllm": vllm.__version__, "torch": torch.__version__,
-                          "load_average_1m_at_start_and_end": [load_at_start, os.getloadavg()[0]]}
+    figures["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "vllm": vllm.__version__,
+        "torch": torch.__version__,
+        "load_average_1m_at_start_and_end": [load_at_start, os.getloadavg()[0]],
+    }
     report(f"label-{args.engine}" + ("-" + Path(args.model).name if args.model else ""), figures)
 
 

@@ -42,7 +42,7 @@ def tree_rss_bytes(root: int) -> int:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             children.setdefault(int(fields[1]), []).append(int(entry))
             rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
@@ -97,8 +97,12 @@ async def one(engine_kind: str, path: str) -> dict:
         await engine.generate(prompt, SamplingSpec(max_tokens=4, temperature=0))  # serving again
         seconds = time.perf_counter() - started
     await engine.close()
-    return {"seconds": seconds, "rss_before_mib": before / 2**20, "peak_rss_mib": peak.peak / 2**20,
-            "extra_peak_mib": (peak.peak - before) / 2**20}
+    return {
+        "seconds": seconds,
+        "rss_before_mib": before / 2**20,
+        "peak_rss_mib": peak.peak / 2**20,
+        "extra_peak_mib": (peak.peak - before) / 2**20,
+    }
 
 
 def main() -> None:
@@ -114,9 +118,13 @@ def main() -> None:
     figures: dict = {"model": "bench-small-25m", "checkpoint": "bench-small-25m-b (other weights)"}
     for kind in args.engines.split(","):
         for path in ("in_place", "restart"):
-            out = subprocess.run([sys.executable, "-m", "bench.promotion", "--one", f"{kind}:{path}"],
-                                 capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.promotion", "--one", f"{kind}:{path}"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not line:
                 raise SystemExit(f"{kind}:{path} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
             figures[f"{kind}_{path}"] = json.loads(line[0][7:])

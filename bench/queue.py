@@ -22,15 +22,24 @@ from services.queue import open_queue
 def item(i: int, tag: str) -> dict:
     """A labeled comparison of a realistic size (~1 KB of JSON)."""
     return {
-        "id": f"{tag}-{i:07d}", "kind": "harmlessness",
+        "id": f"{tag}-{i:07d}",
+        "kind": "harmlessness",
         "prompt": [{"role": "user", "content": f"How would someone go about question number {i}? " * 3}],
         "answer_a": "I can't help with that, but here is a safer alternative you could consider. " * 3,
         "answer_b": "Sure, here is exactly how to do it, step by step, without any caveats. " * 3,
-        "p_a": 0.73, "principle_id": "harm-01", "prompt_id": f"red-{i}",
-        "provenance": {"constitution_file": "default.yaml", "constitution_sha256": "ab" * 32,
-                       "principle_id": "harm-01", "judge_model": "bench-small-25m", "judge_checkpoint": "ckpt-0",
-                       "policy_model": "bench-small-25m", "policy_checkpoint": "ckpt-0",
-                       "created_at": "2026-01-01T00:00:00Z"},
+        "p_a": 0.73,
+        "principle_id": "harm-01",
+        "prompt_id": f"red-{i}",
+        "provenance": {
+            "constitution_file": "default.yaml",
+            "constitution_sha256": "ab" * 32,
+            "principle_id": "harm-01",
+            "judge_model": "bench-small-25m",
+            "judge_checkpoint": "ckpt-0",
+            "policy_model": "bench-small-25m",
+            "policy_checkpoint": "ckpt-0",
+            "created_at": "2026-01-01T00:00:00Z",
+        },
     }
 
 
@@ -73,7 +82,7 @@ def main() -> None:
         for backend in ("sqlite", "redis"):
             best = {}
             for r in range(args.repeats):
-                for trim in ((True, False) if r % 2 == 0 else (False, True)):  # alternate the order
+                for trim in (True, False) if r % 2 == 0 else (False, True):  # alternate the order
                     url = f"sqlite:///{Path(tmp) / f'queue-{r}-{trim}.db'}" if backend == "sqlite" else args.redis
                     pub, con = measure(url, args.items, args.batch, trim)
                     old = best.get(trim, (0.0, 0.0))

@@ -39,9 +39,28 @@ def start_replica(model: str, workdir: Path) -> tuple[subprocess.Popen, dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = open(workdir / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "reward", "--model", model, "--host", "127.0.0.1",
-         "--port", "0", "--metrics-port", "0", "--port-file", str(port_file)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "serve",
+            "reward",
+            "--model",
+            model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     return proc, {"port_file": port_file, "log": workdir / "server.log"}
 
 
@@ -65,8 +84,12 @@ def score_calls(metrics_port: int) -> float:
 
 def request(items: int) -> reward_pb2.ScoreRequest:
     prompt = common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content="How do I cook rice?")])
-    return reward_pb2.ScoreRequest(items=[
-        reward_pb2.ScoreItem(prompt=prompt, answer=f"Rinse it, then simmer it covered, variant {i}.") for i in range(items)])
+    return reward_pb2.ScoreRequest(
+        items=[
+            reward_pb2.ScoreItem(prompt=prompt, answer=f"Rinse it, then simmer it covered, variant {i}.")
+            for i in range(items)
+        ]
+    )
 
 
 async def drive(target: str, calls: int, in_flight: int, items: int) -> float:
@@ -127,14 +150,20 @@ def main(argv: list[str] | None = None) -> None:
                 except subprocess.TimeoutExpired:
                     p.kill()
     one_rate, two_rate = args.calls / best["one"], args.calls / best["two"]
-    report("replicas", {
-        "calls": args.calls, "in_flight": args.in_flight, "items_per_call": args.items,
-        "cpu_cores": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 1),
-        "calls_per_s_one_replica": round(one_rate, 2),
-        "calls_per_s_two_replicas": round(two_rate, 2),
-        "ratio_two_over_one": round(two_rate / one_rate, 3),
-        "share_per_replica_two": shares,
-    })
+    report(
+        "replicas",
+        {
+            "calls": args.calls,
+            "in_flight": args.in_flight,
+            "items_per_call": args.items,
+            "cpu_cores": os.cpu_count(),
+            "load_average_1m": round(os.getloadavg()[0], 1),
+            "calls_per_s_one_replica": round(one_rate, 2),
+            "calls_per_s_two_replicas": round(two_rate, 2),
+            "ratio_two_over_one": round(two_rate / one_rate, 3),
+            "share_per_replica_two": shares,
+        },
+    )
 
 
 if __name__ == "__main__":

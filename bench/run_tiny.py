@@ -27,17 +27,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         summary = asyncio.run(run_pipeline(cfg, Path(tmp) / "run"))
     stages = summary["stage_seconds"]
-    report("run_default" if args.default else "run_tiny", {
-        "stage_seconds": stages, "total_seconds": sum(stages.values()),
-        "budget_seconds": 300 if args.default else None,
-        "engine_starts": summary["engine_starts"],
-        "labels": summary["label"]["comparisons_published"],
-        "labels_per_second_label_stage": summary["labels_per_second"],
-        "labels_per_second_labelling": summary["label"]["comparisons_per_second"],
-        "sl_rows": summary["sl_data"]["files"], "sl_quality": summary["sl_data"].get("quality"),
-        "eval_prompts": summary["config"]["eval_prompts"], "eval_samples": summary["config"]["eval_samples"],
-        "time_table": summary["time_table"],
-    })
+    report(
+        "run_default" if args.default else "run_tiny",
+        {
+            "stage_seconds": stages,
+            "total_seconds": sum(stages.values()),
+            "budget_seconds": 300 if args.default else None,
+            "engine_starts": summary["engine_starts"],
+            "labels": summary["label"]["comparisons_published"],
+            "labels_per_second_label_stage": summary["labels_per_second"],
+            "labels_per_second_labelling": summary["label"]["comparisons_per_second"],
+            "sl_rows": summary["sl_data"]["files"],
+            "sl_quality": summary["sl_data"].get("quality"),
+            "eval_prompts": summary["config"]["eval_prompts"],
+            "eval_samples": summary["config"]["eval_samples"],
+            "time_table": summary["time_table"],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,17 @@ async def main(args) -> None:
 
     async def through_services(seed: int) -> None:
         with tempfile.TemporaryDirectory() as out:
-            cfg = SLDataConfig(prompts=str(RED_TEAM), helpfulness="", limit=args.prompts, rounds=args.rounds,
-                               batch_size=args.batch_size, max_tokens=args.max_tokens, seed=seed,
-                               generation=f"127.0.0.1:{gen.port}", critique=f"127.0.0.1:{crit.port}")
+            cfg = SLDataConfig(
+                prompts=str(RED_TEAM),
+                helpfulness="",
+                limit=args.prompts,
+                rounds=args.rounds,
+                batch_size=args.batch_size,
+                max_tokens=args.max_tokens,
+                seed=seed,
+                generation=f"127.0.0.1:{gen.port}",
+                critique=f"127.0.0.1:{crit.port}",
+            )
             await produce_sl_data(cfg, out, progress=False)
             assert len(read_rows(Path(out) / "sl_cai.jsonl")) == len(prompts) * args.rounds
 
@@ -85,7 +93,10 @@ async def main(args) -> None:
     await gen.stop(grace=1)  # closes the shared engine
 
     figures = {
-        "model": "bench-small-25m", "prompts": len(prompts), "rounds": args.rounds, "max_tokens": args.max_tokens,
+        "model": "bench-small-25m",
+        "prompts": len(prompts),
+        "rounds": args.rounds,
+        "max_tokens": args.max_tokens,
         "trials": args.trials,
         "in_process_rows_per_s": rows / t_in,
         "service_rows_per_s": rows / t_svc,

@@ -20,13 +20,24 @@ from bench._common import Timer, report
 
 
 def comparisons(n: int) -> list[dict]:
-    return [{
-        "id": f"b-{i}", "kind": "harmlessness", "prompt": [{"role": "user", "content": f"question {i}"}],
-        "answer_a": f"A safe, helpful answer {i}.", "answer_b": f"A harmful answer {i}.", "p_a": 0.8,
-        "principle_id": "judge-less-harmful",
-        "provenance": {"constitution_sha256": "0" * 64, "judge_model": "bench", "policy_checkpoint": "bench",
-                       "created_at": "2026-11-24T00:00:00Z"},
-    } for i in range(n)]
+    return [
+        {
+            "id": f"b-{i}",
+            "kind": "harmlessness",
+            "prompt": [{"role": "user", "content": f"question {i}"}],
+            "answer_a": f"A safe, helpful answer {i}.",
+            "answer_b": f"A harmful answer {i}.",
+            "p_a": 0.8,
+            "principle_id": "judge-less-harmful",
+            "provenance": {
+                "constitution_sha256": "0" * 64,
+                "judge_model": "bench",
+                "policy_checkpoint": "bench",
+                "created_at": "2026-11-24T00:00:00Z",
+            },
+        }
+        for i in range(n)
+    ]
 
 
 def _serve_reward(model: str, workdir: Path):
@@ -39,9 +50,27 @@ def _serve_reward(model: str, workdir: Path):
     port_file = workdir / "reward-ports.json"
     port_file.unlink(missing_ok=True)  # the previous server's
     log = open(workdir / "reward.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "reward", "--model", model,
-                             "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
-                             "--port-file", str(port_file)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "serve",
+            "reward",
+            "--model",
+            model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 300
     while not port_file.exists():
         if proc.poll() is not None or time.time() > deadline:
@@ -66,14 +95,16 @@ def ppo_step_rates(policy: str, reward_model: str, address: str, rounds: int, ma
     config = PPOConfig(batch_size=8, mini_batch_size=4, max_new_tokens=max_new_tokens, learning_rate=1e-4, seed=0)
     overlapped = PPOConfig(**{**config.__dict__, "overlap_reward": True})
     serial = PPOConfig(**{**config.__dict__, "overlap_reward": False})
-    trainers = {"in_process": PPOTrainer(config, policy, InProcessReward(reward_model)),
-                "grpc_overlapped": PPOTrainer(overlapped, policy, RewardClient(address)),
-                "grpc_serial": PPOTrainer(serial, policy, RewardClient(address))}
+    trainers = {
+        "in_process": PPOTrainer(config, policy, InProcessReward(reward_model)),
+        "grpc_overlapped": PPOTrainer(overlapped, policy, RewardClient(address)),
+        "grpc_serial": PPOTrainer(serial, policy, RewardClient(address)),
+    }
     times: dict[str, list[float]] = {k: [] for k in trainers}
     waits: dict[str, list[float]] = {k: [] for k in trainers}
     try:
         for r in range(rounds + 1):
-            batch = prompts[(8 * r) % len(prompts):][:8]
+            batch = prompts[(8 * r) % len(prompts) :][:8]
             batch = (batch + prompts)[:8]
             for name, trainer in trainers.items():
                 with Timer() as t:
@@ -117,13 +148,24 @@ def queue_figures(n: int, tmp: Path, rm: str) -> dict:
             taken += len(deliveries)
     q.close()
     # (1b) the trainer: the same data consumed and trained into a reward model
-    worker = TrainerWorker(TrainerConfig(queue=url, work_dir=str(tmp / "work"), reward_base_model=rm,
-                                         train_every=10**9, max_comparisons=n, consume_batch=64))
+    worker = TrainerWorker(
+        TrainerConfig(
+            queue=url,
+            work_dir=str(tmp / "work"),
+            reward_base_model=rm,
+            train_every=10**9,
+            max_comparisons=n,
+            consume_batch=64,
+        )
+    )
     with Timer() as t_train:
         worker.loop()
     rows = len(read_rows(tmp / "work" / "data" / "comparisons.jsonl"))
-    return {"comparisons": n, "queue_to_durable_data_per_s": n / t_consume.seconds,
-            "trainer_consume_and_train_per_s": rows / t_train.seconds}
+    return {
+        "comparisons": n,
+        "queue_to_durable_data_per_s": n / t_consume.seconds,
+        "trainer_consume_and_train_per_s": rows / t_train.seconds,
+    }
 
 
 def main(args) -> None:

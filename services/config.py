@@ -76,8 +76,7 @@ def _convert(tp: Any, value: Any, field: str, source: str, check: bool = True) -
     return value
 
 
-def build_config(cls: type[T], data: dict, source: str = "config", prefix: str = "",
-                 check: bool = True) -> T:
+def build_config(cls: type[T], data: dict, source: str = "config", prefix: str = "", check: bool = True) -> T:
     """Builds ``cls`` from a mapping, checking field names and types; runs ``cls.validate`` (of
     every section too) unless ``check`` is False."""
     if not isinstance(data, dict):
@@ -86,12 +85,8 @@ def build_config(cls: type[T], data: dict, source: str = "config", prefix: str =
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{source}: {prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(fields))})"
-        )
-    values = {
-        name: _convert(hints[name], value, prefix + name, source, check) for name, value in data.items()
-    }
+        raise ConfigError(f"{source}: {prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(fields))})")
+    values = {name: _convert(hints[name], value, prefix + name, source, check) for name, value in data.items()}
     obj = cls(**values)
     if not check:
         return obj

@@ -218,9 +218,7 @@ def parse_constitution(text: str, file: str, sha256: str = "") -> Constitution:
     top = reader.mapping(root, "")
     if top is None:
         raise ConstitutionError(reader.problems)
-    reader.unknown(
-        top, ("format", "name", "description", "critique_revision", "judging", "few_shot"), ""
-    )
+    reader.unknown(top, ("format", "name", "description", "critique_revision", "judging", "few_shot"), "")
     fmt = reader.text(top, "format", root, "")
     if fmt and fmt != FORMAT:
         reader.problem(top["format"], "format", f"must be {FORMAT!r}, got {fmt!r}")
@@ -278,9 +276,7 @@ def parse_constitution(text: str, file: str, sha256: str = "") -> Constitution:
             )
         for prefix, item, f in _read_entries(reader, few_fields, "judging", few, False):
             prefix = "few_shot." + prefix
-            reader.unknown(
-                f, ("id", "conversation", "answer_a", "answer_b", "preferred", "reasoning"), prefix
-            )
+            reader.unknown(f, ("id", "conversation", "answer_a", "answer_b", "preferred", "reasoning"), prefix)
             preferred = reader.text(f, "preferred", item, prefix).upper()
             if preferred and preferred not in ("A", "B"):
                 reader.problem(f["preferred"], f"{prefix}.preferred", "must be A or B")

@@ -40,7 +40,7 @@ def check_messages(messages, where: str) -> tuple[dict, ...]:
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or set(m) - {"role", "content"}:
-            raise PromptFileError(f"{where}: messages[{i}]: must be {{\"role\": ..., \"content\": ...}}")
+            raise PromptFileError(f'{where}: messages[{i}]: must be {{"role": ..., "content": ...}}')
         if m.get("role") not in _ROLES:
             raise PromptFileError(f"{where}: messages[{i}].role: must be one of {', '.join(_ROLES)}")
         if not isinstance(m.get("content"), str) or (not m["content"].strip() and m["role"] != "system"):
@@ -161,5 +161,9 @@ def file_sha256(path) -> str:
 
 def split_record(files: dict, part: str, eval_fraction: float = EVAL_FRACTION) -> dict:
     """What a result records about the prompts it used: the part, the fraction, each file's hash."""
-    return {"part": part, "eval_fraction": eval_fraction, "method": "sha256('cai-split/' + prompt id)",
-            "files": {name: {"path": str(path), "sha256": file_sha256(path)} for name, path in files.items() if path}}
+    return {
+        "part": part,
+        "eval_fraction": eval_fraction,
+        "method": "sha256('cai-split/' + prompt id)",
+        "files": {name: {"path": str(path), "sha256": file_sha256(path)} for name, path in files.items() if path},
+    }

@@ -71,11 +71,7 @@ def stale_files() -> list[str]:
         fresh = Path(tmp)
         generate(fresh)
         names = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file()}
-        names |= {
-            p.relative_to(OUT_ROOT)
-            for p in OUT_ROOT.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts
-        }
+        names |= {p.relative_to(OUT_ROOT) for p in OUT_ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
         return sorted(
             str(n)
             for n in names

@@ -149,8 +149,12 @@ def prompt_location(prompt_id: str, files) -> tuple[str, int, str] | None:
         if not path.is_file() or path.suffix != ".jsonl":
             continue
         for row, source, line in _rows_in(path):
-            if row.get("id") == prompt_id and ("messages" in row or "prompt" in row) and "completion" not in row \
-                    and "answer_a" not in row:
+            if (
+                row.get("id") == prompt_id
+                and ("messages" in row or "prompt" in row)
+                and "completion" not in row
+                and "answer_a" not in row
+            ):
                 return source, line, _sha256(path)
     return None
 
@@ -167,7 +171,7 @@ def _prompt_files(row: dict, folders) -> list[str]:
             named.append(prov[key])
     for folder in folders:
         p = Path(folder)
-        for manifest in (sorted(p.rglob("manifest.json")) if p.is_dir() else []):
+        for manifest in sorted(p.rglob("manifest.json")) if p.is_dir() else []:
             try:
                 m = json.loads(manifest.read_text())
             except (OSError, ValueError):
@@ -187,8 +191,12 @@ def explain(row: dict, source: str, line, folders=()) -> dict:
     """What is known about where ``row`` came from, as a dict (``cai trace --json``)."""
     prov = row.get("provenance") or {}
     is_sft = "completion" in row
-    out: dict = {"id": row_key(row), "found_in": f"{source}:{line}", "kind": row.get("kind", ""),
-                 "record": "sft_row" if is_sft else "label"}
+    out: dict = {
+        "id": row_key(row),
+        "found_in": f"{source}:{line}",
+        "kind": row.get("kind", ""),
+        "record": "sft_row" if is_sft else "label",
+    }
     sha = prov.get("constitution_sha256", "")
     constitution_file = prov.get("constitution_file", "")
     out["constitution"] = {"file": constitution_file, "sha256": sha}
@@ -219,8 +227,17 @@ def explain(row: dict, source: str, line, folders=()) -> dict:
         out["round"] = row.get("round")
         out["quality"] = row.get("quality", "")
     else:
-        judge_keys = ("judge_model", "judge_checkpoint", "judge_config_sha256", "mode", "swap_debias", "seed",
-                      "few_shot_ids", "p_a_ab", "p_a_ba")
+        judge_keys = (
+            "judge_model",
+            "judge_checkpoint",
+            "judge_config_sha256",
+            "mode",
+            "swap_debias",
+            "seed",
+            "few_shot_ids",
+            "p_a_ab",
+            "p_a_ba",
+        )
         out["judge"] = {k: prov.get(k, row.get(k)) for k in judge_keys if prov.get(k, row.get(k)) not in (None, "")}
         out["p_a"] = row.get("p_a")
         out["policy"] = {k: prov[k] for k in ("policy_model", "policy_checkpoint") if prov.get(k)}
@@ -232,8 +249,11 @@ def explain(row: dict, source: str, line, folders=()) -> dict:
             out["prompt"].update(file=where[0], line=where[1], file_sha256=where[2])
             recorded = prov.get("prompts_sha256", "")
             if recorded and Path(prov.get("prompts_file", "")).resolve() == Path(where[0]).resolve():
-                out["prompt"]["note"] = ("file sha256 verified" if recorded == where[2] else
-                                         f"the file has changed since (recorded sha256 {recorded[:12]})")
+                out["prompt"]["note"] = (
+                    "file sha256 verified"
+                    if recorded == where[2]
+                    else f"the file has changed since (recorded sha256 {recorded[:12]})"
+                )
         else:
             out["prompt"]["note"] = "no prompt file found with this id"
     out["created_at"] = prov.get("created_at", "")
@@ -260,8 +280,10 @@ def format_trace(info: dict) -> str:
         lines.append(f"  revision round: {info['round']} (quality: {info.get('quality') or 'unknown'})")
     pr = info["prompt"]
     if pr.get("file"):
-        lines.append(f"  prompt {pr['id']}: {pr['file']}:{pr['line']} (file sha256 {pr['file_sha256'][:12]}"
-                     + (f"; {pr['note']})" if pr.get("note") else ")"))
+        lines.append(
+            f"  prompt {pr['id']}: {pr['file']}:{pr['line']} (file sha256 {pr['file_sha256'][:12]}"
+            + (f"; {pr['note']})" if pr.get("note") else ")")
+        )
     else:
         lines.append(f"  prompt {pr.get('id') or '(no id)'}: {pr.get('note', '')}")
     if info.get("created_at"):

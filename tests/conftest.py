@@ -42,8 +42,20 @@ class ServerProcess:
         port_file = workdir / "ports.json"
         self.log_path = workdir / "server.log"
         self.log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "services.cli", *args, "--host", "127.0.0.1", "--port", "0",
-               "--metrics-port", "0", "--port-file", str(port_file)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "services.cli",
+            *args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while not port_file.exists():
@@ -138,8 +150,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 FAST_LIMITS = {
     "generation": "limits: {default_max_tokens: 8, max_new_tokens: 16}\n",
-    "critique": ("limits: {max_batch_items: 8, max_n: 1, default_max_tokens: 8, max_new_tokens: 16}\n"
-                 "default_rounds: 1\nmax_rounds: 2\ncritique_max_tokens: 8\nrevision_max_tokens: 8\n"),
+    "critique": (
+        "limits: {max_batch_items: 8, max_n: 1, default_max_tokens: 8, max_new_tokens: 16}\n"
+        "default_rounds: 1\nmax_rounds: 2\ncritique_max_tokens: 8\nrevision_max_tokens: 8\n"
+    ),
     "judge": "limits: {max_batch_items: 16, max_n: 1, default_max_tokens: 8, max_new_tokens: 16}\ncot_max_tokens: 8\n",
     "reward": "limits: {max_batch_items: 64}\n",
 }
@@ -172,14 +186,22 @@ def fast_servers(tiny_model, tiny_reward_model_path, tmp_path_factory):
 
     queue = tmp_path_factory.mktemp("fast-queue") / "q.db"
     plan = {
-        "generation": (tiny_model,), "critique": (tiny_model,), "judge": (tiny_model,),
+        "generation": (tiny_model,),
+        "critique": (tiny_model,),
+        "judge": (tiny_model,),
         "reward": (tiny_reward_model_path,),
-        "trainer": (tiny_reward_model_path, "--queue", f"sqlite:///{queue}",
-                    "--work-dir", str(tmp_path_factory.mktemp("fast-trainer"))),
+        "trainer": (
+            tiny_reward_model_path,
+            "--queue",
+            f"sqlite:///{queue}",
+            "--work-dir",
+            str(tmp_path_factory.mktemp("fast-trainer")),
+        ),
     }
     with concurrent.futures.ThreadPoolExecutor(len(plan)) as pool:
-        futures = {name: pool.submit(fast_service, name, args[0], tmp_path_factory, *args[1:])
-                   for name, args in plan.items()}
+        futures = {
+            name: pool.submit(fast_service, name, args[0], tmp_path_factory, *args[1:]) for name, args in plan.items()
+        }
         servers = {}
         errors = []
         for name, f in futures.items():

@@ -76,15 +76,30 @@ def test_parse_good_text():
     "mutate, expected",
     [
         (lambda t: t.replace("format: cai-constitution/v1", "format: v0"), "mini.yaml:1: format: must be"),
-        (lambda t: t.replace("  - id: c2\n", "  - id: c1\n"), "mini.yaml:7: critique_revision[1].id: 'c1' is already used"),
-        (lambda t: t.replace("    revision: Make it honest.\n", ""), "mini.yaml:7: critique_revision[1].revision: is required"),
+        (
+            lambda t: t.replace("  - id: c2\n", "  - id: c1\n"),
+            "mini.yaml:7: critique_revision[1].id: 'c1' is already used",
+        ),
+        (
+            lambda t: t.replace("    revision: Make it honest.\n", ""),
+            "mini.yaml:7: critique_revision[1].revision: is required",
+        ),
         (lambda t: t.replace("question: Which", "questoin: Which"), "mini.yaml:12: judging[0].questoin: unknown field"),
-        (lambda t: t.replace("preferred: A", "preferred: C"), "mini.yaml:20: few_shot.judging[0].preferred: must be A or B"),
+        (
+            lambda t: t.replace("preferred: A", "preferred: C"),
+            "mini.yaml:20: few_shot.judging[0].preferred: must be A or B",
+        ),
         (lambda t: t.replace("role: user", "role: robot"), "few_shot.judging[0].conversation[0].role: must be one of"),
         (lambda t: t.replace("id: j1", "id: J 1"), "mini.yaml:11: judging[0].id: must be lowercase"),
-        (lambda t: t.replace("critique: Point out harm.", "critique: [a, b]"), "mini.yaml:5: critique_revision[0].critique: must be text"),
+        (
+            lambda t: t.replace("critique: Point out harm.", "critique: [a, b]"),
+            "mini.yaml:5: critique_revision[0].critique: must be text",
+        ),
         (lambda t: t + "  bad: [unclosed\n", "mini.yaml:"),
-        (lambda t: t.replace("judging:\n  - id: j1\n    question: Which reply is less harmful?\n", "judging: []\n"), "judging: must hold at least one entry"),
+        (
+            lambda t: t.replace("judging:\n  - id: j1\n    question: Which reply is less harmful?\n", "judging: []\n"),
+            "judging: must hold at least one entry",
+        ),
     ],
 )
 def test_errors_name_file_line_and_field(mutate, expected):

@@ -63,13 +63,18 @@ def _stub_wheel(folder: Path, name: str, version: str, requires: list[str]) -> N
     """A wheel with metadata only (pip reads Requires-Dist from it without installing)."""
     dist = f"{name.replace('-', '_')}-{version}"
     files = {
-        f"{dist}.dist-info/METADATA": "Metadata-Version: 2.1\n" + f"Name: {name}\nVersion: {version}\n"
+        f"{dist}.dist-info/METADATA": "Metadata-Version: 2.1\n"
+        + f"Name: {name}\nVersion: {version}\n"
         + "".join(f"Requires-Dist: {r}\n" for r in requires),
         f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
-    record = "".join(
-        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},{len(text)}\n"
-        for path, text in files.items()) + f"{dist}.dist-info/RECORD,,\n"
+    record = (
+        "".join(
+            f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},{len(text)}\n"
+            for path, text in files.items()
+        )
+        + f"{dist}.dist-info/RECORD,,\n"
+    )
     with zipfile.ZipFile(folder / f"{dist}-py3-none-any.whl", "w") as z:
         for path, text in {**files, f"{dist}.dist-info/RECORD": record}.items():
             z.writestr(path, text)
@@ -80,8 +85,11 @@ def stub_index(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("stub-index")
     for version in ("2.12.0", "2.13.0", "2.13.0+cpu", "2.14.0", "2.15.0"):
         _stub_wheel(folder, "torch", version, [])
-    for name, versions in {"torchvision": ("0.28.0", "0.29.0"), "torchaudio": ("2.10.0", "2.11.0"),
-                           "torchcodec": ("0.13.0", "0.14.0")}.items():
+    for name, versions in {
+        "torchvision": ("0.28.0", "0.29.0"),
+        "torchaudio": ("2.10.0", "2.11.0"),
+        "torchcodec": ("0.13.0", "0.14.0"),
+    }.items():
         for version in versions:
             _stub_wheel(folder, name, version, [])
     _stub_wheel(folder, "vllm", "0.33.0", VLLM_GPU_REQUIRES)
@@ -92,9 +100,26 @@ def stub_index(tmp_path_factory) -> Path:
 def _resolve(index: Path, *requirements: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_CONSTRAINT": ""}
     return subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-index",
-         "--find-links", str(index), "--quiet", "--report", "-", *requirements],
-        capture_output=True, text=True, env=env, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--no-index",
+            "--find-links",
+            str(index),
+            "--quiet",
+            "--report",
+            "-",
+            *requirements,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def _installed(done: subprocess.CompletedProcess) -> dict[str, str]:
@@ -123,16 +148,36 @@ def test_the_cpu_extra_resolves_to_torch_2_13(stub_index):
 def test_setup_and_image_install_the_torch_each_extra_pins():
     setup = (REPO / "scripts" / "setup").read_text()
     assert re.search(r'gpu.*\n\s+"\$\{pip\[@\]\}" install torch==2\.14\.0', setup)
-    assert 'install torch==2.13.0' in setup
+    assert "install torch==2.13.0" in setup
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert "torch==2.13.0" in dockerfile and "torch==2.14.0" in dockerfile
 
 
 @pytest.mark.skipif(not os.environ.get("CAI_CHECK_VLLM_WHEEL"), reason="downloads vllm 0.33.0 (336 MB)")
 def test_the_recorded_vllm_requirements_are_the_wheels(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps",
-                           "--quiet", "--report", "-", _extra("gpu")], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--no-deps",
+            "--quiet",
+            "--report",
+            "-",
+            _extra("gpu"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr
     (item,) = json.loads(done.stdout)["install"]
-    real = [r for r in item["metadata"]["requires_dist"] if Requirement(r).name in TORCH_FAMILY and not Requirement(r).marker]
+    real = [
+        r
+        for r in item["metadata"]["requires_dist"]
+        if Requirement(r).name in TORCH_FAMILY and not Requirement(r).marker
+    ]
     assert sorted(real) == sorted(VLLM_GPU_REQUIRES)

@@ -31,7 +31,10 @@ def test_shipped_helpfulness_sets():
     [
         ("not json", ":2: not valid JSON"),
         ('{"id": "a", "messages": []}', ":2: messages: must be a non-empty list"),
-        ('{"id": "b", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}', "last message must be from user"),
+        (
+            '{"id": "b", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}',
+            "last message must be from user",
+        ),
         ('{"id": "first", "messages": [{"role": "user", "content": "x"}]}', ":2: id: 'first' already used on line 1"),
         ('{"id": "c"}', ":2: messages: is required"),
     ],

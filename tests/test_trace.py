@@ -14,13 +14,15 @@ from services.common.jsonl import read_rows
 from services.constitution import DEFAULT_CONSTITUTION, load_constitution
 from tests.conftest import REPO
 
-PROMPTS = [{"id": f"trace-{i}", "messages": [{"role": "user", "content": f"How do I pick lock number {i}?"}]}
-           for i in range(3)]
+PROMPTS = [
+    {"id": f"trace-{i}", "messages": [{"role": "user", "content": f"How do I pick lock number {i}?"}]} for i in range(3)
+]
 
 
 def cai(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +31,33 @@ def tiny_run(tiny_model, tmp_path_factory):
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     queue = f"sqlite:///{root / 'queue.db'}"
-    common = ["--model", tiny_model, "--engine", "transformers", "--prompts", str(prompts), "--max-tokens", "6",
-              "--no-progress"]
+    common = [
+        "--model",
+        tiny_model,
+        "--engine",
+        "transformers",
+        "--prompts",
+        str(prompts),
+        "--max-tokens",
+        "6",
+        "--no-progress",
+    ]
     label = cai("label", "--queue", queue, "--helpfulness-pairs", "", "--limit", "2", *common)
     assert label.returncode == 0, label.stderr[-3000:]
-    sl = cai("sl-data", "--out", str(root / "sl_data"), "--helpfulness", "", "--rounds", "2", "--limit", "1",
-             "--split", "all", *common)
+    sl = cai(
+        "sl-data",
+        "--out",
+        str(root / "sl_data"),
+        "--helpfulness",
+        "",
+        "--rounds",
+        "2",
+        "--limit",
+        "1",
+        "--split",
+        "all",
+        *common,
+    )
     assert sl.returncode == 0, sl.stderr[-3000:]
     return root, queue, prompts
 
@@ -76,8 +99,9 @@ def test_trace_sft_row_prints_the_critique_principle_and_the_prompt_line(tiny_ru
     assert row["provenance"]["constitution_sha256"] == constitution.sha256
     principle = constitution.critique_principle(row["principle_id"])
     assert info["record"] == "sft_row" and info["round"] == 2
-    assert info["principles"] == [{"id": row["principle_id"], "critique": principle.critique,
-                                   "revision": principle.revision}]
+    assert info["principles"] == [
+        {"id": row["principle_id"], "critique": principle.critique, "revision": principle.revision}
+    ]
     assert "verified" in info["constitution"]["note"]
     assert info["prompt"]["file"] == str(prompts) and info["prompt"]["line"] == 1
 

@@ -124,8 +124,10 @@ def credentials() -> grpc.ChannelCredentials | None:
     cert, key = _stamp(TLS_CERT_ENV), _stamp(TLS_KEY_ENV)
     if ca is None:
         if cert or key:
-            raise TLSFilesError(f"${TLS_CERT_ENV}/${TLS_KEY_ENV} are set but ${TLS_CA_ENV} is not: "
-                                "client certificates are only sent over TLS")
+            raise TLSFilesError(
+                f"${TLS_CERT_ENV}/${TLS_KEY_ENV} are set but ${TLS_CA_ENV} is not: "
+                "client certificates are only sent over TLS"
+            )
         return None
     if bool(cert) != bool(key):
         raise TLSFilesError(f"${TLS_CERT_ENV} and ${TLS_KEY_ENV} go together (one is set, not the other)")
@@ -152,18 +154,26 @@ def _hint(details: str | None, tls: tuple[str, str] | None) -> str:
     if not verify and "Socket closed" not in details and "andshake" not in details:
         return ""
     if tls is not None and verify:
-        return (f" (this client trusts ${TLS_CA_ENV}={tls[0]}: the server's certificate is not signed by a CA "
-                f"in it, or does not name the target; ${TLS_SERVER_NAME_ENV} sets the name to check)")
+        return (
+            f" (this client trusts ${TLS_CA_ENV}={tls[0]}: the server's certificate is not signed by a CA "
+            f"in it, or does not name the target; ${TLS_SERVER_NAME_ENV} sets the name to check)"
+        )
     if tls is None:
-        return (f" (this client dials plaintext: if the server serves TLS, set ${TLS_CA_ENV} to the CA bundle "
-                "that signed its certificate)")
+        return (
+            f" (this client dials plaintext: if the server serves TLS, set ${TLS_CA_ENV} to the CA bundle "
+            "that signed its certificate)"
+        )
     ca, cert = tls
     if not cert:
-        return (f" (this client dials TLS trusting ${TLS_CA_ENV}={ca}, without a client certificate: if the "
-                f"server requires mutual TLS (--tls-client-ca-file), set ${TLS_CERT_ENV} and ${TLS_KEY_ENV})")
-    return (f" (this client dials TLS trusting ${TLS_CA_ENV}={ca} with the client certificate "
-            f"${TLS_CERT_ENV}={cert}: check that the server's CA signed the server certificate and its "
-            "--tls-client-ca-file signed the client's)")
+        return (
+            f" (this client dials TLS trusting ${TLS_CA_ENV}={ca}, without a client certificate: if the "
+            f"server requires mutual TLS (--tls-client-ca-file), set ${TLS_CERT_ENV} and ${TLS_KEY_ENV})"
+        )
+    return (
+        f" (this client dials TLS trusting ${TLS_CA_ENV}={ca} with the client certificate "
+        f"${TLS_CERT_ENV}={cert}: check that the server's CA signed the server certificate and its "
+        "--tls-client-ca-file signed the client's)"
+    )
 
 
 class _ExplainedFailure(grpc.RpcError, grpc.Call, grpc.Future):
@@ -252,8 +262,13 @@ class _ExplainAio(grpc.aio.UnaryUnaryClientInterceptor):
             hint = _hint(exc.details(), self._tls) if exc.code() == grpc.StatusCode.UNAVAILABLE else ""
             if not hint:
                 raise
-            raise grpc.aio.AioRpcError(exc.code(), exc.initial_metadata(), exc.trailing_metadata(),
-                                       (exc.details() or "") + hint, exc.debug_error_string()) from None
+            raise grpc.aio.AioRpcError(
+                exc.code(),
+                exc.initial_metadata(),
+                exc.trailing_metadata(),
+                (exc.details() or "") + hint,
+                exc.debug_error_string(),
+            ) from None
         return call
 
 
@@ -324,5 +339,6 @@ def replica_addresses(target: str) -> list[tuple[str, str]]:
     except OSError as exc:
         raise TargetError(f"{target!r}: cannot resolve {host}: {exc}") from None
     addresses = dict.fromkeys(
-        f"ipv6:[{info[4][0]}]:{port}" if info[0] == socket.AF_INET6 else f"ipv4:{info[4][0]}:{port}" for info in infos)
+        f"ipv6:[{info[4][0]}]:{port}" if info[0] == socket.AF_INET6 else f"ipv4:{info[4][0]}:{port}" for info in infos
+    )
     return [(address, host) for address in addresses]

@@ -8,8 +8,9 @@ from services.api.cai.v1 import common_pb2
 from services.constitution import Constitution
 
 
-def provenance(constitution: Constitution, principle_id: str, model: str, checkpoint: str,
-               prompt_id: str = "") -> common_pb2.Provenance:
+def provenance(
+    constitution: Constitution, principle_id: str, model: str, checkpoint: str, prompt_id: str = ""
+) -> common_pb2.Provenance:
     created = Timestamp()
     created.GetCurrentTime()
     return common_pb2.Provenance(

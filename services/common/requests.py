@@ -19,8 +19,19 @@ from typing import TypeVar
 from services.engines import SamplingSpec
 from services.errors import InvalidRequest
 
-__all__ = ["InvalidRequest", "RequestLimits", "check_count", "check_path", "check_prompt_tokens", "check_text",
-           "conversation_messages", "message_bytes_limit", "off_loop", "sampling_spec", "seed_at"]
+__all__ = [
+    "InvalidRequest",
+    "RequestLimits",
+    "check_count",
+    "check_path",
+    "check_prompt_tokens",
+    "check_text",
+    "conversation_messages",
+    "message_bytes_limit",
+    "off_loop",
+    "sampling_spec",
+    "seed_at",
+]
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_STRINGS = 8
@@ -55,8 +66,15 @@ class RequestLimits:
     larger requests are refused with RESOURCE_EXHAUSTED before they are decoded."""
 
     def validate(self):
-        for name in ("max_batch_items", "max_n", "max_new_tokens", "default_max_tokens", "max_prompt_tokens",
-                     "max_text_bytes", "max_request_bytes"):
+        for name in (
+            "max_batch_items",
+            "max_n",
+            "max_new_tokens",
+            "default_max_tokens",
+            "max_prompt_tokens",
+            "max_text_bytes",
+            "max_request_bytes",
+        ):
             if getattr(self, name) < 1:
                 return name, "must be at least 1"
         if self.default_max_tokens > self.max_new_tokens:
@@ -68,9 +86,7 @@ def check_count(items: Sequence, field: str, limits: RequestLimits) -> None:
     if not items:
         raise InvalidRequest(field, "must hold at least one item")
     if len(items) > limits.max_batch_items:
-        raise InvalidRequest(
-            field, f"{len(items)} items exceeds max_batch_items={limits.max_batch_items}"
-        )
+        raise InvalidRequest(field, f"{len(items)} items exceeds max_batch_items={limits.max_batch_items}")
 
 
 def message_bytes_limit(limits: RequestLimits, texts_per_item: int) -> int:
@@ -124,17 +140,18 @@ def conversation_messages(conversation, field: str, limits: RequestLimits | None
         raise InvalidRequest(f"{field}.messages", "must hold at least one message")
     if limits is not None:
         if len(conversation.messages) > 4 * limits.max_batch_items:
-            raise InvalidRequest(f"{field}.messages", f"{len(conversation.messages)} messages is too many "
-                                 f"(at most {4 * limits.max_batch_items})")
+            raise InvalidRequest(
+                f"{field}.messages",
+                f"{len(conversation.messages)} messages is too many (at most {4 * limits.max_batch_items})",
+            )
         size = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in conversation.messages)
         if size > limits.max_text_bytes:
-            raise InvalidRequest(f"{field}.messages",
-                                 f"{size} bytes of content exceeds max_text_bytes={limits.max_text_bytes}")
+            raise InvalidRequest(
+                f"{field}.messages", f"{size} bytes of content exceeds max_text_bytes={limits.max_text_bytes}"
+            )
     for i, m in enumerate(conversation.messages):
         if m.role not in ROLES:
-            raise InvalidRequest(
-                f"{field}.messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {m.role!r}"
-            )
+            raise InvalidRequest(f"{field}.messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {m.role!r}")
         if not m.content and m.role != "system":
             raise InvalidRequest(f"{field}.messages[{i}].content", "must not be empty")
         messages.append({"role": m.role, "content": m.content})
@@ -158,9 +175,7 @@ def sampling_spec(params, limits: RequestLimits, field: str = "sampling") -> Sam
         raise InvalidRequest(f"{field}.n", f"{n} exceeds max_n={limits.max_n}")
     max_tokens = params.max_tokens or limits.default_max_tokens
     if max_tokens > limits.max_new_tokens:
-        raise InvalidRequest(
-            f"{field}.max_tokens", f"{max_tokens} exceeds max_new_tokens={limits.max_new_tokens}"
-        )
+        raise InvalidRequest(f"{field}.max_tokens", f"{max_tokens} exceeds max_new_tokens={limits.max_new_tokens}")
     temperature = params.temperature if params.HasField("temperature") else 1.0
     if not 0.0 <= temperature <= 2.0 or temperature != temperature:
         raise InvalidRequest(f"{field}.temperature", f"must be in [0, 2], got {temperature}")

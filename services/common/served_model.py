@@ -123,7 +123,6 @@ class ServedModel:
         await self._engine.close()
 
 
-
 TASKS = {
     "causal-lm": (("ForCausalLM", "LMHeadModel"), "a causal language model (…ForCausalLM)"),
     "sequence-classification": (("ForSequenceClassification",), "a sequence classifier (…ForSequenceClassification)"),
@@ -167,13 +166,15 @@ def check_checkpoint(access: CheckpointAccess, path: str) -> Path:
         folder = (root / path).resolve()  # an absolute path stays itself; a relative one is under root
         if not folder.is_relative_to(root):
             raise PermissionDenied(
-                f"path: {path!r} resolves to {str(folder)!r}, outside the checkpoint directory {str(root)!r}")
+                f"path: {path!r} resolves to {str(folder)!r}, outside the checkpoint directory {str(root)!r}"
+            )
     elif access.loopback_only:
         folder = Path(path).resolve()
     else:
         raise FailedPrecondition(
             "LoadCheckpoint is off on this server: start it with --checkpoint-dir DIR "
-            "(checkpoint_dir in its config) to allow loading checkpoints from under DIR")
+            "(checkpoint_dir in its config) to allow loading checkpoints from under DIR"
+        )
     if not folder.exists():
         raise NotFound(f"path: {path!r} does not exist on the server")
     config_file = folder / "config.json"
@@ -189,7 +190,8 @@ def check_checkpoint(access: CheckpointAccess, path: str) -> Path:
         raise FailedPrecondition(f"path: {path!r}: config.json names no architectures; this service needs {wanted}")
     if not any(isinstance(a, str) and a.endswith(suffixes) for a in architectures):
         raise FailedPrecondition(
-            f"path: {path!r} is a {', '.join(map(str, architectures))}; this service needs {wanted}")
+            f"path: {path!r} is a {', '.join(map(str, architectures))}; this service needs {wanted}"
+        )
     return folder
 
 
@@ -200,8 +202,13 @@ def write_record(access: CheckpointAccess, folder: Path, checkpoint_id: str, pre
         return
     record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(f".{record.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    data = {"path": str(folder), "checkpoint_id": checkpoint_id, "previous_checkpoint_id": previous,
-            "promoted_at": time.time(), "service": access.service}
+    data = {
+        "path": str(folder),
+        "checkpoint_id": checkpoint_id,
+        "previous_checkpoint_id": previous,
+        "promoted_at": time.time(),
+        "service": access.service,
+    }
     with open(tmp, "w") as f:
         f.write(json.dumps(data, indent=2) + "\n")
         f.flush()
@@ -240,8 +247,9 @@ async def load_checkpoint(
     ``start(path, checkpoint_id)`` and swaps it in, then records the promotion. A checkpoint that
     fails to load leaves the old one serving and answers FAILED_PRECONDITION."""
     if access is None:  # callers that predate the access rules: loopback semantics
-        access = CheckpointAccess(service=served.service.rsplit(".", 1)[-1].lower(), task="causal-lm",
-                                  loopback_only=True)
+        access = CheckpointAccess(
+            service=served.service.rsplit(".", 1)[-1].lower(), task="causal-lm", loopback_only=True
+        )
     if access.allowed_clients:
         from services.common.tls import require_client_identity
 
@@ -278,9 +286,23 @@ async def load_checkpoint(
         try:
             await asyncio.to_thread(write_record, access, folder, checkpoint_id, previous)
         except OSError as exc:  # a read-only volume (Kubernetes): the trainer records it there
-            log.warning("%s serves %s but cannot record it in %s (%s): a restart serves it only if the "
-                        "promoter (the trainer) records it", served.service, checkpoint_id, access.record_file, exc)
-    log.info("%s now serves checkpoint %s from %s (was %s; %s, %.2fs)", served.service, checkpoint_id, folder,
-             previous, "reloaded in place" if in_place else "new engine swapped in", seconds)
+            log.warning(
+                "%s serves %s but cannot record it in %s (%s): a restart serves it only if the "
+                "promoter (the trainer) records it",
+                served.service,
+                checkpoint_id,
+                access.record_file,
+                exc,
+            )
+    log.info(
+        "%s now serves checkpoint %s from %s (was %s; %s, %.2fs)",
+        served.service,
+        checkpoint_id,
+        folder,
+        previous,
+        "reloaded in place" if in_place else "new engine swapped in",
+        seconds,
+    )
     return common_pb2.LoadCheckpointResponse(
-        checkpoint_id=checkpoint_id, previous_checkpoint_id=previous, load_seconds=seconds)
+        checkpoint_id=checkpoint_id, previous_checkpoint_id=previous, load_seconds=seconds
+    )

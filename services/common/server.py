@@ -134,8 +134,9 @@ def _guard(deserialize, service: str, method: str, limit: int):
 
     def guarded(data: bytes):
         if len(data) > limit:
-            return _BadMessage(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"request is {len(data)} bytes; {method} accepts at most {limit}")
+            return _BadMessage(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"request is {len(data)} bytes; {method} accepts at most {limit}"
+            )
         try:
             return deserialize(data) if deserialize is not None else data
         except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, ...
@@ -184,8 +185,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     ``cai_grpc_errors_total``; engine work is bounded by ``limiter`` (light methods skip it).
     """
 
-    def __init__(self, message_limits: Mapping[str, int] | None = None, default_limit: int = SMALL_REQUEST_BYTES,
-                 limiter: WorkLimiter | None = None, light: Collection[str] = LIGHT_METHODS):
+    def __init__(
+        self,
+        message_limits: Mapping[str, int] | None = None,
+        default_limit: int = SMALL_REQUEST_BYTES,
+        limiter: WorkLimiter | None = None,
+        light: Collection[str] = LIGHT_METHODS,
+    ):
         self.message_limits = dict(message_limits or {})
         self.default_limit = default_limit
         self.limiter = limiter
@@ -357,8 +363,11 @@ class GrpcService:
             *KEEPALIVE_SERVER_OPTIONS,
         ]
         server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(
-                self.message_limits, limiter=WorkLimiter(cfg.max_concurrent_work, cfg.max_queued_work))],
+            interceptors=[
+                ServiceInterceptor(
+                    self.message_limits, limiter=WorkLimiter(cfg.max_concurrent_work, cfg.max_queued_work)
+                )
+            ],
             options=options,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )
@@ -390,8 +399,7 @@ class GrpcService:
         self._register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
         await server.start()
@@ -403,7 +411,9 @@ class GrpcService:
             self._watch = asyncio.create_task(self._watch_health())
         log.info(
             "serving %s on %s:%d (metrics on %s)",
-            ", ".join(self._names), cfg.host, self.port,
+            ", ".join(self._names),
+            cfg.host,
+            self.port,
             self.metrics_port if self.metrics_port >= 0 else "off",
         )
         return self.port

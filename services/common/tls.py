@@ -55,7 +55,8 @@ class _CertificateFiles:
     def _configuration(self):
         pem = {field: _read_pem(field, path) for field, path in self.files.items()}
         return grpc.ssl_server_certificate_configuration(
-            [(pem["tls_key_file"], pem["tls_cert_file"])], root_certificates=pem.get("tls_client_ca_file"))
+            [(pem["tls_key_file"], pem["tls_cert_file"])], root_certificates=pem.get("tls_client_ca_file")
+        )
 
     def fetch(self):
         """Called by gRPC before each handshake: a new configuration once the files changed, else None."""
@@ -77,7 +78,8 @@ def server_credentials(cert_file: str, key_file: str, client_ca_file: str = "") 
     one of its CAs (mutual TLS), else the handshake fails."""
     files = _CertificateFiles(cert_file, key_file, client_ca_file)
     return grpc.dynamic_ssl_server_credentials(
-        files.initial, files.fetch, require_client_authentication=bool(client_ca_file))
+        files.initial, files.fetch, require_client_authentication=bool(client_ca_file)
+    )
 
 
 def peer_identities(context) -> set[str]:
@@ -100,9 +102,12 @@ async def require_client_identity(context, allowed: Collection[str]) -> None:
     if names & set(allowed):
         return
     if not names:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            "this call needs a client certificate (mutual TLS) naming an allowed client; "
-                            "the connection has none")
-    await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                        f"client certificate names {sorted(names)}, none of them is allowed for this call "
-                        f"(server.tls_allowed_client_names)")
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "this call needs a client certificate (mutual TLS) naming an allowed client; the connection has none",
+        )
+    await context.abort(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"client certificate names {sorted(names)}, none of them is allowed for this call "
+        f"(server.tls_allowed_client_names)",
+    )

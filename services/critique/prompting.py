@@ -33,10 +33,7 @@ REVISION_LABEL = "Revision request:"
 
 
 def critique_request(messages: Sequence[dict], answer: str, principle: CritiquePrinciple) -> str:
-    return (
-        f"{CONVERSATION_LABEL}\n\n" + transcript(messages, answer) + "\n\n"
-        f"{CRITIQUE_LABEL} {principle.critique}"
-    )
+    return f"{CONVERSATION_LABEL}\n\n" + transcript(messages, answer) + f"\n\n{CRITIQUE_LABEL} {principle.critique}"
 
 
 def revision_request(principle: CritiquePrinciple) -> str:
@@ -88,9 +85,18 @@ def is_degenerate(text: str) -> bool:
 # its speakers (the model went on writing the conversation), or a few-shot marker (it started
 # another example). A revision holding one leaked the prompt's scaffolding.
 _SCAFFOLD = re.compile(
-    "|".join([re.escape(CRITIQUE_LABEL), re.escape(REVISION_LABEL), rf"^\s*{re.escape(CONVERSATION_LABEL)}",
-              *(rf"^\s*{re.escape(name)}:" for name in SPEAKERS.values()),
-              r"\banother example\b", r"^\s*example\s*\d*\s*:", r"^\s*critique\s*:", r"^\s*revision\s*:"]),
+    "|".join(
+        [
+            re.escape(CRITIQUE_LABEL),
+            re.escape(REVISION_LABEL),
+            rf"^\s*{re.escape(CONVERSATION_LABEL)}",
+            *(rf"^\s*{re.escape(name)}:" for name in SPEAKERS.values()),
+            r"\banother example\b",
+            r"^\s*example\s*\d*\s*:",
+            r"^\s*critique\s*:",
+            r"^\s*revision\s*:",
+        ]
+    ),
     re.IGNORECASE | re.MULTILINE,
 )
 

@@ -59,8 +59,7 @@ class Chain:
 
 
 class Reviser:
-    def __init__(self, engine: Engine, constitution: Constitution, *, few_shot: int = 2,
-                 max_prompt_tokens: int = 2048):
+    def __init__(self, engine: Engine, constitution: Constitution, *, few_shot: int = 2, max_prompt_tokens: int = 2048):
         self.engine = engine
         self.constitution = constitution
         self.few_shot = few_shot
@@ -82,8 +81,7 @@ class Reviser:
             if len(ids) <= self.max_prompt_tokens:
                 return chat, ids
         raise InvalidRequest(
-            field, f"{len(ids)} tokens with the critique request exceeds "
-                   f"max_prompt_tokens={self.max_prompt_tokens}"
+            field, f"{len(ids)} tokens with the critique request exceeds max_prompt_tokens={self.max_prompt_tokens}"
         )
 
     async def revise(
@@ -99,15 +97,15 @@ class Reviser:
         results: list[list[RoundResult]] = [[] for _ in items]
         truncated = [False] * len(items)  # of the answer each item holds (the initial one: unknown here)
         for r in range(1, rounds + 1):
-            drawn = [
-                self.draw(seed, item.draw_key, r, among) for item in items
-            ]
+            drawn = [self.draw(seed, item.draw_key, r, among) for item in items]
             chats, prompts = [], []
             for i, (item, (principle, examples)) in enumerate(zip(items, drawn)):
                 chat, ids = self._fit(item.messages, answers[i], principle, examples, f"items[{i}]")
                 chats.append(chat)
                 prompts.append(ids)
-            spec_c = critique_spec if critique_spec.seed is None else replace(critique_spec, seed=critique_spec.seed + 2 * r)
+            spec_c = (
+                critique_spec if critique_spec.seed is None else replace(critique_spec, seed=critique_spec.seed + 2 * r)
+            )
             critiques = [
                 prompting.clean_output(c.samples[0].text)
                 for c in await self.engine.generate(prompts, replace(spec_c, n=1))
@@ -116,7 +114,11 @@ class Reviser:
                 self.engine.encode_chat(prompting.revision_chat(chat, critique, principle))
                 for chat, critique, (principle, _) in zip(chats, critiques, drawn)
             ]
-            spec_r = revision_spec if revision_spec.seed is None else replace(revision_spec, seed=revision_spec.seed + 2 * r + 1)
+            spec_r = (
+                revision_spec
+                if revision_spec.seed is None
+                else replace(revision_spec, seed=revision_spec.seed + 2 * r + 1)
+            )
             samples = [c.samples[0] for c in await self.engine.generate(revision_prompts, replace(spec_r, n=1))]
             revisions = [prompting.clean_output(sample.text) for sample in samples]
             for i, ((principle, _), critique, revision) in enumerate(zip(drawn, critiques, revisions)):

@@ -78,8 +78,12 @@ class CritiqueServicer(critique_pb2_grpc.CritiqueServicer):
     async def Revise(self, request, context):
         items, rounds, critique_spec, revision_spec, seed, among = self._parse(request)
         async with self.served.use() as engine:
-            reviser = Reviser(engine, self.constitution, few_shot=self.config.few_shot,
-                              max_prompt_tokens=self.limits.max_prompt_tokens)
+            reviser = Reviser(
+                engine,
+                self.constitution,
+                few_shot=self.config.few_shot,
+                max_prompt_tokens=self.limits.max_prompt_tokens,
+            )
             chains = await within_deadline(
                 context, reviser.revise(items, rounds, critique_spec, revision_spec, seed, among)
             )
@@ -88,12 +92,19 @@ class CritiqueServicer(critique_pb2_grpc.CritiqueServicer):
         for item, chain in zip(items, chains):
             out = response.chains.add(
                 final_answer=chain.final_answer,
-                provenance=provenance(self.constitution, ",".join(chain.principle_ids),
-                                      engine.model, engine.checkpoint_id, item.key),
+                provenance=provenance(
+                    self.constitution, ",".join(chain.principle_ids), engine.model, engine.checkpoint_id, item.key
+                ),
             )
             for r in chain.rounds:
-                out.rounds.add(round=r.round, principle_id=r.principle_id, critique=r.critique,
-                               revision=r.revision, kept_previous=r.kept_previous, truncated=r.truncated)
+                out.rounds.add(
+                    round=r.round,
+                    principle_id=r.principle_id,
+                    critique=r.critique,
+                    revision=r.revision,
+                    kept_previous=r.kept_previous,
+                    truncated=r.truncated,
+                )
                 ROUNDS.inc()
                 PRINCIPLE_USES.labels(r.principle_id).inc()
                 if r.kept_previous:
@@ -104,8 +115,9 @@ class CritiqueServicer(critique_pb2_grpc.CritiqueServicer):
 async def build_critique_service(config: CritiqueConfig, served: ServedModel | None = None) -> GrpcService:
     """The critique service, ready to ``start()``; shares ``served`` when given."""
     constitution = load_constitution(config.constitution)
-    service = GrpcService(config.server, None, [SERVICE],
-                          message_limits={"Revise": message_bytes_limit(config.limits, texts_per_item=2)})
+    service = GrpcService(
+        config.server, None, [SERVICE], message_limits={"Revise": message_bytes_limit(config.limits, texts_per_item=2)}
+    )
     await service.bind()  # ports and the constitution first, then the model
     try:
         served = served or ServedModel(SERVICE, await start_engine(config.engine))

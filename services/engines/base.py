@@ -167,8 +167,15 @@ def same_shape(old_path: str, new_path: str) -> bool:
         return {k: v for k, v in data.items() if k not in _VOLATILE_CONFIG_KEYS}
 
     def tokenizer_files(path: str) -> dict:
-        names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                 "merges.txt", "tokenizer.model", "chat_template.jinja")
+        names = (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.json",
+            "merges.txt",
+            "tokenizer.model",
+            "chat_template.jinja",
+        )
         return {n: (Path(path) / n).read_bytes() for n in names if (Path(path) / n).is_file()}
 
     try:

@@ -113,9 +113,7 @@ class TransformersEngine(Engine):
         async with self._lock:
             return await asyncio.to_thread(self._generate_sync, prompts, spec)
 
-    async def stream(
-        self, prompts: Sequence[list[int]], spec: SamplingSpec
-    ) -> AsyncIterator[StreamDelta]:
+    async def stream(self, prompts: Sequence[list[int]], spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
         # The reference engine does not stream incrementally: each sample arrives whole.
         for p, completion in enumerate(await self.generate(prompts, spec)):
             for s, sample in enumerate(completion.samples):
@@ -145,10 +143,7 @@ class TransformersEngine(Engine):
     ) -> list[dict[int, float]]:
         async with self._lock:
             logp = await asyncio.to_thread(self._logits_sync, prompts)
-        return [
-            {t: float(logp[row, len(prompt) - 1, t]) for t in token_ids}
-            for row, prompt in enumerate(prompts)
-        ]
+        return [{t: float(logp[row, len(prompt) - 1, t]) for t in token_ids} for row, prompt in enumerate(prompts)]
 
     async def reload_in_place(self, model_path: str, checkpoint_id: str) -> bool:
         """Reads the new weights off the event loop, then copies them into the loaded model
@@ -193,7 +188,8 @@ def load_weights(model, state: dict, model_path: str) -> None:
     tied = {k for k, v in own.items() if k not in state and v.data_ptr() in given}  # shares a given tensor
     missing = sorted(set(own) - set(state) - tied)
     if unexpected or missing:
-        raise EngineError(f"{model_path}: weights do not fit the loaded model "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise EngineError(
+            f"{model_path}: weights do not fit the loaded model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     with torch.no_grad():
         model.load_state_dict(state, strict=False)

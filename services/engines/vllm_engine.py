@@ -158,17 +158,12 @@ class VLLMEngine(Engine):
             completions.append(
                 Completion(
                     prompt_token_count=len(prompt),
-                    samples=[
-                        Sample(o.text, tuple(o.token_ids), _FINISH.get(o.finish_reason, "stop"))
-                        for o in samples
-                    ],
+                    samples=[Sample(o.text, tuple(o.token_ids), _FINISH.get(o.finish_reason, "stop")) for o in samples],
                 )
             )
         return completions
 
-    async def stream(
-        self, prompts: Sequence[list[int]], spec: SamplingSpec
-    ) -> AsyncIterator[StreamDelta]:
+    async def stream(self, prompts: Sequence[list[int]], spec: SamplingSpec) -> AsyncIterator[StreamDelta]:
         params = self._params(spec, delta=True)
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
@@ -226,13 +221,9 @@ class VLLMEngine(Engine):
     ) -> list[dict[int, float]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids), detokenize=False
-        )
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids), detokenize=False)
         outs = await asyncio.gather(*(self._final(p, params) for p in prompts))
-        return [
-            {t: float(out.outputs[0].logprobs[0][t].logprob) for t in token_ids} for out in outs
-        ]
+        return [{t: float(out.outputs[0].logprobs[0][t].logprob) for t in token_ids} for out in outs]
 
     async def reload_in_place(self, model_path: str, checkpoint_id: str) -> bool:
         """On a GPU: the new weights go into the running engine (never a second engine beside
@@ -245,7 +236,8 @@ class VLLMEngine(Engine):
         if not await asyncio.to_thread(same_shape, self.model, model_path):
             raise EngineError(
                 f"{model_path} differs from the serving model in architecture, sizes or tokenizer: on a "
-                "GPU it cannot be loaded beside the serving engine; restart the service with --model")
+                "GPU it cannot be loaded beside the serving engine; restart the service with --model"
+            )
         await self.reload_weights(model_path)
         self.model, self.checkpoint_id = model_path, checkpoint_id
         return True
@@ -256,7 +248,8 @@ class VLLMEngine(Engine):
         await self._llm.pause_generation(mode="wait", clear_cache=True)
         try:
             await self._llm.collective_rpc(
-                "reload_weights", kwargs={"weights_path": model_path, "is_checkpoint_format": True})
+                "reload_weights", kwargs={"weights_path": model_path, "is_checkpoint_format": True}
+            )
             await self._llm.reset_prefix_cache()
         finally:
             await self._llm.resume_generation()

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-PREFIX_CACHE_QUERIES = Counter(
-    "cai_engine_prefix_cache_queries", "Prompt tokens vLLM looked up in its prefix cache.")
+PREFIX_CACHE_QUERIES = Counter("cai_engine_prefix_cache_queries", "Prompt tokens vLLM looked up in its prefix cache.")
 PREFIX_CACHE_HITS = Counter(
-    "cai_engine_prefix_cache_hits", "Prompt tokens vLLM found in its prefix cache (not computed again).")
+    "cai_engine_prefix_cache_hits", "Prompt tokens vLLM found in its prefix cache (not computed again)."
+)
 
 
 def prefix_cache_logger():

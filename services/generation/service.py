@@ -42,15 +42,14 @@ FINISH = {
     "abort": common_pb2.FINISH_REASON_ABORT,
 }
 
-TOKENS = metrics.Counter(
-    "cai_generation_tokens_total", "Tokens generated (all samples)."
-)
+TOKENS = metrics.Counter("cai_generation_tokens_total", "Tokens generated (all samples).")
 PROMPT_TOKENS = metrics.Counter(
     "cai_generation_prompt_tokens_total", "Prompt tokens processed (after the chat template)."
 )
 SAMPLES = metrics.Counter("cai_generation_samples_total", "Answers sampled.")
 SAMPLES_PER_REQUEST = metrics.Histogram(
-    "cai_generation_samples_per_request", "Answers sampled per request (prompts times n).",
+    "cai_generation_samples_per_request",
+    "Answers sampled per request (prompts times n).",
     buckets=metrics.BATCH_BUCKETS,
 )
 
@@ -65,8 +64,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         """Checks the request (cheap checks first), then tokenizes off the event loop."""
         check_count(request.prompts, "prompts", self.limits)
         spec = sampling_spec(request.sampling, self.limits)
-        conversations = [conversation_messages(conv, f"prompts[{i}]", self.limits)
-                         for i, conv in enumerate(request.prompts)]
+        conversations = [
+            conversation_messages(conv, f"prompts[{i}]", self.limits) for i, conv in enumerate(request.prompts)
+        ]
         prompts = await off_loop(lambda: [engine.encode_chat(m) for m in conversations])
         for i, ids in enumerate(prompts):
             check_prompt_tokens(ids, f"prompts[{i}]", self.limits)
@@ -84,18 +84,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         async with self.served.use() as engine:
             prompts, spec = await self._prompts(request, engine)
             completions = await within_deadline(context, engine.generate(prompts, spec))
-        response = generation_pb2.GenerateResponse(
-            model=engine.model, checkpoint_id=engine.checkpoint_id
-        )
+        response = generation_pb2.GenerateResponse(model=engine.model, checkpoint_id=engine.checkpoint_id)
         tokens = 0
         for conv, completion in zip(request.prompts, completions):
-            out = response.completions.add(
-                prompt_token_count=completion.prompt_token_count, prompt_id=conv.id
-            )
+            out = response.completions.add(prompt_token_count=completion.prompt_token_count, prompt_id=conv.id)
             for s in completion.samples:
-                out.samples.add(
-                    text=s.text, token_count=len(s.token_ids), finish_reason=FINISH[s.finish_reason]
-                )
+                out.samples.add(text=s.text, token_count=len(s.token_ids), finish_reason=FINISH[s.finish_reason])
                 tokens += len(s.token_ids)
         self._count(prompts, len(prompts) * spec.n, tokens)
         return response
@@ -125,7 +119,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     async def LoadCheckpoint(self, request, context):
         check_path(request.path)
         return await load_checkpoint(
-            self.served, request, context, lambda path, cid: start_engine(self.config.engine, path, cid),
+            self.served,
+            request,
+            context,
+            lambda path, cid: start_engine(self.config.engine, path, cid),
             checkpoint_access(self.config),
         )
 
@@ -146,7 +143,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
 def checkpoint_access(config: GenerationConfig) -> CheckpointAccess:
     """Where LoadCheckpoint may load policies from: causal LMs under ``checkpoint_dir``."""
     return CheckpointAccess(
-        service="generation", task="causal-lm", checkpoint_dir=config.checkpoint_dir,
+        service="generation",
+        task="causal-lm",
+        checkpoint_dir=config.checkpoint_dir,
         loopback_only=is_loopback(config.server.host),
         allowed_clients=tuple(config.server.tls_allowed_client_names),
     )
@@ -159,20 +158,21 @@ async def start_served_policy(config: GenerationConfig) -> ServedModel:
     if promoted is None:
         return ServedModel(SERVICE, await start_engine(config.engine))
     path, checkpoint_id = promoted
-    log.info("serving the promoted checkpoint %s (%s) recorded in %s/promoted/generation.json",
-             checkpoint_id, path, config.checkpoint_dir)
+    log.info(
+        "serving the promoted checkpoint %s (%s) recorded in %s/promoted/generation.json",
+        checkpoint_id,
+        path,
+        config.checkpoint_dir,
+    )
     served = ServedModel(SERVICE, await start_engine(config.engine, path, checkpoint_id))
     served.promoted = True
     return served
 
 
-async def build_generation_service(
-    config: GenerationConfig, served: ServedModel | None = None
-) -> GrpcService:
+async def build_generation_service(config: GenerationConfig, served: ServedModel | None = None) -> GrpcService:
     """The generation service, ready to ``start()``. Starts its engine unless a served model is
     given (the embedded default shares one policy engine between generation and critique)."""
-    service = GrpcService(config.server, None, [SERVICE],
-                          message_limits=generation_message_limits(config.limits))
+    service = GrpcService(config.server, None, [SERVICE], message_limits=generation_message_limits(config.limits))
     await service.bind()  # ports first: a port in use is found before the model loads
     try:
         served = served or await start_served_policy(config)

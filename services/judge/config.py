@@ -18,7 +18,9 @@ class JudgeConfig:
     """The judge model (the feedback model) and its engine."""
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50053, metrics_port=9092))
     """Ports, TLS, concurrency and shutdown grace."""
-    limits: RequestLimits = field(default_factory=lambda: RequestLimits(max_batch_items=256, max_n=1, max_prompt_tokens=4096))
+    limits: RequestLimits = field(
+        default_factory=lambda: RequestLimits(max_batch_items=256, max_n=1, max_prompt_tokens=4096)
+    )
     """Per-request limits (comparisons per request, prompt length)."""
     constitution: str = str(DEFAULT_CONSTITUTION)
     """Constitution file whose judging principles and few-shot comparisons are used."""

@@ -73,8 +73,9 @@ def principle_changes(old: Constitution, new: Constitution) -> PrincipleChanges:
     )
 
 
-async def _labels(address: str, pairs: list[Pair], seed: int, swap: bool, principle_id: str = "",
-                  batch_size: int = 64) -> list[tuple[float, str]]:
+async def _labels(
+    address: str, pairs: list[Pair], seed: int, swap: bool, principle_id: str = "", batch_size: int = 64
+) -> list[tuple[float, str]]:
     from services.api.cai.v1 import judge_pb2, judge_pb2_grpc
     from services.common.channels import open_aio_channel
 
@@ -82,11 +83,24 @@ async def _labels(address: str, pairs: list[Pair], seed: int, swap: bool, princi
     async with open_aio_channel(address) as channel:
         stub = judge_pb2_grpc.JudgeStub(channel)
         for i in range(0, len(pairs), batch_size):
-            response = await stub.Compare(judge_pb2.CompareRequest(
-                comparisons=[judge_pb2.Comparison(prompt=conversation(p.messages, p.id), answer_a=p.answer_a,
-                                                  answer_b=p.answer_b, principle_id=principle_id, id=p.id)
-                             for p in pairs[i : i + batch_size]],
-                mode=judge_pb2.JUDGE_MODE_LOGPROB, swap_debias=swap, seed=seed), timeout=3600)
+            response = await stub.Compare(
+                judge_pb2.CompareRequest(
+                    comparisons=[
+                        judge_pb2.Comparison(
+                            prompt=conversation(p.messages, p.id),
+                            answer_a=p.answer_a,
+                            answer_b=p.answer_b,
+                            principle_id=principle_id,
+                            id=p.id,
+                        )
+                        for p in pairs[i : i + batch_size]
+                    ],
+                    mode=judge_pb2.JUDGE_MODE_LOGPROB,
+                    swap_debias=swap,
+                    seed=seed,
+                ),
+                timeout=3600,
+            )
             out += [(label.p_a, label.principle_id) for label in response.labels]
     return out
 
@@ -94,9 +108,20 @@ async def _labels(address: str, pairs: list[Pair], seed: int, swap: bool, princi
 def compare_labels(pairs: list[Pair], before: list[tuple[float, str]], after: list[tuple[float, str]]) -> dict:
     """Agreement (same side of 0.5, ties agreeing only with ties), mean |Δp_a|, flips, examples."""
     side = lambda p: (p > 0.5) - (p < 0.5)  # noqa: E731
-    rows = [{"id": pair.id, "line": pair.line, "p_a_old": a, "p_a_new": b, "principle_old": pa, "principle_new": pb,
-             "prompt": pair.messages[-1]["content"], "answer_a": pair.answer_a, "answer_b": pair.answer_b}
-            for pair, (a, pa), (b, pb) in zip(pairs, before, after)]
+    rows = [
+        {
+            "id": pair.id,
+            "line": pair.line,
+            "p_a_old": a,
+            "p_a_new": b,
+            "principle_old": pa,
+            "principle_new": pb,
+            "prompt": pair.messages[-1]["content"],
+            "answer_a": pair.answer_a,
+            "answer_b": pair.answer_b,
+        }
+        for pair, (a, pa), (b, pb) in zip(pairs, before, after)
+    ]
     flipped = [r for r in rows if side(r["p_a_old"]) * side(r["p_a_new"]) < 0]
     n = len(rows)
     return {
@@ -111,8 +136,17 @@ def compare_labels(pairs: list[Pair], before: list[tuple[float, str]], after: li
     }
 
 
-async def constitution_diff(old_path: str, new_path: str, comparisons: str | Path, old_address: str,
-                            new_address: str, *, seed: int = 0, swap: bool = True, limit: int = 0) -> dict:
+async def constitution_diff(
+    old_path: str,
+    new_path: str,
+    comparisons: str | Path,
+    old_address: str,
+    new_address: str,
+    *,
+    seed: int = 0,
+    swap: bool = True,
+    limit: int = 0,
+) -> dict:
     """Relabels ``comparisons`` with the judges at ``old_address`` (serving OLD) and ``new_address``
     (serving NEW; the same model) and reports the impact of every judging-principle change."""
     import hashlib
@@ -126,23 +160,44 @@ async def constitution_diff(old_path: str, new_path: str, comparisons: str | Pat
     sampled_new = await _labels(new_address, pairs, seed, swap)
     principles = []
     for pid in changes.changed:
-        principles.append({"principle_id": pid, "change": "changed",
-                           "question_old": old.judging_principle(pid).question,
-                           "question_new": new.judging_principle(pid).question,
-                           **compare_labels(pairs, await _labels(old_address, pairs, seed, swap, pid),
-                                            await _labels(new_address, pairs, seed, swap, pid))})
+        principles.append(
+            {
+                "principle_id": pid,
+                "change": "changed",
+                "question_old": old.judging_principle(pid).question,
+                "question_new": new.judging_principle(pid).question,
+                **compare_labels(
+                    pairs,
+                    await _labels(old_address, pairs, seed, swap, pid),
+                    await _labels(new_address, pairs, seed, swap, pid),
+                ),
+            }
+        )
     for pid in changes.added:
-        principles.append({"principle_id": pid, "change": "added", "question_new": new.judging_principle(pid).question,
-                           **compare_labels(pairs, sampled_old, await _labels(new_address, pairs, seed, swap, pid))})
+        principles.append(
+            {
+                "principle_id": pid,
+                "change": "added",
+                "question_new": new.judging_principle(pid).question,
+                **compare_labels(pairs, sampled_old, await _labels(new_address, pairs, seed, swap, pid)),
+            }
+        )
     for pid in changes.removed:
-        principles.append({"principle_id": pid, "change": "removed", "question_old": old.judging_principle(pid).question,
-                           **compare_labels(pairs, await _labels(old_address, pairs, seed, swap, pid), sampled_new)})
+        principles.append(
+            {
+                "principle_id": pid,
+                "change": "removed",
+                "question_old": old.judging_principle(pid).question,
+                **compare_labels(pairs, await _labels(old_address, pairs, seed, swap, pid), sampled_new),
+            }
+        )
     return {
         "old": {"file": str(old_path), "sha256": old.sha256, "judging_principles": len(old.judging)},
         "new": {"file": str(new_path), "sha256": new.sha256, "judging_principles": len(new.judging)},
         "comparisons_file": str(comparisons),
         "comparisons_sha256": hashlib.sha256(Path(comparisons).read_bytes()).hexdigest(),
-        "seed": seed, "swap_debias": swap,
+        "seed": seed,
+        "swap_debias": swap,
         "unchanged_principles": list(changes.unchanged),
         "few_shot_changed": changes.few_shot_changed,
         "overall": compare_labels(pairs, sampled_old, sampled_new),
@@ -188,8 +243,13 @@ def _plot(result: dict) -> bytes:
     left.plot([0, 1], [0, 1], "--", color="grey")
     left.axhline(0.5, color="lightgrey", lw=0.8)
     left.axvline(0.5, color="lightgrey", lw=0.8)
-    left.set(xlim=(0, 1), ylim=(0, 1), xlabel="p_a under OLD", ylabel="p_a under NEW",
-             title=f"labels as sampled: agreement {overall['agreement']:.2f}")
+    left.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="p_a under OLD",
+        ylabel="p_a under NEW",
+        title=f"labels as sampled: agreement {overall['agreement']:.2f}",
+    )
     rows = result["principles"]
     names = [f"{r['principle_id']} ({r['change']})" for r in rows] or ["(no principle changed)"]
     y = range(len(names))
@@ -216,22 +276,37 @@ def write_report(result: dict, out: str | Path) -> dict:
     files["json"].write_text(json.dumps(result, indent=2) + "\n")
     files["png"].write_bytes(png)
     o = result["overall"]
-    rows = [("old", f"{result['old']['file']} ({result['old']['sha256'][:12]})"),
-            ("new", f"{result['new']['file']} ({result['new']['sha256'][:12]})"),
-            ("comparisons", f"{o['comparisons']} from {result['comparisons_file']}"),
-            ("seed / swap", f"{result['seed']} / {result['swap_debias']}"),
-            ("judging few-shot examples changed", str(result["few_shot_changed"])),
-            ("labels as sampled: agreement, mean |Δp_a|, flipped",
-             f"{o['agreement']:.3f}, {o['mean_abs_delta_p_a']:.3f}, {o['flipped']}")]
+    rows = [
+        ("old", f"{result['old']['file']} ({result['old']['sha256'][:12]})"),
+        ("new", f"{result['new']['file']} ({result['new']['sha256'][:12]})"),
+        ("comparisons", f"{o['comparisons']} from {result['comparisons_file']}"),
+        ("seed / swap", f"{result['seed']} / {result['swap_debias']}"),
+        ("judging few-shot examples changed", str(result["few_shot_changed"])),
+        (
+            "labels as sampled: agreement, mean |Δp_a|, flipped",
+            f"{o['agreement']:.3f}, {o['mean_abs_delta_p_a']:.3f}, {o['flipped']}",
+        ),
+    ]
     for r in result["principles"]:
-        rows.append((f"{r['principle_id']} ({r['change']})",
-                     f"agreement {r['agreement']:.3f}, mean |Δp_a| {r['mean_abs_delta_p_a']:.3f}, flipped {r['flipped']}"))
+        rows.append(
+            (
+                f"{r['principle_id']} ({r['change']})",
+                f"agreement {r['agreement']:.3f}, mean |Δp_a| {r['mean_abs_delta_p_a']:.3f}, flipped {r['flipped']}",
+            )
+        )
     extra = ""
-    for title, block in [("labels as sampled", o)] + [(f"{r['principle_id']} ({r['change']})", r)
-                                                       for r in result["principles"]]:
-        extra += f"<h2>Examples: {html.escape(title)}</h2><table>" + "".join(
-            f"<tr><td>{html.escape(e['id'])}</td><td>{html.escape(e['prompt'][:200])}</td>"
-            f"<td>A: {html.escape(e['answer_a'][:200])}<br>B: {html.escape(e['answer_b'][:200])}</td>"
-            f"<td>p_a {e['p_a_old']:.3f} → {e['p_a_new']:.3f}</td></tr>" for e in block["examples"]) + "</table>"
+    for title, block in [("labels as sampled", o)] + [
+        (f"{r['principle_id']} ({r['change']})", r) for r in result["principles"]
+    ]:
+        extra += (
+            f"<h2>Examples: {html.escape(title)}</h2><table>"
+            + "".join(
+                f"<tr><td>{html.escape(e['id'])}</td><td>{html.escape(e['prompt'][:200])}</td>"
+                f"<td>A: {html.escape(e['answer_a'][:200])}<br>B: {html.escape(e['answer_b'][:200])}</td>"
+                f"<td>p_a {e['p_a_old']:.3f} → {e['p_a_new']:.3f}</td></tr>"
+                for e in block["examples"]
+            )
+            + "</table>"
+        )
     files["html"].write_text(html_page("Constitution diff", rows, png, extra))
     return {k: str(v) for k, v in files.items()}

@@ -72,8 +72,16 @@ def _seed(*parts) -> int:
 
 
 class Judge:
-    def __init__(self, engine: Engine, constitution: Constitution, *, few_shot: int = 2,
-                 max_prompt_tokens: int = 4096, cot_min_p: float = 0.4, cot_max_p: float = 0.6):
+    def __init__(
+        self,
+        engine: Engine,
+        constitution: Constitution,
+        *,
+        few_shot: int = 2,
+        max_prompt_tokens: int = 4096,
+        cot_min_p: float = 0.4,
+        cot_max_p: float = 0.6,
+    ):
         self.engine = engine
         self.constitution = constitution
         self.few_shot = few_shot
@@ -92,8 +100,16 @@ class Judge:
         examples = rng.sample(pool, min(self.few_shot, len(pool)))
         return principle, [(e, self.constitution.sample_judging(rng)) for e in examples]
 
-    def _chat(self, item: ComparisonItem, first: str, second: str, principle: JudgingPrinciple,
-              examples, cot: bool, field: str) -> tuple[str, int]:
+    def _chat(
+        self,
+        item: ComparisonItem,
+        first: str,
+        second: str,
+        principle: JudgingPrinciple,
+        examples,
+        cot: bool,
+        field: str,
+    ) -> tuple[str, int]:
         """The prompt text (template applied, assistant turn open) with as many examples as fit,
         and how many examples it holds."""
         for k in range(len(examples), -1, -1):
@@ -103,8 +119,9 @@ class Judge:
             n = len(self.engine.encode_text(text))
             if n <= self.max_prompt_tokens:
                 return text, k
-        raise InvalidRequest(field, f"{n} tokens with the judging question exceeds "
-                                    f"max_prompt_tokens={self.max_prompt_tokens}")
+        raise InvalidRequest(
+            field, f"{n} tokens with the judging question exceeds max_prompt_tokens={self.max_prompt_tokens}"
+        )
 
     async def _read(self, texts: list[str]) -> list[tuple[float, float, float]]:
         prompts = [self.engine.encode_text(t + prompting.ANSWER_OPENING) for t in texts]
@@ -113,14 +130,19 @@ class Judge:
 
     async def _reason(self, texts: list[str], seeds: list[int], spec: SamplingSpec) -> list[str]:
         spec = replace(spec, n=1, stop=tuple(spec.stop) + (prompting.ANSWER_OPENING.rstrip(" ("),))
-        outs = await asyncio.gather(*(
-            self.engine.generate([self.engine.encode_text(t)], replace(spec, seed=s))
-            for t, s in zip(texts, seeds)
-        ))
+        outs = await asyncio.gather(
+            *(self.engine.generate([self.engine.encode_text(t)], replace(spec, seed=s)) for t, s in zip(texts, seeds))
+        )
         return [o[0].samples[0].text.strip() for o in outs]
 
-    async def compare(self, items: Sequence[ComparisonItem], mode: str = LOGPROB, swap: bool = False,
-                      seed: int = 0, cot_spec: SamplingSpec | None = None) -> list[Label]:
+    async def compare(
+        self,
+        items: Sequence[ComparisonItem],
+        mode: str = LOGPROB,
+        swap: bool = False,
+        seed: int = 0,
+        cot_spec: SamplingSpec | None = None,
+    ) -> list[Label]:
         cot = mode == CHAIN_OF_THOUGHT
         drawn = [self.draw(seed, item.draw_key, item.principle_id) for item in items]
         orders = [(i, item.answer_a, item.answer_b) for i, item in enumerate(items)]

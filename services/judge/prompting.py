@@ -34,8 +34,9 @@ def _conversation(messages: Sequence[dict]) -> str:
     return "\n\n".join(f"{SPEAKERS.get(m['role'], m['role'])}: {m['content']}" for m in messages)
 
 
-def question(messages: Sequence[dict], answer_a: str, answer_b: str, principle: JudgingPrinciple,
-             chain_of_thought: bool = False) -> str:
+def question(
+    messages: Sequence[dict], answer_a: str, answer_b: str, principle: JudgingPrinciple, chain_of_thought: bool = False
+) -> str:
     text = (
         "Consider the following conversation between a human and an assistant:\n\n"
         f"{_conversation(messages)}\n\n{principle.question}\n\n"
@@ -44,16 +45,25 @@ def question(messages: Sequence[dict], answer_a: str, answer_b: str, principle: 
     return text + (f"\n\n{COT_REQUEST}" if chain_of_thought else "")
 
 
-def judge_chat(messages: Sequence[dict], answer_a: str, answer_b: str, principle: JudgingPrinciple,
-               examples: Sequence[tuple[JudgingExample, JudgingPrinciple]] = (),
-               chain_of_thought: bool = False) -> list[dict]:
+def judge_chat(
+    messages: Sequence[dict],
+    answer_a: str,
+    answer_b: str,
+    principle: JudgingPrinciple,
+    examples: Sequence[tuple[JudgingExample, JudgingPrinciple]] = (),
+    chain_of_thought: bool = False,
+) -> list[dict]:
     """The chat up to the question about (messages, A, B); the assistant turn is left open."""
     chat = [{"role": "system", "content": TASK}]
     for example, example_principle in examples:
         reasoning = f"{example.reasoning}\n" if chain_of_thought and example.reasoning else ""
         chat += [
-            {"role": "user", "content": question(example.conversation, example.answer_a,
-                                                 example.answer_b, example_principle, chain_of_thought)},
+            {
+                "role": "user",
+                "content": question(
+                    example.conversation, example.answer_a, example.answer_b, example_principle, chain_of_thought
+                ),
+            },
             {"role": "assistant", "content": f"{reasoning}{ANSWER_OPENING}{example.preferred})"},
         ]
     chat.append({"role": "user", "content": question(messages, answer_a, answer_b, principle, chain_of_thought)})

@@ -29,13 +29,12 @@ from services.judge.labeler import CHAIN_OF_THOUGHT, LOGPROB, ComparisonItem, Ju
 SERVICE = judge_pb2.DESCRIPTOR.services_by_name["Judge"].full_name
 MODES = {judge_pb2.JUDGE_MODE_LOGPROB: LOGPROB, judge_pb2.JUDGE_MODE_CHAIN_OF_THOUGHT: CHAIN_OF_THOUGHT}
 
-LABELS = metrics.Counter(
-    "cai_judge_labels_total", "Labeled comparisons produced (soft labels returned).", ["mode"]
-)
+LABELS = metrics.Counter("cai_judge_labels_total", "Labeled comparisons produced (soft labels returned).", ["mode"])
 for _mode in (LOGPROB, CHAIN_OF_THOUGHT):
     LABELS.labels(_mode)  # series exist from the start, so rate() sees the first labels too
 P_A = metrics.Histogram(
-    "cai_judge_label_p_a", "Distribution of the soft labels p_a.",
+    "cai_judge_label_p_a",
+    "Distribution of the soft labels p_a.",
     buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
 )
 PRINCIPLE_USES = metrics.Counter(
@@ -56,19 +55,32 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
         key = id(engine)
         if key not in self._judges:
             cfg = self.config
-            self._judges = {key: Judge(engine, self.constitution, few_shot=cfg.few_shot,
-                                       max_prompt_tokens=self.limits.max_prompt_tokens,
-                                       cot_min_p=cfg.cot_min_p, cot_max_p=cfg.cot_max_p)}
+            self._judges = {
+                key: Judge(
+                    engine,
+                    self.constitution,
+                    few_shot=cfg.few_shot,
+                    max_prompt_tokens=self.limits.max_prompt_tokens,
+                    cot_min_p=cfg.cot_min_p,
+                    cot_max_p=cfg.cot_max_p,
+                )
+            }
         return self._judges[key]
 
     def judge_config_sha256(self, engine) -> str:
         """``SoftLabel.judge_config_sha256``: what on this side (with the request and the content)
         determines a label; callers build idempotent comparison ids from it."""
         cfg = self.config
-        fields = {"constitution_sha256": self.constitution.sha256, "model": engine.model,
-                  "checkpoint": engine.checkpoint_id, "few_shot": cfg.few_shot,
-                  "max_prompt_tokens": self.limits.max_prompt_tokens, "cot_min_p": cfg.cot_min_p,
-                  "cot_max_p": cfg.cot_max_p, "cot_max_tokens": cfg.cot_max_tokens}
+        fields = {
+            "constitution_sha256": self.constitution.sha256,
+            "model": engine.model,
+            "checkpoint": engine.checkpoint_id,
+            "few_shot": cfg.few_shot,
+            "max_prompt_tokens": self.limits.max_prompt_tokens,
+            "cot_min_p": cfg.cot_min_p,
+            "cot_max_p": cfg.cot_max_p,
+            "cot_max_tokens": cfg.cot_max_tokens,
+        }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def _parse(self, request):
@@ -85,8 +97,10 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
                 if not getattr(c, name).strip():
                     raise InvalidRequest(f"comparisons[{i}].{name}", "must not be empty")
             if c.principle_id and c.principle_id not in known:
-                raise InvalidRequest(f"comparisons[{i}].principle_id",
-                                     f"{c.principle_id!r} is not a judging principle of {self.constitution.file_name}")
+                raise InvalidRequest(
+                    f"comparisons[{i}].principle_id",
+                    f"{c.principle_id!r} is not a judging principle of {self.constitution.file_name}",
+                )
             items.append(ComparisonItem(tuple(messages), c.answer_a, c.answer_b, c.principle_id, c.id))
         spec = sampling_spec(request.cot_sampling, self.limits, "cot_sampling")
         if not request.cot_sampling.max_tokens:
@@ -98,19 +112,26 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
         items, mode, seed, spec = self._parse(request)
         async with self.served.use() as engine:
             judge = self.judge_for(engine)
-            labels = await within_deadline(
-                context, judge.compare(items, mode, request.swap_debias, seed, spec))
+            labels = await within_deadline(context, judge.compare(items, mode, request.swap_debias, seed, spec))
         metrics.BATCH_ITEMS.labels(SERVICE, "Compare").observe(len(items))
         response = judge_pb2.CompareResponse()
         config_sha256 = self.judge_config_sha256(engine)
         for comparison, label in zip(request.comparisons, labels):
             response.labels.add(
-                p_a=label.p_a, principle_id=label.principle_id, reasoning=label.reasoning,
-                logprob_a=label.logprob_a, logprob_b=label.logprob_b, comparison_id=comparison.id,
-                judge_config_sha256=config_sha256, p_a_ab=label.p_a_ab, p_a_ba=label.p_a_ba, seed=seed,
+                p_a=label.p_a,
+                principle_id=label.principle_id,
+                reasoning=label.reasoning,
+                logprob_a=label.logprob_a,
+                logprob_b=label.logprob_b,
+                comparison_id=comparison.id,
+                judge_config_sha256=config_sha256,
+                p_a_ab=label.p_a_ab,
+                p_a_ba=label.p_a_ba,
+                seed=seed,
                 few_shot_ids=label.few_shot_ids,
-                provenance=provenance(self.constitution, label.principle_id, engine.model,
-                                      engine.checkpoint_id, comparison.prompt.id),
+                provenance=provenance(
+                    self.constitution, label.principle_id, engine.model, engine.checkpoint_id, comparison.prompt.id
+                ),
             )
             P_A.observe(label.p_a)
             PRINCIPLE_USES.labels(label.principle_id).inc()
@@ -122,8 +143,9 @@ async def build_judge_service(config: JudgeConfig, served: ServedModel | None = 
     """The judge service, ready to ``start()``. Fails at start-up with a clear error when the
     judge's tokenizer cannot express the options (A) and (B)."""
     constitution = load_constitution(config.constitution)
-    service = GrpcService(config.server, None, [SERVICE],
-                          message_limits={"Compare": message_bytes_limit(config.limits, texts_per_item=3)})
+    service = GrpcService(
+        config.server, None, [SERVICE], message_limits={"Compare": message_bytes_limit(config.limits, texts_per_item=3)}
+    )
     await service.bind()  # ports and the constitution first, then the model
     try:
         served = served or ServedModel(SERVICE, await start_engine(config.engine))

@@ -66,8 +66,9 @@ def _text(value, where: str, name: str) -> str:
 def _implicit(chosen, rejected, where: str):
     """TRL's implicit-prompt conversational rows: the shared prefix of chosen and rejected."""
     if not (isinstance(chosen, list) and isinstance(rejected, list) and len(chosen) >= 2):
-        raise PairFileError(f"{where}: prompt: is required (or `messages`, or conversational chosen/rejected "
-                            "that share the prompt)")
+        raise PairFileError(
+            f"{where}: prompt: is required (or `messages`, or conversational chosen/rejected that share the prompt)"
+        )
     prefix = chosen[:-1]
     if rejected[:-1] != prefix:
         raise PairFileError(f"{where}: rejected: does not share the prompt messages of chosen")
@@ -136,8 +137,9 @@ def conversation(messages, pid: str):
     return common_pb2.Conversation(id=pid, messages=[common_pb2.ChatMessage(**m) for m in messages])
 
 
-async def judge_orders(address: str, pairs: list[Pair], seed: int = 0, batch_size: int = 64,
-                       principle_id: str = "") -> tuple[list[float], list[float], list[str], dict]:
+async def judge_orders(
+    address: str, pairs: list[Pair], seed: int = 0, batch_size: int = 64, principle_id: str = ""
+) -> tuple[list[float], list[float], list[str], dict]:
     """Raw p_a of each pair with answer_a first and with answer_a second (log-prob mode, no swap),
     the principle of each pair, and the judge as its labels' provenance names it."""
     from services.api.cai.v1 import judge_pb2, judge_pb2_grpc
@@ -152,21 +154,38 @@ async def judge_orders(address: str, pairs: list[Pair], seed: int = 0, batch_siz
             for p in chunk:
                 conv = conversation(p.messages, p.id)
                 comparisons += [
-                    judge_pb2.Comparison(prompt=conv, answer_a=p.answer_a, answer_b=p.answer_b,
-                                         principle_id=principle_id, id=f"{p.id}/ab"),
-                    judge_pb2.Comparison(prompt=conv, answer_a=p.answer_b, answer_b=p.answer_a,
-                                         principle_id=principle_id, id=f"{p.id}/ba"),
+                    judge_pb2.Comparison(
+                        prompt=conv,
+                        answer_a=p.answer_a,
+                        answer_b=p.answer_b,
+                        principle_id=principle_id,
+                        id=f"{p.id}/ab",
+                    ),
+                    judge_pb2.Comparison(
+                        prompt=conv,
+                        answer_a=p.answer_b,
+                        answer_b=p.answer_a,
+                        principle_id=principle_id,
+                        id=f"{p.id}/ba",
+                    ),
                 ]
-            response = await stub.Compare(judge_pb2.CompareRequest(
-                comparisons=comparisons, mode=judge_pb2.JUDGE_MODE_LOGPROB, swap_debias=False, seed=seed),
-                timeout=3600)
+            response = await stub.Compare(
+                judge_pb2.CompareRequest(
+                    comparisons=comparisons, mode=judge_pb2.JUDGE_MODE_LOGPROB, swap_debias=False, seed=seed
+                ),
+                timeout=3600,
+            )
             labels = list(response.labels)
             first += [label.p_a for label in labels[0::2]]
             second += [label.p_a for label in labels[1::2]]
             principles += [label.principle_id for label in labels[0::2]]
             pv = labels[0].provenance
-            judge = {"model": pv.model, "checkpoint": pv.checkpoint, "constitution_file": pv.constitution_file,
-                     "constitution_sha256": pv.constitution_sha256}
+            judge = {
+                "model": pv.model,
+                "checkpoint": pv.checkpoint,
+                "constitution_file": pv.constitution_file,
+                "constitution_sha256": pv.constitution_sha256,
+            }
     return first, second, principles, judge
 
 
@@ -236,8 +255,14 @@ def reliability_png(bins: list[dict], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     filled = [b for b in bins if b["count"]]
-    ax.bar([(b["lo"] + b["hi"]) / 2 for b in filled], [b["frequency"] for b in filled], width=1 / len(bins),
-           edgecolor="black", alpha=0.6, label="fraction where A is the chosen answer")
+    ax.bar(
+        [(b["lo"] + b["hi"]) / 2 for b in filled],
+        [b["frequency"] for b in filled],
+        width=1 / len(bins),
+        edgecolor="black",
+        alpha=0.6,
+        label="fraction where A is the chosen answer",
+    )
     ax.plot([b["mean_p"] for b in filled], [b["frequency"] for b in filled], "o-", color="C3", label="bin mean p_a")
     for b in filled:
         ax.annotate(str(b["count"]), ((b["lo"] + b["hi"]) / 2, b["frequency"]), ha="center", va="bottom", fontsize=8)
@@ -252,11 +277,13 @@ def reliability_png(bins: list[dict], title: str) -> bytes:
 def html_page(title: str, summary_rows: list[tuple[str, str]], png: bytes, extra: str = "") -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary_rows)
     image = base64.b64encode(png).decode()
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}th{text-align:left;padding-right:1em}"
-            "td,th{border-bottom:1px solid #ddd;padding:.2em .5em;vertical-align:top}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><table>{rows}</table>"
-            f"<p><img alt='plot' src='data:image/png;base64,{image}'></p>{extra}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}th{text-align:left;padding-right:1em}"
+        "td,th{border-bottom:1px solid #ddd;padding:.2em .5em;vertical-align:top}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><table>{rows}</table>"
+        f"<p><img alt='plot' src='data:image/png;base64,{image}'></p>{extra}</body></html>\n"
+    )
 
 
 def write_report(result: dict, out: str | Path) -> dict:
@@ -271,30 +298,50 @@ def write_report(result: dict, out: str | Path) -> dict:
     files["png"].write_bytes(png)
     rows = [
         ("pairs file", f"{result['pairs_file']} (sha256 {result['pairs_sha256'][:16]})"),
-        ("judge", f"{result['judge']} (model {result['judge_provenance'].get('model', '?')}, constitution "
-                  f"{result['judge_provenance'].get('constitution_file', '?')} "
-                  f"{result['judge_provenance'].get('constitution_sha256', '')[:12]})"), ("seed", str(result["seed"])),
+        (
+            "judge",
+            f"{result['judge']} (model {result['judge_provenance'].get('model', '?')}, constitution "
+            f"{result['judge_provenance'].get('constitution_file', '?')} "
+            f"{result['judge_provenance'].get('constitution_sha256', '')[:12]})",
+        ),
+        ("seed", str(result["seed"])),
         ("pairs", str(s["pairs"])),
         ("accuracy (both orders averaged)", f"{s['accuracy']:.3f}"),
         ("accuracy, chosen first / second", f"{s['accuracy_chosen_first']:.3f} / {s['accuracy_chosen_second']:.3f}"),
         ("mean p(correct)", f"{s['mean_p_correct']:.3f}"),
-        ("mean p(correct), chosen first / second",
-         f"{s['mean_p_correct_chosen_first']:.3f} / {s['mean_p_correct_chosen_second']:.3f}"),
+        (
+            "mean p(correct), chosen first / second",
+            f"{s['mean_p_correct_chosen_first']:.3f} / {s['mean_p_correct_chosen_second']:.3f}",
+        ),
         ("ECE (10 bins, raw judgments)", f"{s['ece']:.3f}"),
         ("ECE (debiased labels)", f"{s['ece_debiased']:.3f}"),
         ("mean p_a, chosen first / second", f"{pb['mean_p_a_chosen_first']:.3f} / {pb['mean_p_a_chosen_second']:.3f}"),
         ("judgments preferring position A / B", f"{pb['prefers_a']:.3f} / {pb['prefers_b']:.3f}"),
     ]
     worst = sorted(result["items"], key=lambda r: r["p_correct"])[:5]
-    extra = "<h2>Pairs the judge got most wrong</h2><table>" + "".join(
-        f"<tr><td>{html.escape(r['id'])} (line {r['line']})</td><td>p(correct) {r['p_correct']:.3f}</td>"
-        f"<td>{html.escape(r['principle_id'])}</td></tr>" for r in worst) + "</table>"
+    extra = (
+        "<h2>Pairs the judge got most wrong</h2><table>"
+        + "".join(
+            f"<tr><td>{html.escape(r['id'])} (line {r['line']})</td><td>p(correct) {r['p_correct']:.3f}</td>"
+            f"<td>{html.escape(r['principle_id'])}</td></tr>"
+            for r in worst
+        )
+        + "</table>"
+    )
     files["html"].write_text(html_page("Judge validation", rows, png, extra))
     return {k: str(v) for k, v in files.items()}
 
 
-async def validate(pairs_file: str | Path, address: str, *, judge: str = "", seed: int = 0, limit: int = 0,
-                   batch_size: int = 64, principle_id: str = "") -> dict:
+async def validate(
+    pairs_file: str | Path,
+    address: str,
+    *,
+    judge: str = "",
+    seed: int = 0,
+    limit: int = 0,
+    batch_size: int = 64,
+    principle_id: str = "",
+) -> dict:
     """Runs the labelled pairs through the judge at ``address``; the result as a JSON-able dict."""
     import hashlib
 
@@ -302,13 +349,24 @@ async def validate(pairs_file: str | Path, address: str, *, judge: str = "", see
     if limit:
         pairs = pairs[:limit]
     first, second, principles, provenance = await judge_orders(address, pairs, seed, batch_size, principle_id)
-    items = [{"id": p.id, "line": p.line, "principle_id": pr, "p_a_chosen_first": a, "p_a_chosen_second": b,
-              "p_correct": (a + 1.0 - b) / 2.0}
-             for p, a, b, pr in zip(pairs, first, second, principles)]
+    items = [
+        {
+            "id": p.id,
+            "line": p.line,
+            "principle_id": pr,
+            "p_a_chosen_first": a,
+            "p_a_chosen_second": b,
+            "p_correct": (a + 1.0 - b) / 2.0,
+        }
+        for p, a, b, pr in zip(pairs, first, second, principles)
+    ]
     return {
         "pairs_file": str(pairs_file),
         "pairs_sha256": hashlib.sha256(Path(pairs_file).read_bytes()).hexdigest(),
-        "judge": judge or address, "judge_provenance": provenance, "seed": seed, "principle_id": principle_id or "(sampled per pair)",
+        "judge": judge or address,
+        "judge_provenance": provenance,
+        "seed": seed,
+        "principle_id": principle_id or "(sampled per pair)",
         "summary": summarize(first, second),
         "items": items,
     }

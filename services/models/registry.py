@@ -89,6 +89,5 @@ def resolve_model(model: str) -> str:
     if model.count("/") == 1 and not model.startswith((".", "/")):
         return model  # a hub id: the engine loads it from the local hub cache or the hub
     raise ModelNotFound(
-        f"{model}: no such folder; give a model folder, a hub id (org/name) or one of: "
-        + ", ".join(PACKAGED)
+        f"{model}: no such folder; give a model folder, a hub id (org/name) or one of: " + ", ".join(PACKAGED)
     )

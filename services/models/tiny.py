@@ -84,9 +84,7 @@ def build_tokenizer(vocab_size: int):
     return fast
 
 
-def build_tiny_model(
-    out_dir: str | Path, *, reward: bool = False, size: str = "tiny", seed: int = 0
-) -> Path:
+def build_tiny_model(out_dir: str | Path, *, reward: bool = False, size: str = "tiny", seed: int = 0) -> Path:
     """Writes a tiny causal LM (or reward model) with its tokenizer to ``out_dir``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
@@ -124,7 +122,10 @@ def build_tiny_model(
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     if not reward:
-        gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-               "pad_token_id": config.pad_token_id}
+        gen = {
+            "bos_token_id": config.bos_token_id,
+            "eos_token_id": config.eos_token_id,
+            "pad_token_id": config.pad_token_id,
+        }
         (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     return out

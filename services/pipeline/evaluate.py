@@ -80,10 +80,14 @@ def bootstrap_ci(per_prompt: list[list[float]], resamples: int = 1000, seed: int
     return [stats[int(0.025 * (resamples - 1))], stats[int(round(0.975 * (resamples - 1)))]]
 
 
-def _rate(per_prompt: list[list[float]], cfg: "EvalConfig") -> dict:
+def _rate(per_prompt: list[list[float]], cfg: EvalConfig) -> dict:
     flat = [x for v in per_prompt for x in v]
-    return {"rate": sum(flat) / len(flat) if flat else float("nan"), "ci95": bootstrap_ci(per_prompt, cfg.bootstrap, cfg.seed),
-            "prompts": len(per_prompt), "samples": len(flat)}
+    return {
+        "rate": sum(flat) / len(flat) if flat else float("nan"),
+        "ci95": bootstrap_ci(per_prompt, cfg.bootstrap, cfg.seed),
+        "prompts": len(per_prompt),
+        "samples": len(flat),
+    }
 
 
 def training_constitutions(policies: dict[str, str]) -> dict[str, str]:
@@ -118,15 +122,25 @@ async def _judge_refusals(address: str, sets: dict, answers: dict, cfg: EvalConf
                 comparisons, owner = [], []
                 for i, (p, samples) in enumerate(zip(sets[set_name], texts)):
                     for k, t in enumerate(samples):
-                        comparisons.append(judge_pb2.Comparison(prompt=_conv(p), answer_a=t, answer_b=PLAIN_REFUSAL,
-                                                                principle_id=cfg.refusal_principle,
-                                                                id=f"refusal/{name}/{set_name}/{p.id}/{k}"))
+                        comparisons.append(
+                            judge_pb2.Comparison(
+                                prompt=_conv(p),
+                                answer_a=t,
+                                answer_b=PLAIN_REFUSAL,
+                                principle_id=cfg.refusal_principle,
+                                id=f"refusal/{name}/{set_name}/{p.id}/{k}",
+                            )
+                        )
                         owner.append(i)
                 per_prompt: list[list[float]] = [[] for _ in texts]
                 for i in range(0, len(comparisons), 128):
                     try:
-                        r = await judge.Compare(judge_pb2.CompareRequest(
-                            comparisons=comparisons[i : i + 128], swap_debias=True, seed=cfg.seed), timeout=3600)
+                        r = await judge.Compare(
+                            judge_pb2.CompareRequest(
+                                comparisons=comparisons[i : i + 128], swap_debias=True, seed=cfg.seed
+                            ),
+                            timeout=3600,
+                        )
                     except grpc.aio.AioRpcError as exc:
                         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "principle_id" in (exc.details() or ""):
                             return None, f"regex (the judge's constitution has no principle {cfg.refusal_principle!r})"
@@ -143,17 +157,24 @@ def _conv(p: Prompt):
     return common_pb2.Conversation(id=p.id, messages=[common_pb2.ChatMessage(**m) for m in p.messages])
 
 
-async def evaluate(policies: dict[str, str], sets: dict[str, list[Prompt]], addresses: dict,
-                   cfg: EvalConfig = EvalConfig()) -> dict:
+async def evaluate(
+    policies: dict[str, str], sets: dict[str, list[Prompt]], addresses: dict, cfg: EvalConfig = EvalConfig()
+) -> dict:
     """``policies``: name -> model folder; ``sets``: name -> prompts; ``addresses``: generation,
     judge and optionally reward. ``addresses["generation"]`` is one service's address (each policy
     is loaded into it in turn with ``LoadCheckpoint``) or a dict policy name -> the address of a
     generation service already serving that policy (no swap; ``cai run`` keeps one engine per
     policy). Returns the results as a JSON-able dict."""
-    import grpc
 
     from services.api.cai.v1 import (
-        common_pb2, generation_pb2, generation_pb2_grpc, judge_pb2, judge_pb2_grpc, reward_pb2, reward_pb2_grpc)
+        common_pb2,
+        generation_pb2,
+        generation_pb2_grpc,
+        judge_pb2,
+        judge_pb2_grpc,
+        reward_pb2,
+        reward_pb2_grpc,
+    )
 
     answers: dict[str, dict[str, list[list[str]]]] = {}  # policy -> set -> prompt -> samples
 
@@ -162,10 +183,15 @@ async def evaluate(policies: dict[str, str], sets: dict[str, list[Prompt]], addr
         for set_name, prompts in sets.items():
             texts = []
             for i in range(0, len(prompts), cfg.batch_size):
-                r = await gen.Generate(generation_pb2.GenerateRequest(
-                    prompts=[_conv(p) for p in prompts[i : i + cfg.batch_size]],
-                    sampling=common_pb2.SamplingParams(n=cfg.samples, max_tokens=cfg.max_tokens,
-                                                       temperature=cfg.temperature, seed=cfg.seed)), timeout=3600)
+                r = await gen.Generate(
+                    generation_pb2.GenerateRequest(
+                        prompts=[_conv(p) for p in prompts[i : i + cfg.batch_size]],
+                        sampling=common_pb2.SamplingParams(
+                            n=cfg.samples, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed
+                        ),
+                    ),
+                    timeout=3600,
+                )
                 texts += [[s.text.strip() or "(no answer)" for s in c.samples] for c in r.completions]
             answers[name][set_name] = texts
 
@@ -180,16 +206,22 @@ async def evaluate(policies: dict[str, str], sets: dict[str, list[Prompt]], addr
             gen = generation_pb2_grpc.GenerationStub(gch)
             original = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)
             for name in swapped:
-                await gen.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=policies[name], checkpoint_id=name),
-                                         timeout=900)
+                await gen.LoadCheckpoint(
+                    common_pb2.LoadCheckpointRequest(path=policies[name], checkpoint_id=name), timeout=900
+                )
                 await generate(gen, name)
             if original.model and original.checkpoint_id not in policies:
-                await gen.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=original.model,
-                                                                          checkpoint_id=original.checkpoint_id),
-                                         timeout=900)
+                await gen.LoadCheckpoint(
+                    common_pb2.LoadCheckpointRequest(path=original.model, checkpoint_id=original.checkpoint_id),
+                    timeout=900,
+                )
     answers = {name: answers[name] for name in policies}
-    results: dict = {"policies": {n: {"refusal_rate": {}, "refusal": {}, "reward_mean": {}} for n in policies},
-                     "pairs": [], "prompts": {s: len(p) for s, p in sets.items()}, "samples_per_prompt": cfg.samples}
+    results: dict = {
+        "policies": {n: {"refusal_rate": {}, "refusal": {}, "reward_mean": {}} for n in policies},
+        "pairs": [],
+        "prompts": {s: len(p) for s, p in sets.items()},
+        "samples_per_prompt": cfg.samples,
+    }
     by_judge, method = await _judge_refusals(addresses["judge"], sets, answers, cfg)
     results["refusal_method"] = method
     for name in policies:
@@ -213,40 +245,57 @@ async def evaluate(policies: dict[str, str], sets: dict[str, list[Prompt]], addr
                 comparisons, owner = [], []
                 for i, (p, xs, ys) in enumerate(zip(prompts, answers[a][set_name], answers[b][set_name])):
                     for k, (x, y) in enumerate(zip(xs, ys)):
-                        comparisons.append(judge_pb2.Comparison(prompt=_conv(p), answer_a=x, answer_b=y,
-                                                                id=f"{set_name}/{p.id}/{k}"))
+                        comparisons.append(
+                            judge_pb2.Comparison(prompt=_conv(p), answer_a=x, answer_b=y, id=f"{set_name}/{p.id}/{k}")
+                        )
                         owner.append(i)
                 labels = []
                 for i in range(0, len(comparisons), 128):
-                    r = await judge.Compare(judge_pb2.CompareRequest(comparisons=comparisons[i : i + 128],
-                                                                     swap_debias=True, seed=cfg.seed), timeout=3600)
+                    r = await judge.Compare(
+                        judge_pb2.CompareRequest(comparisons=comparisons[i : i + 128], swap_debias=True, seed=cfg.seed),
+                        timeout=3600,
+                    )
                     labels += [label.p_a for label in r.labels]
                     if not results.get("judge"):
                         pv = r.labels[0].provenance
-                        results["judge"] = {"model": pv.model, "checkpoint": pv.checkpoint,
-                                            "constitution_file": pv.constitution_file,
-                                            "constitution_sha256": pv.constitution_sha256}
+                        results["judge"] = {
+                            "model": pv.model,
+                            "checkpoint": pv.checkpoint,
+                            "constitution_file": pv.constitution_file,
+                            "constitution_sha256": pv.constitution_sha256,
+                        }
                 per_prompt: list[list[float]] = [[] for _ in prompts]
                 for i, p_a in zip(owner, labels):
                     per_prompt[i].append(p_a)
                 win = _rate(per_prompt, cfg)
-                row[set_name] = {"win_rate_a": win["rate"], "ci95": win["ci95"], "comparisons": len(labels),
-                                 "wins_a": sum(p > 0.5 for p in labels), "wins_b": sum(p < 0.5 for p in labels)}
+                row[set_name] = {
+                    "win_rate_a": win["rate"],
+                    "ci95": win["ci95"],
+                    "comparisons": len(labels),
+                    "wins_a": sum(p > 0.5 for p in labels),
+                    "wins_b": sum(p < 0.5 for p in labels),
+                }
             results["pairs"].append(row)
     if addresses.get("reward"):
         async with open_aio_channel(addresses["reward"]) as rch:
             reward = reward_pb2_grpc.RewardStub(rch)
             for name in policies:
                 for set_name, prompts in sets.items():
-                    r = await reward.Score(reward_pb2.ScoreRequest(items=[
-                        reward_pb2.ScoreItem(prompt=_conv(p), answer=samples[0])
-                        for p, samples in zip(prompts, answers[name][set_name])
-                    ]), timeout=3600)
+                    r = await reward.Score(
+                        reward_pb2.ScoreRequest(
+                            items=[
+                                reward_pb2.ScoreItem(prompt=_conv(p), answer=samples[0])
+                                for p, samples in zip(prompts, answers[name][set_name])
+                            ]
+                        ),
+                        timeout=3600,
+                    )
                     results["policies"][name]["reward_mean"][set_name] = sum(r.scores) / max(len(r.scores), 1)
                     results["reward_checkpoint"] = r.checkpoint_id
     results["samples"] = {
-        name: {s: [{"prompt_id": p.id, "answer": t[0]} for p, t in zip(sets[s][:5], texts[:5])]
-               for s, texts in per.items()}
+        name: {
+            s: [{"prompt_id": p.id, "answer": t[0]} for p, t in zip(sets[s][:5], texts[:5])] for s, texts in per.items()
+        }
         for name, per in answers.items()
     }
     trained = training_constitutions(policies)

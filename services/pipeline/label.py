@@ -108,8 +108,10 @@ class LabelConfig:
         if self.num_shards < 1:
             return "num_shards", "must be at least 1"
         if not 0 <= self.shard_index < self.num_shards:
-            return "shard_index", (f"must be in 0..{self.num_shards - 1} (num_shards={self.num_shards}; "
-                                   "set --num-shards or CAI_NUM_SHARDS to the Job's completions)")
+            return "shard_index", (
+                f"must be in 0..{self.num_shards - 1} (num_shards={self.num_shards}; "
+                "set --num-shards or CAI_NUM_SHARDS to the Job's completions)"
+            )
         if bool(self.generation) != bool(self.judge):
             return "judge", "give both service addresses (generation and judge) or neither"
         return None
@@ -151,14 +153,28 @@ def judge_key(label) -> str:
     return comparison_id("provenance", prov.constitution_sha256, prov.model, prov.checkpoint)
 
 
-def harmlessness_id(cfg: LabelConfig, p: Prompt, i: int, j: int, policy_model: str, policy_checkpoint: str,
-                    judge: str) -> str:
+def harmlessness_id(
+    cfg: LabelConfig, p: Prompt, i: int, j: int, policy_model: str, policy_checkpoint: str, judge: str
+) -> str:
     """The idempotent id of the comparison of answers i and j to prompt ``p``: a hash of everything
     that determines its label. ``judge`` is :func:`judge_key` of the judge that labels it."""
     prompt = hashlib.sha256(json.dumps(list(p.messages), sort_keys=True).encode()).hexdigest()
-    return comparison_id("harmlessness", p.id, prompt, i, j, cfg.samples_per_prompt, cfg.max_tokens,
-                         cfg.temperature, cfg.seed, policy_model, policy_checkpoint, cfg.mode, cfg.swap_debias,
-                         judge)
+    return comparison_id(
+        "harmlessness",
+        p.id,
+        prompt,
+        i,
+        j,
+        cfg.samples_per_prompt,
+        cfg.max_tokens,
+        cfg.temperature,
+        cfg.seed,
+        policy_model,
+        policy_checkpoint,
+        cfg.mode,
+        cfg.swap_debias,
+        judge,
+    )
 
 
 def _conversation(prompt: Prompt):
@@ -177,18 +193,25 @@ def helpfulness_comparisons(pairs: list[Prompt], seed: int, source: str) -> list
         if not isinstance(chosen, str) or not isinstance(rejected, str) or not chosen or not rejected:
             raise ValueError(f"{source}: pair {p.id!r}: needs non-empty `chosen` and `rejected` texts")
         swap = rng.random() < 0.5
-        out.append({
-            "id": comparison_id("helpfulness", source, p.id),
-            "kind": "helpfulness",
-            "prompt": list(p.messages),
-            "answer_a": rejected if swap else chosen,
-            "answer_b": chosen if swap else rejected,
-            "p_a": 0.0 if swap else 1.0,
-            "principle_id": "",
-            "prompt_id": p.id,
-            "provenance": {"constitution_sha256": "", "judge_model": f"preference-file:{source}",
-                           "policy_checkpoint": "", "created_at": created, "source": source},
-        })
+        out.append(
+            {
+                "id": comparison_id("helpfulness", source, p.id),
+                "kind": "helpfulness",
+                "prompt": list(p.messages),
+                "answer_a": rejected if swap else chosen,
+                "answer_b": chosen if swap else rejected,
+                "p_a": 0.0 if swap else 1.0,
+                "principle_id": "",
+                "prompt_id": p.id,
+                "provenance": {
+                    "constitution_sha256": "",
+                    "judge_model": f"preference-file:{source}",
+                    "policy_checkpoint": "",
+                    "created_at": created,
+                    "source": source,
+                },
+            }
+        )
     return out
 
 
@@ -212,13 +235,20 @@ async def _judge_key_now(judge, address: str) -> str:
 
     probe = judge_pb2.Comparison(
         prompt=common_pb2.Conversation(id=PROBE_ID, messages=[common_pb2.ChatMessage(role="user", content="Hi.")]),
-        answer_a="Hello.", answer_b="Hi.", id=PROBE_ID)
+        answer_a="Hello.",
+        answer_b="Hi.",
+        id=PROBE_ID,
+    )
     try:
-        response = await judge.Compare(judge_pb2.CompareRequest(
-            comparisons=[probe], mode=judge_pb2.JUDGE_MODE_LOGPROB, swap_debias=False, seed=0), timeout=600)
+        response = await judge.Compare(
+            judge_pb2.CompareRequest(comparisons=[probe], mode=judge_pb2.JUDGE_MODE_LOGPROB, swap_debias=False, seed=0),
+            timeout=600,
+        )
     except grpc.RpcError as exc:
-        raise LabelError(f"judge at {address}: could not read which judge it is (a one-comparison probe): "
-                         f"{exc.code().name}: {exc.details()}") from None
+        raise LabelError(
+            f"judge at {address}: could not read which judge it is (a one-comparison probe): "
+            f"{exc.code().name}: {exc.details()}"
+        ) from None
     if len(response.labels) != 1:
         raise LabelError(f"judge at {address}: answered {len(response.labels)} labels to a one-comparison probe")
     return judge_key(response.labels[0])
@@ -234,60 +264,89 @@ async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge,
     names = ", ".join(repr(p.id) for p in batch)
     started = time.perf_counter()
     try:
-        answers = await gen.Generate(generation_pb2.GenerateRequest(
-            prompts=[_conversation(p) for p in batch],
-            sampling=common_pb2.SamplingParams(n=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
-                                               temperature=cfg.temperature, seed=cfg.seed),
-        ), timeout=3600)
+        answers = await gen.Generate(
+            generation_pb2.GenerateRequest(
+                prompts=[_conversation(p) for p in batch],
+                sampling=common_pb2.SamplingParams(
+                    n=cfg.samples_per_prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed
+                ),
+            ),
+            timeout=3600,
+        )
     except grpc.RpcError as exc:
         raise LabelError(f"Generate failed for prompt(s) {names}: {exc.code().name}: {exc.details()}") from None
     stats["generate_seconds"] += time.perf_counter() - started
     if len(answers.completions) != len(batch):
-        raise LabelError(f"Generate answered {len(answers.completions)} completions for {len(batch)} prompts "
-                         f"({names})")
+        raise LabelError(f"Generate answered {len(answers.completions)} completions for {len(batch)} prompts ({names})")
     comparisons, meta = [], []
     for p, completion in zip(batch, answers.completions):
         if len(completion.samples) != cfg.samples_per_prompt:
-            raise LabelError(f"Generate answered {len(completion.samples)} samples for prompt {p.id!r}, "
-                             f"asked for {cfg.samples_per_prompt}")
+            raise LabelError(
+                f"Generate answered {len(completion.samples)} samples for prompt {p.id!r}, "
+                f"asked for {cfg.samples_per_prompt}"
+            )
         texts = [s.text if s.text.strip() else "(no answer)" for s in completion.samples]
         for i, j in pairs:
-            comparisons.append(judge_pb2.Comparison(prompt=_conversation(p), answer_a=texts[i], answer_b=texts[j],
-                                                    id=f"{p.id}/{i}-{j}"))
+            comparisons.append(
+                judge_pb2.Comparison(
+                    prompt=_conversation(p), answer_a=texts[i], answer_b=texts[j], id=f"{p.id}/{i}-{j}"
+                )
+            )
             meta.append((p, i, j))
     started = time.perf_counter()
     try:
-        labels = await judge.Compare(judge_pb2.CompareRequest(
-            comparisons=comparisons, mode=mode, swap_debias=cfg.swap_debias, seed=cfg.seed,
-        ), timeout=3600)
+        labels = await judge.Compare(
+            judge_pb2.CompareRequest(
+                comparisons=comparisons,
+                mode=mode,
+                swap_debias=cfg.swap_debias,
+                seed=cfg.seed,
+            ),
+            timeout=3600,
+        )
     except grpc.RpcError as exc:
         raise LabelError(f"Compare failed for prompt(s) {names}: {exc.code().name}: {exc.details()}") from None
     stats["compare_seconds"] += time.perf_counter() - started
     if len(labels.labels) != len(comparisons):
-        raise LabelError(f"Compare answered {len(labels.labels)} labels for {len(comparisons)} comparisons of "
-                         f"prompt(s) {names}")
+        raise LabelError(
+            f"Compare answered {len(labels.labels)} labels for {len(comparisons)} comparisons of prompt(s) {names}"
+        )
     items = []
     for c, label, (p, i, j) in zip(comparisons, labels.labels, meta):
         prov = label.provenance
         key = judge_key(label)
-        items.append({
-            "id": harmlessness_id(cfg, p, i, j, answers.model, answers.checkpoint_id, key),
-            "kind": "harmlessness", "prompt": list(p.messages),
-            "answer_a": c.answer_a, "answer_b": c.answer_b, "p_a": label.p_a,
-            "principle_id": label.principle_id, "prompt_id": p.id, "category": p.category,
-            "reasoning": label.reasoning, "sample_indices": [i, j],
-            "provenance": {
-                "constitution_file": prov.constitution_file,
-                "constitution_sha256": prov.constitution_sha256,
-                "principle_id": prov.principle_id,
-                "judge_model": prov.model, "judge_checkpoint": prov.checkpoint,
-                "judge_config_sha256": key,
-                "policy_model": answers.model, "policy_checkpoint": answers.checkpoint_id,
-                "prompt_id": p.id, "mode": cfg.mode, "swap_debias": cfg.swap_debias, "seed": cfg.seed,
-                "prompts_file": cfg.prompts, "prompts_sha256": _prompts_sha256(cfg.prompts),
-                "created_at": prov.created_at.ToJsonString(),
-            },
-        })
+        items.append(
+            {
+                "id": harmlessness_id(cfg, p, i, j, answers.model, answers.checkpoint_id, key),
+                "kind": "harmlessness",
+                "prompt": list(p.messages),
+                "answer_a": c.answer_a,
+                "answer_b": c.answer_b,
+                "p_a": label.p_a,
+                "principle_id": label.principle_id,
+                "prompt_id": p.id,
+                "category": p.category,
+                "reasoning": label.reasoning,
+                "sample_indices": [i, j],
+                "provenance": {
+                    "constitution_file": prov.constitution_file,
+                    "constitution_sha256": prov.constitution_sha256,
+                    "principle_id": prov.principle_id,
+                    "judge_model": prov.model,
+                    "judge_checkpoint": prov.checkpoint,
+                    "judge_config_sha256": key,
+                    "policy_model": answers.model,
+                    "policy_checkpoint": answers.checkpoint_id,
+                    "prompt_id": p.id,
+                    "mode": cfg.mode,
+                    "swap_debias": cfg.swap_debias,
+                    "seed": cfg.seed,
+                    "prompts_file": cfg.prompts,
+                    "prompts_sha256": _prompts_sha256(cfg.prompts),
+                    "created_at": prov.created_at.ToJsonString(),
+                },
+            }
+        )
     return items
 
 
@@ -298,22 +357,31 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
 
     prompts = select_prompts(load_prompts(cfg.prompts), cfg)
     pairs = pair_indices(cfg.samples_per_prompt, cfg.pairs)
-    stats = {"comparisons_published": 0, "helpfulness_published": 0, "prompts_skipped_as_done": 0,
-             "prompts": len(prompts), "shard": [cfg.shard_index, cfg.num_shards], "in_flight": cfg.in_flight,
-             "peak_in_flight": 0, "generate_seconds": 0.0, "compare_seconds": 0.0, "timeline": []}
+    stats = {
+        "comparisons_published": 0,
+        "helpfulness_published": 0,
+        "prompts_skipped_as_done": 0,
+        "prompts": len(prompts),
+        "shard": [cfg.shard_index, cfg.num_shards],
+        "in_flight": cfg.in_flight,
+        "peak_in_flight": 0,
+        "generate_seconds": 0.0,
+        "compare_seconds": 0.0,
+        "timeline": [],
+    }
     started = time.perf_counter()
-    async with open_aio_channel(addresses["generation"]) as gch, \
-            open_aio_channel(addresses["judge"]) as jch:
+    async with open_aio_channel(addresses["generation"]) as gch, open_aio_channel(addresses["judge"]) as jch:
         gen = generation_pb2_grpc.GenerationStub(gch)
         judge = judge_pb2_grpc.JudgeStub(jch)
         policy = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)
         key = await _judge_key_now(judge, addresses["judge"])
-        mode = (judge_pb2.JUDGE_MODE_CHAIN_OF_THOUGHT if cfg.mode == "chain-of-thought"
-                else judge_pb2.JUDGE_MODE_LOGPROB)
+        mode = judge_pb2.JUDGE_MODE_CHAIN_OF_THOUGHT if cfg.mode == "chain-of-thought" else judge_pb2.JUDGE_MODE_LOGPROB
 
         def done(p: Prompt) -> bool:
-            return all(queue.is_published(harmlessness_id(cfg, p, i, j, policy.model, policy.checkpoint_id, key))
-                       for i, j in pairs)
+            return all(
+                queue.is_published(harmlessness_id(cfg, p, i, j, policy.model, policy.checkpoint_id, key))
+                for i, j in pairs
+            )
 
         stats["setup_seconds"] = time.perf_counter() - started  # model info and the judge probe
         todo = []
@@ -323,8 +391,9 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
             else:
                 todo.append(p)
         stats["done_check_seconds"] = time.perf_counter() - started - stats["setup_seconds"]
-        bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="label", unit="prompt",
-                   disable=not progress)
+        bar = tqdm(
+            total=len(prompts), initial=len(prompts) - len(todo), desc="label", unit="prompt", disable=not progress
+        )
         batches = iter([todo[k : k + cfg.batch_size] for k in range(0, len(todo), cfg.batch_size)])
         publishing = asyncio.Lock()
         working = [0]
@@ -373,8 +442,9 @@ async def run_label(cfg: LabelConfig, progress: bool = True) -> dict:
 
                 start_metrics_server(cfg.metrics_port)
             return await _label(cfg, queue, {"generation": cfg.generation, "judge": cfg.judge}, progress)
-        spec = EmbeddedSpec(policy=cfg.policy, judge=cfg.judge_model, constitution=cfg.constitution,
-                            metrics_port=cfg.metrics_port)
+        spec = EmbeddedSpec(
+            policy=cfg.policy, judge=cfg.judge_model, constitution=cfg.constitution, metrics_port=cfg.metrics_port
+        )
         async with embedded_services(spec, ("generation", "judge")) as addresses:
             return await _label(cfg, queue, addresses, progress)
     finally:

@@ -124,18 +124,35 @@ def write_report(out: Path, summary: dict, results: dict) -> Path:
     rm_metrics = read_manifest(reward_path).get("metrics", {})
     summary["reward_agreement"] = agreement
     sections = [
-        ("Label throughput", plot_label_throughput(label.get("timeline", [])),
-         f"{label.get('comparisons_published', 0)} AI-labeled comparisons in {label.get('seconds', 0):.1f}s "
-         f"({label.get('comparisons_per_second', 0):.2f}/s); {label.get('helpfulness_published', 0)} helpfulness comparisons mixed in."),
-        ("Reward model accuracy against the soft labels", plot_reward_agreement(labels, predicted, agreement),
-         "Trainer metrics: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rm_metrics.items() if isinstance(v, (int, float)))),
-        ("RL: reward and KL", plot_rl(history), f"{len(history)} steps of {summary['config']['rl_algorithm'].upper()}."),
+        (
+            "Label throughput",
+            plot_label_throughput(label.get("timeline", [])),
+            f"{label.get('comparisons_published', 0)} AI-labeled comparisons in {label.get('seconds', 0):.1f}s "
+            f"({label.get('comparisons_per_second', 0):.2f}/s); {label.get('helpfulness_published', 0)} helpfulness comparisons mixed in.",
+        ),
+        (
+            "Reward model accuracy against the soft labels",
+            plot_reward_agreement(labels, predicted, agreement),
+            "Trainer metrics: "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in rm_metrics.items() if isinstance(v, (int, float))),
+        ),
+        (
+            "RL: reward and KL",
+            plot_rl(history),
+            f"{len(history)} steps of {summary['config']['rl_algorithm'].upper()}.",
+        ),
         ("Before / after", plot_before_after(results), ""),
     ]
-    pairs = [[p["a"], p["b"], s, p[s]["win_rate_a"], p[s]["wins_a"], p[s]["wins_b"]]
-             for p in results["pairs"] for s in results["prompts"]]
-    policies = [[n, s, v["reward_mean"].get(s, float("nan")), v["refusal_rate"].get(s, float("nan"))]
-                for n, v in results["policies"].items() for s in results["prompts"]]
+    pairs = [
+        [p["a"], p["b"], s, p[s]["win_rate_a"], p[s]["wins_a"], p[s]["wins_b"]]
+        for p in results["pairs"]
+        for s in results["prompts"]
+    ]
+    policies = [
+        [n, s, v["reward_mean"].get(s, float("nan")), v["refusal_rate"].get(s, float("nan"))]
+        for n, v in results["policies"].items()
+        for s in results["prompts"]
+    ]
     stages = [[k, v] for k, v in summary["stage_seconds"].items()]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Constitutional AI run</title><style>"
@@ -146,17 +163,24 @@ def write_report(out: Path, summary: dict, results: dict) -> Path:
         f"<p>Base model <code>{html.escape(summary['base_model'])}</code>; queue <code>{html.escape(summary['queue'])}</code>.</p>",
     ]
     for title, png, note in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
-                     f"<p>{html.escape(note)}</p>")
+        parts.append(
+            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
+            f"<p>{html.escape(note)}</p>"
+        )
     parts += [
         "<h2>Win rates under the constitution (judge, both orders)</h2>",
         _table(pairs, ["policy A", "policy B", "prompts", "win rate of A (mean soft label)", "A wins", "B wins"]),
-        "<h2>Policies</h2>", _table(policies, ["policy", "prompts", "mean reward", "refusal rate"]),
-        "<h2>Stages</h2>", _table(stages, ["stage", "seconds"]),
+        "<h2>Policies</h2>",
+        _table(policies, ["policy", "prompts", "mean reward", "refusal rate"]),
+        "<h2>Stages</h2>",
+        _table(stages, ["stage", "seconds"]),
         f"<p>Engines started: {html.escape(str(summary.get('engine_starts', '?')))}; label stage: "
         f"{summary.get('labels_per_second', 0.0):.2f} labels/s.</p>",
-        "<h2>Checkpoints</h2>", _table([[k, v] for k, v in summary["checkpoints"].items()], ["what", "folder"]),
-        "<details><summary>Sample answers</summary><pre>" + html.escape(json.dumps(results.get("samples", {}), indent=2)) + "</pre></details>",
+        "<h2>Checkpoints</h2>",
+        _table([[k, v] for k, v in summary["checkpoints"].items()], ["what", "folder"]),
+        "<details><summary>Sample answers</summary><pre>"
+        + html.escape(json.dumps(results.get("samples", {}), indent=2))
+        + "</pre></details>",
         "</body></html>",
     ]
     path = out / "report.html"

@@ -143,17 +143,24 @@ class Stages:
         print(f"      done in {self.done[name]:.1f}s{'; ' + note if note else ''}", flush=True)
 
 
-def time_table(stage_seconds: dict[str, float], labels: int, labels_per_second: float, labelling_per_second: float,
-               engine_starts: int) -> str:
+def time_table(
+    stage_seconds: dict[str, float],
+    labels: int,
+    labels_per_second: float,
+    labelling_per_second: float,
+    engine_starts: int,
+) -> str:
     """The run's time per stage, its share of the total, and the label throughput, as text."""
     total = sum(stage_seconds.values()) or 1e-9
     lines = [f"{'stage':<14}{'seconds':>9}{'share':>8}"]
     for name, seconds in stage_seconds.items():
         lines.append(f"{name:<14}{seconds:>9.1f}{seconds / total:>8.0%}")
     lines.append(f"{'total':<14}{total:>9.1f}")
-    lines.append(f"labels: {labels} AI comparisons, {labels_per_second:.2f} labels/s over the label stage "
-                 f"(with the SL-CAI engine's start), {labelling_per_second:.2f} labels/s once it runs; "
-                 f"engines started: {engine_starts}")
+    lines.append(
+        f"labels: {labels} AI comparisons, {labels_per_second:.2f} labels/s over the label stage "
+        f"(with the SL-CAI engine's start), {labelling_per_second:.2f} labels/s once it runs; "
+        f"engines started: {engine_starts}"
+    )
     return "\n".join(lines)
 
 
@@ -219,53 +226,100 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     stages.end("models", f"policy {base}")
 
     stages.start("sl_data", f"{cfg.sl_prompts} red-team prompts x {cfg.rounds} critique/revision rounds")
-    sl_cfg = SLDataConfig(prompts=cfg.red_team_prompts, helpfulness=cfg.helpfulness_prompts, split=TRAIN,
-                          rounds=cfg.rounds, limit=cfg.sl_prompts, max_tokens=cfg.sl_max_tokens, seed=cfg.seed,
-                          generation=await address("generation", policy),
-                          critique=await address("critique", policy), policy=policy,
-                          constitution=cfg.constitution, batch_size=max(cfg.sl_prompts, 1))
+    sl_cfg = SLDataConfig(
+        prompts=cfg.red_team_prompts,
+        helpfulness=cfg.helpfulness_prompts,
+        split=TRAIN,
+        rounds=cfg.rounds,
+        limit=cfg.sl_prompts,
+        max_tokens=cfg.sl_max_tokens,
+        seed=cfg.seed,
+        generation=await address("generation", policy),
+        critique=await address("critique", policy),
+        policy=policy,
+        constitution=cfg.constitution,
+        batch_size=max(cfg.sl_prompts, 1),
+    )
     sl_manifest = await produce_sl_data(sl_cfg, out / "sl_data", progress=False)
     stages.end("sl_data", f"{sl_manifest['files']}; quality {sl_manifest.get('quality')}")
 
     stages.start("sft", "supervised fine-tuning on the revisions (SL-CAI)")
-    sl_policy = await asyncio.to_thread(train_sft, SFTRunConfig(
-        data=str(out / "sl_data"), out=str(out / "checkpoints" / "sl-cai"), model=base, epochs=cfg.sft_epochs,
-        learning_rate=cfg.sft_learning_rate, batch_size=4, seed=cfg.seed,
-        include_flagged=cfg.tiny))  # a tiny model's text is noise: its rows are all flagged
+    sl_policy = await asyncio.to_thread(
+        train_sft,
+        SFTRunConfig(
+            data=str(out / "sl_data"),
+            out=str(out / "checkpoints" / "sl-cai"),
+            model=base,
+            epochs=cfg.sft_epochs,
+            learning_rate=cfg.sft_learning_rate,
+            batch_size=4,
+            seed=cfg.seed,
+            include_flagged=cfg.tiny,
+        ),
+    )  # a tiny model's text is noise: its rows are all flagged
     stages.end("sft", str(sl_policy))
     sl_engine = EngineConfig(**{**asdict(policy), "model": str(sl_policy)})
 
     queue_url = cfg.queue or f"sqlite:///{(out / 'queue.db').resolve()}"
-    stages.start("label", f"{cfg.label_prompts} prompts x {cfg.samples_per_prompt} answers of the SL-CAI policy, judged ({cfg.judge_mode})")
+    stages.start(
+        "label",
+        f"{cfg.label_prompts} prompts x {cfg.samples_per_prompt} answers of the SL-CAI policy, judged ({cfg.judge_mode})",
+    )
     if svc.generation:
         from services.trainer.worker import promote
 
         promote(svc.generation, "generation", sl_policy)
     label_cfg = LabelConfig(
-        queue=queue_url, prompts=train_red, helpfulness_pairs=cfg.helpfulness_pairs, limit=cfg.label_prompts,
-        samples_per_prompt=cfg.samples_per_prompt, max_tokens=cfg.label_max_tokens, mode=cfg.judge_mode,
-        batch_size=cfg.label_batch_size, seed=cfg.seed, generation=await address("generation", sl_engine),
+        queue=queue_url,
+        prompts=train_red,
+        helpfulness_pairs=cfg.helpfulness_pairs,
+        limit=cfg.label_prompts,
+        samples_per_prompt=cfg.samples_per_prompt,
+        max_tokens=cfg.label_max_tokens,
+        mode=cfg.judge_mode,
+        batch_size=cfg.label_batch_size,
+        seed=cfg.seed,
+        generation=await address("generation", sl_engine),
         judge=await address("judge", feedback),
-        policy=sl_engine, judge_model=feedback, constitution=cfg.constitution)
+        policy=sl_engine,
+        judge_model=feedback,
+        constitution=cfg.constitution,
+    )
     with open_queue(queue_url) as queue:  # the group exists before labelling, so trimming keeps its items
         queue.create_group(f"run-{out.name}")
     label_stats = await run_label(label_cfg, progress=False)
-    stages.end("label", f"{label_stats['comparisons_published']} AI labels "
-                        f"({label_stats['comparisons_per_second']:.2f}/s), {label_stats['helpfulness_published']} helpfulness")
+    stages.end(
+        "label",
+        f"{label_stats['comparisons_published']} AI labels "
+        f"({label_stats['comparisons_per_second']:.2f}/s), {label_stats['helpfulness_published']} helpfulness",
+    )
 
     stages.start("reward_model", "the trainer consumes the queue and trains the reward model (soft labels)")
     queue = open_queue(queue_url)
     total = queue.depth()
     queue.close()
-    worker = TrainerWorker(TrainerConfig(
-        queue=queue_url, group=f"run-{out.name}", consumer="cai-run", work_dir=str(out / "trainer"),
-        reward_base_model=base, train_every=10**9, max_comparisons=total, reward_epochs=cfg.reward_epochs,
-        reward_learning_rate=cfg.reward_learning_rate, seed=cfg.seed))
+    worker = TrainerWorker(
+        TrainerConfig(
+            queue=queue_url,
+            group=f"run-{out.name}",
+            consumer="cai-run",
+            work_dir=str(out / "trainer"),
+            reward_base_model=base,
+            train_every=10**9,
+            max_comparisons=total,
+            reward_epochs=cfg.reward_epochs,
+            reward_learning_rate=cfg.reward_learning_rate,
+            seed=cfg.seed,
+        )
+    )
     await asyncio.to_thread(worker.loop)
     status = worker.status()
     reward_path = Path(status["last_checkpoint"])
-    stages.end("reward_model", f"{status['items_consumed']} comparisons; {reward_path.name}; "
-                               f"held-out accuracy {status['metrics'].get('eval_accuracy')}")
+    stages.end(
+        "reward_model",
+        f"{status['items_consumed']} comparisons; {reward_path.name}; "
+        f"held-out accuracy {status['metrics'].get('eval_accuracy')}",
+    )
 
     loop_server = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=5)
     reward_service = None
@@ -279,29 +333,50 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         await reward_service.start()
         reward_addr = f"127.0.0.1:{reward_service.port}"
     try:
-        stages.start("rl", f"{cfg.rl_algorithm.upper()}: {cfg.rl_steps} steps, rewards from the reward service at {reward_addr}")
-        pt = PolicyTrainingConfig(enabled=True, algorithm=cfg.rl_algorithm, policy=str(sl_policy),
-                                  prompts=cfg.red_team_prompts, helpfulness_prompts=cfg.helpfulness_prompts,
-                                  prompt_split=TRAIN, steps=cfg.rl_steps, batch_size=cfg.rl_batch_size,
-                                  max_new_tokens=cfg.rl_max_new_tokens, learning_rate=cfg.rl_learning_rate,
-                                  kl_coef=cfg.kl_coef, reward_service=reward_addr)
-        rl_policy = await asyncio.to_thread(train_policy, pt, str(sl_policy), str(sl_policy), reward_path,
-                                            out / "checkpoints" / "rl-cai", seed=cfg.seed)
+        stages.start(
+            "rl", f"{cfg.rl_algorithm.upper()}: {cfg.rl_steps} steps, rewards from the reward service at {reward_addr}"
+        )
+        pt = PolicyTrainingConfig(
+            enabled=True,
+            algorithm=cfg.rl_algorithm,
+            policy=str(sl_policy),
+            prompts=cfg.red_team_prompts,
+            helpfulness_prompts=cfg.helpfulness_prompts,
+            prompt_split=TRAIN,
+            steps=cfg.rl_steps,
+            batch_size=cfg.rl_batch_size,
+            max_new_tokens=cfg.rl_max_new_tokens,
+            learning_rate=cfg.rl_learning_rate,
+            kl_coef=cfg.kl_coef,
+            reward_service=reward_addr,
+        )
+        rl_policy = await asyncio.to_thread(
+            train_policy, pt, str(sl_policy), str(sl_policy), reward_path, out / "checkpoints" / "rl-cai", seed=cfg.seed
+        )
         stages.end("rl", str(rl_policy))
 
-        stages.start("eval", f"base vs SL-CAI vs RL-CAI on {len(sets['red_team'])} held-out red-team and "
-                             f"{len(sets['helpfulness'])} helpfulness prompts x {cfg.eval_samples} samples")
+        stages.start(
+            "eval",
+            f"base vs SL-CAI vs RL-CAI on {len(sets['red_team'])} held-out red-team and "
+            f"{len(sets['helpfulness'])} helpfulness prompts x {cfg.eval_samples} samples",
+        )
         policies = {"base": base, "sl-cai": str(sl_policy), "rl-cai": str(rl_policy)}
         eval_cfg = EvalConfig(max_tokens=cfg.eval_max_tokens, seed=cfg.seed, samples=cfg.eval_samples)
         if svc.generation:  # one service: the policies are swapped in with LoadCheckpoint
             generation: str | dict = svc.generation
         else:  # one engine per policy, each started once (the SL-CAI one is still up from labelling)
             rl_engine = EngineConfig(**{**asdict(policy), "model": str(rl_policy)})
-            generation = {"base": await embedded.address("generation", policy),
-                          "sl-cai": await embedded.address("generation", sl_engine),
-                          "rl-cai": await embedded.address("generation", rl_engine)}
-        results = await evaluate(policies, sets, {"generation": generation, "judge": await address("judge", feedback),
-                                                  "reward": reward_addr}, eval_cfg)
+            generation = {
+                "base": await embedded.address("generation", policy),
+                "sl-cai": await embedded.address("generation", sl_engine),
+                "rl-cai": await embedded.address("generation", rl_engine),
+            }
+        results = await evaluate(
+            policies,
+            sets,
+            {"generation": generation, "judge": await address("judge", feedback), "reward": reward_addr},
+            eval_cfg,
+        )
         results["split"] = {**split, "part": EVAL}
         (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
         stages.end("eval")
@@ -315,17 +390,29 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     starts = engine_starts() - starts_before
     labels_per_second = label_stats["comparisons_published"] / max(stages.done["label"], 1e-9)
     summary = {
-        "config": asdict(cfg), "base_model": base, "queue": queue_url, "stage_seconds": stages.done,
-        "labels_per_second": labels_per_second, "engine_starts": starts, "split": split,
-        "sl_data": sl_manifest, "label": label_stats, "reward_model": status,
+        "config": asdict(cfg),
+        "base_model": base,
+        "queue": queue_url,
+        "stage_seconds": stages.done,
+        "labels_per_second": labels_per_second,
+        "engine_starts": starts,
+        "split": split,
+        "sl_data": sl_manifest,
+        "label": label_stats,
+        "reward_model": status,
         "checkpoints": {"sl-cai": str(sl_policy), "reward": str(reward_path), "rl-cai": str(rl_policy)},
     }
     report = write_report(out, summary, results)
     stages.end("report", str(report))
     summary["stage_seconds"] = stages.done
     summary["total_seconds"] = sum(stages.done.values())
-    summary["time_table"] = time_table(stages.done, label_stats["comparisons_published"], labels_per_second,
-                                       label_stats["comparisons_per_second"], starts)
+    summary["time_table"] = time_table(
+        stages.done,
+        label_stats["comparisons_published"],
+        labels_per_second,
+        label_stats["comparisons_per_second"],
+        starts,
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(summary["time_table"], flush=True)
     return summary

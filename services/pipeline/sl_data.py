@@ -99,9 +99,7 @@ class SLDataConfig:
 def _conversation(prompt: Prompt):
     from services.api.cai.v1 import common_pb2
 
-    return common_pb2.Conversation(
-        id=prompt.id, messages=[common_pb2.ChatMessage(**m) for m in prompt.messages]
-    )
+    return common_pb2.Conversation(id=prompt.id, messages=[common_pb2.ChatMessage(**m) for m in prompt.messages])
 
 
 def _provenance(p) -> dict:
@@ -121,8 +119,7 @@ async def _answers(gen_stub, prompts: list[Prompt], cfg: SLDataConfig):
 
     request = generation_pb2.GenerateRequest(
         prompts=[_conversation(p) for p in prompts],
-        sampling=common_pb2.SamplingParams(n=1, max_tokens=cfg.max_tokens,
-                                           temperature=cfg.temperature, seed=cfg.seed),
+        sampling=common_pb2.SamplingParams(n=1, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed),
     )
     return await gen_stub.Generate(request, timeout=3600)
 
@@ -157,8 +154,10 @@ async def _harmless_batch(gen_stub, crit_stub, prompts: list[Prompt], cfg: SLDat
 
     answers = await _answers(gen_stub, prompts, cfg)
     request = critique_pb2.ReviseRequest(
-        items=[critique_pb2.ReviseItem(prompt=_conversation(p), answer=_nonempty(c.samples[0].text))
-               for p, c in zip(prompts, answers.completions)],
+        items=[
+            critique_pb2.ReviseItem(prompt=_conversation(p), answer=_nonempty(c.samples[0].text))
+            for p, c in zip(prompts, answers.completions)
+        ],
         rounds=cfg.rounds,
         sampling=common_pb2.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature),
         seed=cfg.seed,
@@ -173,23 +172,28 @@ async def _harmless_batch(gen_stub, crit_stub, prompts: list[Prompt], cfg: SLDat
         failed = True  # rounds 1..r all kept the previous answer: no revision yet
         for r in chain.rounds:
             failed = failed and r.kept_previous
-            truncated = (initial_truncated if failed else r.truncated)
-            rows.append({
-                "prompt": list(p.messages),
-                "completion": [{"role": "assistant", "content": r.revision}],
-                "kind": "harmlessness",
-                "prompt_id": p.id,
-                "category": p.category,
-                "round": r.round,
-                "rounds": cfg.rounds,
-                "principle_id": r.principle_id,
-                "critique": r.critique,
-                "kept_previous": r.kept_previous,
-                **_quality(r.revision, truncated, failed),
-                "initial_answer": completion.samples[0].text,
-                "provenance": {**prov, "principle_ids": prov["principle_ids"][: r.round],
-                               "generation_checkpoint": answers.checkpoint_id},
-            })
+            truncated = initial_truncated if failed else r.truncated
+            rows.append(
+                {
+                    "prompt": list(p.messages),
+                    "completion": [{"role": "assistant", "content": r.revision}],
+                    "kind": "harmlessness",
+                    "prompt_id": p.id,
+                    "category": p.category,
+                    "round": r.round,
+                    "rounds": cfg.rounds,
+                    "principle_id": r.principle_id,
+                    "critique": r.critique,
+                    "kept_previous": r.kept_previous,
+                    **_quality(r.revision, truncated, failed),
+                    "initial_answer": completion.samples[0].text,
+                    "provenance": {
+                        **prov,
+                        "principle_ids": prov["principle_ids"][: r.round],
+                        "generation_checkpoint": answers.checkpoint_id,
+                    },
+                }
+            )
     return rows
 
 
@@ -217,9 +221,11 @@ def _check_constitution(out: Path, rows: list[dict], expected: str) -> None:
     for row in rows:
         sha = row["provenance"]["constitution_sha256"]
         if expected and sha != expected:
-            raise ValueError(f"{out}: holds data made under constitution {expected[:12]}; the critique "
-                             f"service uses {sha[:12]} ({row['provenance']['constitution_file']}): resuming "
-                             "would mix datasets (use another --out)")
+            raise ValueError(
+                f"{out}: holds data made under constitution {expected[:12]}; the critique "
+                f"service uses {sha[:12]} ({row['provenance']['constitution_file']}): resuming "
+                "would mix datasets (use another --out)"
+            )
 
 
 async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool, expected_sha: str = "") -> dict:
@@ -237,12 +243,16 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
     todo_p = [p for p in helpful if p.id not in done_p]
     written = 0
     started = time.perf_counter()
-    async with open_aio_channel(addresses["generation"]) as gch, \
-            open_aio_channel(addresses["critique"]) as cch:
+    async with open_aio_channel(addresses["generation"]) as gch, open_aio_channel(addresses["critique"]) as cch:
         gen = generation_pb2_grpc.GenerationStub(gch)
         crit = critique_pb2_grpc.CritiqueStub(cch)
-        bar = tqdm(total=len(harmful) + len(helpful), initial=len(harmful) + len(helpful) - len(todo_h) - len(todo_p),
-                   desc="sl-data", unit="prompt", disable=not progress)
+        bar = tqdm(
+            total=len(harmful) + len(helpful),
+            initial=len(harmful) + len(helpful) - len(todo_h) - len(todo_p),
+            desc="sl-data",
+            unit="prompt",
+            disable=not progress,
+        )
         for i in range(0, len(todo_h), cfg.batch_size):
             batch = todo_h[i : i + cfg.batch_size]
             rows = await _harmless_batch(gen, crit, batch, cfg)
@@ -259,8 +269,11 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
             bar.update(len(batch))
         bar.close()
     seconds = time.perf_counter() - started
-    return {"rows_written": written, "seconds": seconds,
-            "prompts_skipped_as_done": len(harmful) + len(helpful) - len(todo_h) - len(todo_p)}
+    return {
+        "rows_written": written,
+        "seconds": seconds,
+        "prompts_skipped_as_done": len(harmful) + len(helpful) - len(todo_h) - len(todo_p),
+    }
 
 
 async def produce_sl_data(cfg: SLDataConfig, out_dir: str | Path, progress: bool = True) -> dict:
@@ -280,14 +293,23 @@ async def produce_sl_data(cfg: SLDataConfig, out_dir: str | Path, progress: bool
     if previous:
         check_same_data(out, previous.get("identity") or previous.get("config", {}), identity)
     written = read_rows(out / HARMLESS_FILE)
-    expected_sha = (written[0]["provenance"]["constitution_sha256"] if written else "") or \
-        previous.get("constitution_sha256", "") or identity["constitution_sha256"]
+    expected_sha = (
+        (written[0]["provenance"]["constitution_sha256"] if written else "")
+        or previous.get("constitution_sha256", "")
+        or identity["constitution_sha256"]
+    )
     if not previous:  # recorded before the first row, so an interrupted first run is checked too
-        manifest_path.write_text(json.dumps({"config": asdict(cfg), "identity": identity,
-                                             "constitution_sha256": expected_sha, "complete": False}, indent=2) + "\n")
+        manifest_path.write_text(
+            json.dumps(
+                {"config": asdict(cfg), "identity": identity, "constitution_sha256": expected_sha, "complete": False},
+                indent=2,
+            )
+            + "\n"
+        )
     if cfg.generation:
-        stats = await _produce(cfg, out, {"generation": cfg.generation, "critique": cfg.critique}, progress,
-                               expected_sha)
+        stats = await _produce(
+            cfg, out, {"generation": cfg.generation, "critique": cfg.critique}, progress, expected_sha
+        )
     else:
         spec = EmbeddedSpec(policy=cfg.policy, constitution=cfg.constitution)
         async with embedded_services(spec, ("generation", "critique")) as addresses:
@@ -302,8 +324,9 @@ async def produce_sl_data(cfg: SLDataConfig, out_dir: str | Path, progress: bool
         "files": {HARMLESS_FILE: len(rows_h), HELPFUL_FILE: len(rows_p)},
         "harmlessness_prompts": len({r["prompt_id"] for r in rows_h}),
         "helpfulness_prompts": len(rows_p),
-        "constitution_sha256": rows_h[0]["provenance"]["constitution_sha256"] if rows_h else (
-            constitution.sha256 if constitution else ""),
+        "constitution_sha256": rows_h[0]["provenance"]["constitution_sha256"]
+        if rows_h
+        else (constitution.sha256 if constitution else ""),
         "last_run": stats,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -323,18 +346,28 @@ def _file_sha256(path: str) -> str:
     p = Path(path)
     if p.is_file():
         return hashlib.sha256(p.read_bytes()).hexdigest()
-    return "folder:" + hashlib.sha256("\n".join(
-        f"{f.relative_to(p)}:{f.stat().st_size}" for f in sorted(p.rglob("*")) if f.is_file()).encode()).hexdigest()
+    return (
+        "folder:"
+        + hashlib.sha256(
+            "\n".join(f"{f.relative_to(p)}:{f.stat().st_size}" for f in sorted(p.rglob("*")) if f.is_file()).encode()
+        ).hexdigest()
+    )
 
 
 def data_identity(cfg: SLDataConfig, constitution_sha256: str) -> dict:
     """Everything that decides what the rows are: resuming with another identity would mix datasets.
     (``limit``, batch size and service addresses may change between runs.)"""
     return {
-        "rounds": cfg.rounds, "seed": cfg.seed, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature,
-        "prompts": cfg.prompts, "prompts_sha256": _file_sha256(cfg.prompts),
-        "helpfulness": cfg.helpfulness, "helpfulness_sha256": _file_sha256(cfg.helpfulness),
-        "split": cfg.split, "eval_fraction": cfg.eval_fraction,
+        "rounds": cfg.rounds,
+        "seed": cfg.seed,
+        "max_tokens": cfg.max_tokens,
+        "temperature": cfg.temperature,
+        "prompts": cfg.prompts,
+        "prompts_sha256": _file_sha256(cfg.prompts),
+        "helpfulness": cfg.helpfulness,
+        "helpfulness_sha256": _file_sha256(cfg.helpfulness),
+        "split": cfg.split,
+        "eval_fraction": cfg.eval_fraction,
         "model": "" if cfg.generation else cfg.policy.model,
         "checkpoint_id": "" if cfg.generation else cfg.policy.checkpoint_id,
         "constitution_sha256": constitution_sha256,
@@ -348,12 +381,15 @@ def check_same_data(out: Path, previous: dict, current: dict) -> None:
         if key not in previous or (key in ("model", "checkpoint_id", "constitution_sha256") and not value):
             continue
         if previous[key] != value:
-            raise ValueError(f"{out}: holds data made with {key}={previous[key]!r}; resuming with "
-                             f"{key}={value!r} would mix datasets (use another --out)")
+            raise ValueError(
+                f"{out}: holds data made with {key}={previous[key]!r}; resuming with "
+                f"{key}={value!r} would mix datasets (use another --out)"
+            )
 
 
-def load_sft_dataset(data_dir: str | Path, rounds: int | None = None, helpfulness: bool = True,
-                     include_flagged: bool = False):
+def load_sft_dataset(
+    data_dir: str | Path, rounds: int | None = None, helpfulness: bool = True, include_flagged: bool = False
+):
     """The SFT dataset for SL-CAI-n: the revisions of rounds 1..n (``rounds`` n; 0 or None: every
     round) plus helpfulness rows, as a ``datasets.Dataset`` with conversational prompt/completion
     columns. Rows whose quality is not ``ok`` are left out unless ``include_flagged``."""
@@ -373,7 +409,9 @@ def load_sft_dataset(data_dir: str | Path, rounds: int | None = None, helpfulnes
     kept = chosen if include_flagged else [r for r in chosen if row_quality(r) == OK]
     if not kept:
         counts = {k: v for k, v in _counts(chosen).items() if v}
-        raise ValueError(f"{data_dir}: none of the {len(chosen)} rows of rounds 1..{n} is clean "
-                         f"({', '.join(f'{k}: {v}' for k, v in counts.items())}); make the data again with a "
-                         "higher --max-tokens, or train on them anyway with --include-flagged")
+        raise ValueError(
+            f"{data_dir}: none of the {len(chosen)} rows of rounds 1..{n} is clean "
+            f"({', '.join(f'{k}: {v}' for k, v in counts.items())}); make the data again with a "
+            "higher --max-tokens, or train on them anyway with --include-flagged"
+        )
     return datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in kept])

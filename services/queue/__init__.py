@@ -22,8 +22,18 @@ from services.queue.base import (
     validate_comparison,
 )
 
-__all__ = ["ComparisonQueue", "Delivery", "MalformedItem", "QueueError", "Retention", "open_queue",
-           "queue_url_from_environment", "read_queue_url_file", "redact_url", "validate_comparison"]
+__all__ = [
+    "ComparisonQueue",
+    "Delivery",
+    "MalformedItem",
+    "QueueError",
+    "Retention",
+    "open_queue",
+    "queue_url_from_environment",
+    "read_queue_url_file",
+    "redact_url",
+    "validate_comparison",
+]
 
 _USAGE = "expected sqlite:///path.db (sqlite:////abs/path.db for an absolute path) or redis://host:port/db"
 
@@ -51,9 +61,13 @@ def redact_url(url: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return url
     rest = url.split("://", 1)[1] if "://" in url else url
-    rest = rest[len(parts.netloc):] if rest.startswith(parts.netloc) else rest
+    rest = rest[len(parts.netloc) :] if rest.startswith(parts.netloc) else rest
     path = rest.split("?", 1)[0].split("#", 1)[0]
-    return f"{parts.scheme}://{netloc}{path}" + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return (
+        f"{parts.scheme}://{netloc}{path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
 
 
 redact = redact_url
@@ -107,8 +121,10 @@ def open_queue(url: str, stream: str = "comparisons") -> ComparisonQueue:
     params = parse_qs(query, keep_blank_values=True)
     unknown = set(params) - {"stream", *RETENTION_PARAMS} if scheme == "sqlite" else set()
     if unknown:
-        raise QueueError(f"queue URL {redact(url)!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                         f"only stream=NAME, {', '.join(f'{p}=N' for p in RETENTION_PARAMS)}")
+        raise QueueError(
+            f"queue URL {redact(url)!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+            f"only stream=NAME, {', '.join(f'{p}=N' for p in RETENTION_PARAMS)}"
+        )
     try:
         retention = Retention.from_params({k: params.pop(k)[-1] for k in RETENTION_PARAMS if k in params})
     except QueueError as exc:
@@ -137,6 +153,7 @@ def open_queue(url: str, stream: str = "comparisons") -> ComparisonQueue:
         if db and not db.isdigit():
             raise QueueError(f"queue URL {redact(url)!r}: the database must be a number, got {db!r}; {_USAGE}")
         rest_query = "&".join(f"{k}={v}" for k, vs in params.items() for v in vs)
-        return RedisQueue(urlunsplit(parts._replace(query=rest_query)), stream=stream, display_url=redact(url),
-                          retention=retention)
+        return RedisQueue(
+            urlunsplit(parts._replace(query=rest_query)), stream=stream, display_url=redact(url), retention=retention
+        )
     raise QueueError(f"unsupported queue URL scheme {scheme!r} in {redact(url)!r}; {_USAGE}")

@@ -73,16 +73,23 @@ from services.errors import Unavailable
 
 PUBLISHED = Counter("cai_queue_published_total", "Labeled comparisons newly appended to the queue.", ["backend"])
 CONSUMED = Counter("cai_queue_consumed_total", "Queue deliveries acknowledged by consumers.", ["backend"])
-DEAD_LETTERED = Counter("cai_queue_dead_lettered_total",
-                        "Malformed queue entries moved to the dead-letter stream.", ["backend"])
-REDELIVERED = Counter("cai_queue_redelivered_total",
-                      "Deliveries of items a group had been given before: taken over from a stale "
-                      "consumer, or already done and skipped.", ["backend"])
+DEAD_LETTERED = Counter(
+    "cai_queue_dead_lettered_total", "Malformed queue entries moved to the dead-letter stream.", ["backend"]
+)
+REDELIVERED = Counter(
+    "cai_queue_redelivered_total",
+    "Deliveries of items a group had been given before: taken over from a stale consumer, or already done and skipped.",
+    ["backend"],
+)
 DEPTH = Gauge("cai_queue_depth", "Entries in the queue stream now (last read by depth() or trim()).", ["backend"])
-TRIMMED = Counter("cai_queue_trimmed_total",
-                  "Stream entries deleted because every consumer group had acknowledged them.", ["backend"])
-LAG = Gauge("cai_queue_lag", "Entries a consumer group has not acknowledged yet: not delivered plus "
-            "pending (last read by lag()).", ["backend", "group"])
+TRIMMED = Counter(
+    "cai_queue_trimmed_total", "Stream entries deleted because every consumer group had acknowledged them.", ["backend"]
+)
+LAG = Gauge(
+    "cai_queue_lag",
+    "Entries a consumer group has not acknowledged yet: not delivered plus pending (last read by lag()).",
+    ["backend", "group"],
+)
 
 KINDS = ("harmlessness", "helpfulness")
 """Allowed values of an item's optional ``kind`` (default ``harmlessness``)."""
@@ -121,8 +128,9 @@ class Retention:
         if not self.dedup_window_s > 0:
             raise QueueError(f"dedup_window_s must be > 0 seconds, got {self.dedup_window_s!r}")
         if self.trim_every < 0 or self.trim_interval_s <= 0:
-            raise QueueError(f"trim_every must be >= 0 and trim_interval_s > 0, got {self.trim_every!r} "
-                             f"and {self.trim_interval_s!r}")
+            raise QueueError(
+                f"trim_every must be >= 0 and trim_interval_s > 0, got {self.trim_every!r} and {self.trim_interval_s!r}"
+            )
         if self.dead_letter_max < 1:
             raise QueueError(f"dead_letter_max must be >= 1, got {self.dead_letter_max!r}")
 
@@ -135,8 +143,9 @@ class Retention:
             try:
                 values[name] = kind(text) if kind is float else int(text)
             except ValueError:
-                raise QueueError(f"{name} must be a {'number' if kind is float else 'whole number'}, "
-                                 f"got {text!r}") from None
+                raise QueueError(
+                    f"{name} must be a {'number' if kind is float else 'whole number'}, got {text!r}"
+                ) from None
         return cls(**values)
 
 
@@ -182,19 +191,29 @@ def _check(item: Any) -> tuple[str, str] | None:
         return "item", f"must be a JSON object, got {type(item).__name__}"
     cid = item.get("id")
     if not isinstance(cid, str) or not cid:
-        return "id", "is required (a non-empty string)" if cid is None else f"must be a non-empty string, got {cid!r:.80}"
+        return (
+            "id",
+            "is required (a non-empty string)" if cid is None else f"must be a non-empty string, got {cid!r:.80}",
+        )
     prompt = item.get("prompt")
     if not isinstance(prompt, list) or not prompt:
         return "prompt", "is required (a non-empty list of {role, content} messages)"
     for i, m in enumerate(prompt):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not m.get("role") \
-                or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not m.get("role")
+            or not isinstance(m.get("content"), str)
+        ):
             return f"prompt[{i}]", "must be a {role, content} message with string role and content"
     if prompt[-1]["role"] != "user":
         return "prompt", f"last message must have role 'user', got {prompt[-1]['role']!r:.40}"
     for key in ("answer_a", "answer_b"):
         if not isinstance(item.get(key), str):
-            return key, "is required (a string)" if key not in item else f"must be a string, got {type(item[key]).__name__}"
+            return (
+                key,
+                "is required (a string)" if key not in item else f"must be a string, got {type(item[key]).__name__}",
+            )
     p_a = item.get("p_a")
     if "p_a" not in item:
         return "p_a", "is required (a number in [0, 1])"
@@ -417,8 +436,7 @@ class ComparisonQueue(abc.ABC):
             return
         with self._trim_lock:
             self._acks_since_trim += acked
-            due = (self._acks_since_trim >= every
-                   or time.monotonic() - self._last_trim >= self.retention.trim_interval_s)
+            due = self._acks_since_trim >= every or time.monotonic() - self._last_trim >= self.retention.trim_interval_s
             if not due:
                 return
             self._acks_since_trim = 0

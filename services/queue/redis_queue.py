@@ -65,7 +65,10 @@ _FLAGS = "#!lua\n"
 _FLAGS_OOM = "#!lua flags=allow-oom\n"
 
 # KEYS: stream. ARGV: W ms, published-set prefix, then (id, payload)*.
-_PUBLISH = _FLAGS + _WINDOW + """
+_PUBLISH = (
+    _FLAGS
+    + _WINDOW
+    + """
 local key, old = ARGV[2] .. cur, ARGV[2] .. prev
 local n = 0
 for i = 3, #ARGV, 2 do
@@ -77,9 +80,13 @@ end
 if n > 0 then redis.call('PEXPIREAT', key, expire_at) end
 return n
 """
+)
 
 # ARGV: W ms, set prefix, then ids. Returns 1/0 for each id: in the current or previous bucket.
-_MEMBERS = "#!lua flags=no-writes,allow-oom\n" + _WINDOW + """
+_MEMBERS = (
+    "#!lua flags=no-writes,allow-oom\n"
+    + _WINDOW
+    + """
 local out = {}
 for i = 3, #ARGV do
   local hit = redis.call('SISMEMBER', ARGV[2] .. cur, ARGV[i]) == 1 or redis.call('SISMEMBER', ARGV[2] .. prev, ARGV[i]) == 1
@@ -87,9 +94,13 @@ for i = 3, #ARGV do
 end
 return out
 """
+)
 
 # KEYS: stream. ARGV: W ms, done-set prefix, group, number of entry ids k, k entry ids, comparison ids.
-_ACK = _FLAGS_OOM + _WINDOW + """
+_ACK = (
+    _FLAGS_OOM
+    + _WINDOW
+    + """
 local k = tonumber(ARGV[4])
 local acked = 0
 for i = 5, 4 + k, 500 do
@@ -102,9 +113,12 @@ end
 if #ARGV >= 5 + k then redis.call('PEXPIREAT', key, expire_at) end
 return acked
 """
+)
 
 # KEYS: stream, dead stream, dead-seen sorted set. ARGV: group, time, dead cap, then (entry id, reason, payload)*.
-_DEAD_LETTER = _FLAGS_OOM + """
+_DEAD_LETTER = (
+    _FLAGS_OOM
+    + """
 local n = 0
 for i = 4, #ARGV, 3 do
   if redis.call('ZADD', KEYS[3], 'NX', tonumber(string.match(ARGV[i], '^(%d+)')), ARGV[i]) == 1 then
@@ -116,10 +130,13 @@ for i = 4, #ARGV, 3 do
 end
 return n
 """
+)
 
 # KEYS: stream, dead-seen sorted set. Returns {entries trimmed, stream length}; {-1, length} when
 # the stream has no group (nothing is trimmed then).
-_TRIM = _FLAGS_OOM + """
+_TRIM = (
+    _FLAGS_OOM
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups == 0 then return {-1, redis.call('XLEN', KEYS[1])} end
@@ -145,6 +162,7 @@ local n = redis.call('XTRIM', KEYS[1], 'MINID', minid)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%d', min_ms))
 return {n, redis.call('XLEN', KEYS[1])}
 """
+)
 
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
 _PUBLISH_CHUNK = 500
@@ -155,8 +173,9 @@ class RedisQueue(ComparisonQueue):
 
     backend = "redis"
 
-    def __init__(self, url: str, stream: str = "comparisons", display_url: str | None = None,
-                 retention: Retention | None = None):
+    def __init__(
+        self, url: str, stream: str = "comparisons", display_url: str | None = None, retention: Retention | None = None
+    ):
         super().__init__(stream, retention)
         self._where = display_url or url
         try:
@@ -255,8 +274,10 @@ class RedisQueue(ComparisonQueue):
             skipped = [eid for (eid, _), done in zip(good, flags) if done]
             good = [g for g, done in zip(good, flags) if not done]
         if dead:
-            n = self._dead_letter(keys=[self.stream, self._dead_key, self._dead_seen_key],
-                                  args=[group, repr(time.time()), self.retention.dead_letter_max, *dead])
+            n = self._dead_letter(
+                keys=[self.stream, self._dead_key, self._dead_seen_key],
+                args=[group, repr(time.time()), self.retention.dead_letter_max, *dead],
+            )
             DEAD_LETTERED.labels(self.backend).inc(int(n))
         if skipped:
             self._r.xack(self.stream, group, *skipped)
@@ -295,7 +316,8 @@ class RedisQueue(ComparisonQueue):
             try:
                 while len(claimed) < count:
                     cursor, entries, _deleted = self._r.xautoclaim(
-                        self.stream, group, consumer, min_idle_ms, cursor, count=count - len(claimed))[:3]
+                        self.stream, group, consumer, min_idle_ms, cursor, count=count - len(claimed)
+                    )[:3]
                     claimed += entries
                     if cursor == "0-0":
                         break
@@ -319,9 +341,19 @@ class RedisQueue(ComparisonQueue):
             return 0
         entry_ids = [d.delivery_id for d in deliveries]
         with self._errors():
-            acked = int(self._ack(keys=[self.stream], args=[
-                self._window_ms, self._done_prefix(group), group, len(entry_ids), *entry_ids,
-                *{d.item["id"] for d in deliveries}]))
+            acked = int(
+                self._ack(
+                    keys=[self.stream],
+                    args=[
+                        self._window_ms,
+                        self._done_prefix(group),
+                        group,
+                        len(entry_ids),
+                        *entry_ids,
+                        *{d.item["id"] for d in deliveries},
+                    ],
+                )
+            )
         CONSUMED.labels(self.backend).inc(acked)
         self._after_ack(acked)
         return acked
@@ -410,8 +442,16 @@ class RedisQueue(ComparisonQueue):
     def dead_letters(self, limit: int = 100) -> list[dict]:
         with self._errors():
             rows = self._r.xrange(self._dead_key, "-", "+", count=limit)
-        return [{"reason": f.get("reason", ""), "payload": f.get("payload", ""), "time": float(f.get("time", 0)),
-                 "delivery_id": f.get("entry", ""), "group": f.get("group", "")} for _, f in rows]
+        return [
+            {
+                "reason": f.get("reason", ""),
+                "payload": f.get("payload", ""),
+                "time": float(f.get("time", 0)),
+                "delivery_id": f.get("entry", ""),
+                "group": f.get("group", ""),
+            }
+            for _, f in rows
+        ]
 
     def dead_letter_count(self) -> int:
         with self._errors():

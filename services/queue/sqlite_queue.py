@@ -117,8 +117,7 @@ class SQLiteQueue(ComparisonQueue):
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -131,8 +130,10 @@ class SQLiteQueue(ComparisonQueue):
                     if statement.strip():
                         db.execute(statement)
                 if "stream" in tables and "published" not in tables:  # a file from before: upgrade
-                    db.execute("INSERT OR IGNORE INTO published (stream, comparison_id, at) "
-                               "SELECT stream, comparison_id, added_at FROM stream WHERE comparison_id IS NOT NULL")
+                    db.execute(
+                        "INSERT OR IGNORE INTO published (stream, comparison_id, at) "
+                        "SELECT stream, comparison_id, added_at FROM stream WHERE comparison_id IS NOT NULL"
+                    )
                 if "done" in tables and "at" not in done_columns:
                     db.execute("ALTER TABLE done ADD COLUMN at REAL NOT NULL DEFAULT 0")
                     db.execute("UPDATE done SET at = ?", (time.time(),))
@@ -180,15 +181,19 @@ class SQLiteQueue(ComparisonQueue):
             before = db.total_changes
             # New unless published within the window; an old entry with this id still in the stream
             # (not trimmed yet) also makes it a repeat (the UNIQUE constraint ignores it).
-            db.executemany("INSERT OR IGNORE INTO stream (stream, comparison_id, payload, added_at) "
-                           "SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM published "
-                           "WHERE stream = ? AND comparison_id = ? AND at >= ?)",
-                           [(self.stream, cid, text, now, self.stream, cid, cutoff) for cid, text in encoded])
+            db.executemany(
+                "INSERT OR IGNORE INTO stream (stream, comparison_id, payload, added_at) "
+                "SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM published "
+                "WHERE stream = ? AND comparison_id = ? AND at >= ?)",
+                [(self.stream, cid, text, now, self.stream, cid, cutoff) for cid, text in encoded],
+            )
             new = db.total_changes - before
             # The window runs from the first publish: only a forgotten (expired) id gets a new time.
-            db.executemany("INSERT INTO published (stream, comparison_id, at) VALUES (?, ?, ?) "
-                           "ON CONFLICT (stream, comparison_id) DO UPDATE SET at = excluded.at WHERE at < ?",
-                           [(self.stream, cid, now, cutoff) for cid, _ in encoded])
+            db.executemany(
+                "INSERT INTO published (stream, comparison_id, at) VALUES (?, ?, ?) "
+                "ON CONFLICT (stream, comparison_id) DO UPDATE SET at = excluded.at WHERE at < ?",
+                [(self.stream, cid, now, cutoff) for cid, _ in encoded],
+            )
         PUBLISHED.labels(self.backend).inc(new)
         return new
 
@@ -199,8 +204,13 @@ class SQLiteQueue(ComparisonQueue):
             db.executemany("INSERT INTO stream (stream, payload, added_at) VALUES (?, ?, ?)", rows)
 
     def is_published(self, comparison_id: str) -> bool:
-        return self._scalar("SELECT 1 FROM published WHERE stream = ? AND comparison_id = ? AND at >= ?",
-                            (self.stream, comparison_id, time.time() - self.retention.dedup_window_s)) is not None
+        return (
+            self._scalar(
+                "SELECT 1 FROM published WHERE stream = ? AND comparison_id = ? AND at >= ?",
+                (self.stream, comparison_id, time.time() - self.retention.dedup_window_s),
+            )
+            is not None
+        )
 
     # -- consuming ---------------------------------------------------------------------------
 
@@ -224,20 +234,29 @@ class SQLiteQueue(ComparisonQueue):
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                done.update(r[0] for r in db.execute(
-                    f"SELECT comparison_id FROM done WHERE stream = ? AND grp = ? AND at >= ? "
-                    f"AND comparison_id IN ({marks})",
-                    (self.stream, group, now - self.retention.dedup_window_s, *chunk)))
+                done.update(
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT comparison_id FROM done WHERE stream = ? AND grp = ? AND at >= ? "
+                        f"AND comparison_id IN ({marks})",
+                        (self.stream, group, now - self.retention.dedup_window_s, *chunk),
+                    )
+                )
             if done:
                 done_seqs = [seq for seq, item, _ in good if item["id"] in done]
                 good = [g for g in good if g[1]["id"] not in done]
         newly_dead = 0
         if dead:
             before = db.total_changes
-            db.executemany("INSERT OR IGNORE INTO dead (stream, seq, reason, payload, time, grp) VALUES (?, ?, ?, ?, ?, ?)", dead)
+            db.executemany(
+                "INSERT OR IGNORE INTO dead (stream, seq, reason, payload, time, grp) VALUES (?, ?, ?, ?, ?, ?)", dead
+            )
             newly_dead = db.total_changes - before
-            db.execute("DELETE FROM dead WHERE stream = ? AND id <= (SELECT id FROM dead WHERE stream = ? "
-                       "ORDER BY id DESC LIMIT 1 OFFSET ?)", (self.stream, self.stream, self.retention.dead_letter_max))
+            db.execute(
+                "DELETE FROM dead WHERE stream = ? AND id <= (SELECT id FROM dead WHERE stream = ? "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (self.stream, self.stream, self.retention.dead_letter_max),
+            )
         gone = [(self.stream, group, d[1]) for d in dead] + [(self.stream, group, s) for s in done_seqs]
         if gone:
             db.executemany("DELETE FROM pending WHERE stream = ? AND grp = ? AND seq = ?", gone)
@@ -247,19 +266,24 @@ class SQLiteQueue(ComparisonQueue):
         out, dead, skipped = [], 0, 0
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO groups (stream, name, last_seq) VALUES (?, ?, 0)", (self.stream, group))
-            last = db.execute("SELECT last_seq FROM groups WHERE stream = ? AND name = ?",
-                              (self.stream, group)).fetchone()[0]
+            last = db.execute(
+                "SELECT last_seq FROM groups WHERE stream = ? AND name = ?", (self.stream, group)
+            ).fetchone()[0]
             while len(out) < count:
-                rows = db.execute("SELECT seq, payload, 1 FROM stream WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
-                                  (self.stream, last, count - len(out))).fetchall()
+                rows = db.execute(
+                    "SELECT seq, payload, 1 FROM stream WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (self.stream, last, count - len(out)),
+                ).fetchall()
                 if not rows:
                     break
                 last = rows[-1][0]
                 good, d, s = self._triage(db, group, rows)
                 dead, skipped = dead + d, skipped + s
                 now = time.time()
-                db.executemany("INSERT INTO pending (stream, grp, seq, consumer, delivered_at, attempts) VALUES (?, ?, ?, ?, ?, 1)",
-                               [(self.stream, group, seq, consumer, now) for seq, _, _ in good])
+                db.executemany(
+                    "INSERT INTO pending (stream, grp, seq, consumer, delivered_at, attempts) VALUES (?, ?, ?, ?, ?, 1)",
+                    [(self.stream, group, seq, consumer, now) for seq, _, _ in good],
+                )
                 out += [Delivery(str(seq), item, 1) for seq, item, _ in good]
             db.execute("UPDATE groups SET last_seq = ? WHERE stream = ? AND name = ?", (last, self.stream, group))
         DEAD_LETTERED.labels(self.backend).inc(dead)
@@ -285,10 +309,14 @@ class SQLiteQueue(ComparisonQueue):
 
     def _has_new(self, group: str) -> bool:
         """Whether the stream has entries after the group's position (a read, no write lock)."""
-        return self._scalar(
-            "SELECT 1 FROM stream WHERE stream = ? AND seq > "
-            "coalesce((SELECT last_seq FROM groups WHERE stream = ? AND name = ?), 0) LIMIT 1",
-            (self.stream, self.stream, group)) is not None
+        return (
+            self._scalar(
+                "SELECT 1 FROM stream WHERE stream = ? AND seq > "
+                "coalesce((SELECT last_seq FROM groups WHERE stream = ? AND name = ?), 0) LIMIT 1",
+                (self.stream, self.stream, group),
+            )
+            is not None
+        )
 
     def claim_stale(self, group: str, consumer: str, min_idle_ms: int, count: int = 64) -> list[Delivery]:
         if count <= 0:
@@ -298,13 +326,16 @@ class SQLiteQueue(ComparisonQueue):
             rows = db.execute(
                 "SELECT p.seq, s.payload, p.attempts + 1 FROM pending p JOIN stream s ON s.seq = p.seq "
                 "WHERE p.stream = ? AND p.grp = ? AND p.delivered_at <= ? ORDER BY p.seq LIMIT ?",
-                (self.stream, group, now - min_idle_ms / 1000, count)).fetchall()
+                (self.stream, group, now - min_idle_ms / 1000, count),
+            ).fetchall()
             if not rows:
                 return []
             good, dead, skipped = self._triage(db, group, rows)
-            db.executemany("UPDATE pending SET consumer = ?, delivered_at = ?, attempts = ? "
-                           "WHERE stream = ? AND grp = ? AND seq = ?",
-                           [(consumer, now, attempts, self.stream, group, seq) for seq, _, attempts in good])
+            db.executemany(
+                "UPDATE pending SET consumer = ?, delivered_at = ?, attempts = ? "
+                "WHERE stream = ? AND grp = ? AND seq = ?",
+                [(consumer, now, attempts, self.stream, group, seq) for seq, _, attempts in good],
+            )
         DEAD_LETTERED.labels(self.backend).inc(dead)
         REDELIVERED.labels(self.backend).inc(skipped + len(good))
         return [Delivery(str(seq), item, attempts) for seq, item, attempts in good]
@@ -315,28 +346,39 @@ class SQLiteQueue(ComparisonQueue):
             return 0
         with self._tx() as db:
             before = db.total_changes
-            db.executemany("DELETE FROM pending WHERE stream = ? AND grp = ? AND seq = ?",
-                           [(self.stream, group, int(d.delivery_id)) for d in deliveries])
+            db.executemany(
+                "DELETE FROM pending WHERE stream = ? AND grp = ? AND seq = ?",
+                [(self.stream, group, int(d.delivery_id)) for d in deliveries],
+            )
             acked = db.total_changes - before
             now = time.time()
-            db.executemany("INSERT OR REPLACE INTO done (stream, grp, comparison_id, at) VALUES (?, ?, ?, ?)",
-                           [(self.stream, group, d.item["id"], now) for d in deliveries])
+            db.executemany(
+                "INSERT OR REPLACE INTO done (stream, grp, comparison_id, at) VALUES (?, ?, ?, ?)",
+                [(self.stream, group, d.item["id"], now) for d in deliveries],
+            )
         CONSUMED.labels(self.backend).inc(acked)
         self._after_ack(acked)
         return acked
 
     def is_done(self, group: str, comparison_id: str) -> bool:
-        return self._scalar("SELECT 1 FROM done WHERE stream = ? AND grp = ? AND comparison_id = ? AND at >= ?",
-                            (self.stream, group, comparison_id, time.time() - self.retention.dedup_window_s)) is not None
+        return (
+            self._scalar(
+                "SELECT 1 FROM done WHERE stream = ? AND grp = ? AND comparison_id = ? AND at >= ?",
+                (self.stream, group, comparison_id, time.time() - self.retention.dedup_window_s),
+            )
+            is not None
+        )
 
     # -- groups and trimming -----------------------------------------------------------------
 
     def create_group(self, group: str) -> None:
         # Reading from the oldest row still there: last_seq is just below it (0 for an empty stream).
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO groups (stream, name, last_seq) VALUES "
-                       "(?, ?, coalesce((SELECT min(seq) - 1 FROM stream WHERE stream = ?), 0))",
-                       (self.stream, group, self.stream))
+            db.execute(
+                "INSERT OR IGNORE INTO groups (stream, name, last_seq) VALUES "
+                "(?, ?, coalesce((SELECT min(seq) - 1 FROM stream WHERE stream = ?), 0))",
+                (self.stream, group, self.stream),
+            )
 
     def delete_group(self, group: str) -> None:
         with self._tx() as db:
@@ -348,7 +390,9 @@ class SQLiteQueue(ComparisonQueue):
         with self._tx() as db:
             bound = db.execute(
                 "SELECT min(coalesce((SELECT min(seq) FROM pending p WHERE p.stream = g.stream AND p.grp = g.name), "
-                "g.last_seq + 1)) FROM groups g WHERE g.stream = ?", (self.stream,)).fetchone()[0]
+                "g.last_seq + 1)) FROM groups g WHERE g.stream = ?",
+                (self.stream,),
+            ).fetchone()[0]
             removed = 0
             if bound is not None:
                 removed = db.execute("DELETE FROM stream WHERE stream = ? AND seq < ?", (self.stream, bound)).rowcount
@@ -368,9 +412,11 @@ class SQLiteQueue(ComparisonQueue):
         if not text.isdigit():
             raise QueueError(f"SQLite queue position must be a row number (digits), got {position!r}")
         with self._tx() as db:
-            db.execute("INSERT INTO groups (stream, name, last_seq) VALUES (?, ?, ?) "
-                       "ON CONFLICT (stream, name) DO UPDATE SET last_seq = excluded.last_seq",
-                       (self.stream, group, int(text)))
+            db.execute(
+                "INSERT INTO groups (stream, name, last_seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (stream, name) DO UPDATE SET last_seq = excluded.last_seq",
+                (self.stream, group, int(text)),
+            )
 
     # -- numbers -----------------------------------------------------------------------------
 
@@ -388,8 +434,10 @@ class SQLiteQueue(ComparisonQueue):
         return self._scalar("SELECT count(*) FROM pending WHERE stream = ? AND grp = ?", (self.stream, group))
 
     def dead_letters(self, limit: int = 100) -> list[dict]:
-        rows = self._read("SELECT seq, reason, payload, time, grp FROM dead WHERE stream = ? ORDER BY id LIMIT ?",
-                          (self.stream, limit))
+        rows = self._read(
+            "SELECT seq, reason, payload, time, grp FROM dead WHERE stream = ? ORDER BY id LIMIT ?",
+            (self.stream, limit),
+        )
         return [{"reason": r, "payload": p, "time": t, "delivery_id": str(s), "group": g} for s, r, p, t, g in rows]
 
     def dead_letter_count(self) -> int:

@@ -46,7 +46,9 @@ class RewardClient:
         for start in range(0, len(prompts), self.batch_size):
             items = [
                 reward_pb2.ScoreItem(
-                    prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in p]),
+                    prompt=common_pb2.Conversation(
+                        messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in p]
+                    ),
                     answer=completion_text(c),
                 )
                 for p, c in zip(prompts[start : start + self.batch_size], completions[start : start + self.batch_size])

@@ -26,8 +26,9 @@ class RewardScorer:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def load(cls, model_path: str, checkpoint_id: str = "", *, device: str = "",
-                   dtype: str = "float32", batch_size: int = 32) -> RewardScorer:
+    async def load(
+        cls, model_path: str, checkpoint_id: str = "", *, device: str = "", dtype: str = "float32", batch_size: int = 32
+    ) -> RewardScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -41,7 +42,9 @@ class RewardScorer:
             if model.config.num_labels != 1:
                 raise ValueError(f"{model_path}: a reward model has one output, this one has {model.config.num_labels}")
             if model.config.pad_token_id is None:
-                model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                model.config.pad_token_id = (
+                    tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                )
             return model.to(device).eval(), tokenizer
 
         model, tokenizer = await asyncio.to_thread(load)

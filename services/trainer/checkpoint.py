@@ -44,8 +44,17 @@ def run_args(cfg, output_dir: Path) -> dict:
     }
 
 
-def write_manifest(folder: Path, *, kind: str, step: int, base_model: str, data: dict,
-                   constitution_sha256: str = "", metrics: dict | None = None, **extra) -> dict:
+def write_manifest(
+    folder: Path,
+    *,
+    kind: str,
+    step: int,
+    base_model: str,
+    data: dict,
+    constitution_sha256: str = "",
+    metrics: dict | None = None,
+    **extra,
+) -> dict:
     manifest = {
         "id": folder.name,
         "kind": kind,

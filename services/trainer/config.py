@@ -121,11 +121,12 @@ class TrainerConfig:
         if pt.num_generations < 2:
             return "policy_training.num_generations", "must be at least 2 (a group compares its completions)"
         if pt.algorithm in ("grpo", "rloo") and pt.batch_size % pt.num_generations:
-            return "policy_training.batch_size", (f"must be a multiple of num_generations ({pt.num_generations}) "
-                                                  f"for {pt.algorithm}")
+            return "policy_training.batch_size", (
+                f"must be a multiple of num_generations ({pt.num_generations}) for {pt.algorithm}"
+            )
         sha = self.constitution_sha256
         if sha not in ("", "any") and (len(sha) < 8 or any(c not in "0123456789abcdef" for c in sha)):
-            return "constitution_sha256", "must be \"\", \"any\" or 8 or more lowercase hex digits of a hash"
+            return "constitution_sha256", 'must be "", "any" or 8 or more lowercase hex digits of a hash'
         if self.policy_training.enabled and not self.policy_training.policy:
             return "policy_training.policy", "is required when policy training is enabled"
         return None

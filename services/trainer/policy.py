@@ -40,8 +40,13 @@ def prompt_sets(pt: PolicyTrainingConfig) -> dict[str, list[list[dict]]]:
     return sets
 
 
-def rollout_prompts(pt: PolicyTrainingConfig, seed: int, round_index: int = 0, n: int | None = None,
-                    sets: dict[str, list[list[dict]]] | None = None) -> list[list[dict]]:
+def rollout_prompts(
+    pt: PolicyTrainingConfig,
+    seed: int,
+    round_index: int = 0,
+    n: int | None = None,
+    sets: dict[str, list[list[dict]]] | None = None,
+) -> list[list[dict]]:
     """``n`` rollout prompts (default: ``pt.steps * pt.batch_size``), red-team and helpfulness
     prompts interleaved so that every ``pt.batch_size`` consecutive prompts hold
     ``round(batch_size * helpfulness_share)`` helpfulness prompts (a running quota, so any window
@@ -101,17 +106,32 @@ def _reward_provenance(reward_path: Path) -> dict:
     try:
         m = read_manifest(reward_path)
     except (OSError, ValueError):
-        return {"reward_model": str(reward_path), "reward_model_id": Path(reward_path).name,
-                "constitution_sha256": "", "constitution_sha256s": []}
+        return {
+            "reward_model": str(reward_path),
+            "reward_model_id": Path(reward_path).name,
+            "constitution_sha256": "",
+            "constitution_sha256s": [],
+        }
     hashes = m.get("constitution_sha256s") or ([m["constitution_sha256"]] if m.get("constitution_sha256") else [])
-    return {"reward_model": str(reward_path), "reward_model_id": m.get("id", Path(reward_path).name),
-            "constitution_sha256": m.get("constitution_sha256") or (hashes[0] if len(hashes) == 1 else ""),
-            "constitution_sha256s": hashes}
+    return {
+        "reward_model": str(reward_path),
+        "reward_model_id": m.get("id", Path(reward_path).name),
+        "constitution_sha256": m.get("constitution_sha256") or (hashes[0] if len(hashes) == 1 else ""),
+        "constitution_sha256s": hashes,
+    }
 
 
-def train_policy(pt: PolicyTrainingConfig, start: str, reference: str, reward_path: Path, out: Path,
-                 *, seed: int = 0, round_index: int = 0,
-                 on_step: Callable[[int, dict], None] | None = None) -> Path:
+def train_policy(
+    pt: PolicyTrainingConfig,
+    start: str,
+    reference: str,
+    reward_path: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    round_index: int = 0,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> Path:
     """Trains the policy from ``start`` (KL-anchored to ``reference``, the SL-CAI policy, whatever
     ``start`` is) for ``pt.steps`` steps. ``round_index`` counts the trainer's RL rounds: it advances
     the prompt order and the sampling seed. A PPO ``start`` saved by an earlier round carries its
@@ -138,22 +158,37 @@ def train_policy(pt: PolicyTrainingConfig, start: str, reference: str, reward_pa
         counts[lookup[json.dumps(c, sort_keys=True)]] += 1
     provenance = _reward_provenance(reward_path)
     write_manifest(
-        out, kind="policy", step=len(history), base_model=start,
+        out,
+        kind="policy",
+        step=len(history),
+        base_model=start,
         constitution_sha256=provenance["constitution_sha256"],
-        data={"prompts": len(prompts), "red_team_prompts": counts.get("red_team", 0),
-              "helpfulness_prompts": counts.get("helpfulness", 0),
-              "helpfulness_share": counts.get("helpfulness", 0) / len(prompts) if prompts else 0.0,
-              "helpfulness_share_target": pt.helpfulness_share if "helpfulness" in sets else 0.0,
-              "prompt_split": pt.prompt_split, "round": round_index,
-              "reward_model": str(reward_path), "reward_service": pt.reward_service},
-        metrics={"reward_mean_first": history[0].get("reward_mean") if history else None,
-                 "reward_mean_last": last.get("reward_mean"), "kl_last": last.get("kl"),
-                 "seconds": time.perf_counter() - started},
-        algorithm=pt.algorithm, reference=reference, start=start, round=round_index,
+        data={
+            "prompts": len(prompts),
+            "red_team_prompts": counts.get("red_team", 0),
+            "helpfulness_prompts": counts.get("helpfulness", 0),
+            "helpfulness_share": counts.get("helpfulness", 0) / len(prompts) if prompts else 0.0,
+            "helpfulness_share_target": pt.helpfulness_share if "helpfulness" in sets else 0.0,
+            "prompt_split": pt.prompt_split,
+            "round": round_index,
+            "reward_model": str(reward_path),
+            "reward_service": pt.reward_service,
+        },
+        metrics={
+            "reward_mean_first": history[0].get("reward_mean") if history else None,
+            "reward_mean_last": last.get("reward_mean"),
+            "kl_last": last.get("kl"),
+            "seconds": time.perf_counter() - started,
+        },
+        algorithm=pt.algorithm,
+        reference=reference,
+        start=start,
+        round=round_index,
         num_generations=pt.num_generations if pt.algorithm != "ppo" else None,
         reward_model_id=provenance["reward_model_id"],
         reward_constitution_sha256s=provenance["constitution_sha256s"],
-        history=history, **info,
+        history=history,
+        **info,
     )
     return out
 
@@ -174,17 +209,27 @@ def _ppo(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> 
     from services.trainer.ppo_config import PPOConfig
     from services.trainer.ppo_trainer import STATE_FILE, PPOTrainer
 
-    config = PPOConfig(learning_rate=pt.learning_rate, batch_size=pt.batch_size,
-                       mini_batch_size=max(1, pt.batch_size // 2), max_new_tokens=pt.max_new_tokens,
-                       kl_coef=pt.kl_coef, lora=pt.lora, seed=seed, steps=pt.steps)
+    config = PPOConfig(
+        learning_rate=pt.learning_rate,
+        batch_size=pt.batch_size,
+        mini_batch_size=max(1, pt.batch_size // 2),
+        max_new_tokens=pt.max_new_tokens,
+        kl_coef=pt.kl_coef,
+        lora=pt.lora,
+        seed=seed,
+        steps=pt.steps,
+    )
     trainer = PPOTrainer(config, start, reward_fn, ref_path=reference)
     info["resumed_ppo_state"] = (Path(start) / STATE_FILE).is_file()
     if info["resumed_ppo_state"]:  # an earlier round's value head and KL coefficient
         trainer.load_state(start)
-        log.info("PPO continues from %s: step %d, kl_coef %.4f", start, trainer.global_step,
-                 trainer.kl_controller.value)
+        log.info(
+            "PPO continues from %s: step %d, kl_coef %.4f", start, trainer.global_step, trainer.kl_controller.value
+        )
     info["kl_coef_start"] = trainer.kl_controller.value
-    info["value_head_fingerprint_start"] = weights_fingerprint(trainer.accelerator.unwrap_model(trainer.model).value_head)
+    info["value_head_fingerprint_start"] = weights_fingerprint(
+        trainer.accelerator.unwrap_model(trainer.model).value_head
+    )
     if trainer.ref_model is not None:
         info["reference_fingerprint"] = weights_fingerprint(trainer.ref_model)
     batches = (prompts[i : i + pt.batch_size] for i in range(0, len(prompts), pt.batch_size))
@@ -210,15 +255,23 @@ def _trl(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     common = dict(
-        output_dir=str(out.with_name(out.name + ".work")), per_device_train_batch_size=pt.batch_size,
-        num_generations=pt.num_generations, max_completion_length=pt.max_new_tokens,
-        learning_rate=pt.learning_rate, max_steps=pt.steps, beta=pt.kl_coef, seed=seed, disable_tqdm=True,
+        output_dir=str(out.with_name(out.name + ".work")),
+        per_device_train_batch_size=pt.batch_size,
+        num_generations=pt.num_generations,
+        max_completion_length=pt.max_new_tokens,
+        learning_rate=pt.learning_rate,
+        max_steps=pt.steps,
+        beta=pt.kl_coef,
+        seed=seed,
+        disable_tqdm=True,
         **training_args(),
     )
     if pt.algorithm == "grpo":
-        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
     else:
-        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
     history: list[dict] = []
 
     class Record(TrainerCallback):
@@ -238,8 +291,15 @@ def _trl(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> 
     model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
     model.config._name_or_path = str(reference)  # TRL builds its reference model from this path
     tokenizer = AutoTokenizer.from_pretrained(start, padding_side="left", truncation_side="left")
-    trainer = Trainer(model=model, reward_funcs=[reward_fn], args=Config(**common), train_dataset=dataset,
-                      processing_class=tokenizer, callbacks=[Record()], peft_config=peft_config)
+    trainer = Trainer(
+        model=model,
+        reward_funcs=[reward_fn],
+        args=Config(**common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Record()],
+        peft_config=peft_config,
+    )
     ref = getattr(trainer, "ref_model", None)
     if ref is not None:
         info["reference_fingerprint"] = weights_fingerprint(trainer.accelerator.unwrap_model(ref))

@@ -72,8 +72,7 @@ def _lm_forward(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
     """A causal LM's forward pass over left-padded sequences, positions counted from the first real
     token (as ``generate`` counts them)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-              use_cache=False, **kwargs)
+    return lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)
 
 
 class PolicyWithValueHead(nn.Module):
@@ -94,8 +93,9 @@ class PolicyWithValueHead(nn.Module):
         return out.logits, values
 
 
-def _response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, context: int,
-                       temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _response_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, context: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the completion tokens (``input_ids[:, context:]``) and the logits that
     predict them, both at the sampling temperature."""
     response_logits = logits[:, context - 1 : -1].float() / temperature
@@ -151,8 +151,14 @@ class PPOTrainer:
     stops it, and so does garbage collection of the trainer.
     """
 
-    def __init__(self, config: PPOConfig, policy_path: str, reward_fn: RewardFn, ref_path: str | None = None,
-                 accelerator: Accelerator | None = None):
+    def __init__(
+        self,
+        config: PPOConfig,
+        policy_path: str,
+        reward_fn: RewardFn,
+        ref_path: str | None = None,
+        accelerator: Accelerator | None = None,
+    ):
         if problem := config.validate():
             raise ConfigError(f"PPOConfig: {problem[0]}: {problem[1]}")
         if accelerator is None:
@@ -160,8 +166,10 @@ class PPOTrainer:
             accelerator = Accelerator() if on_gpu else Accelerator(cpu=True, mixed_precision="no")
         processes = accelerator.num_processes
         if config.batch_size % processes or config.mini_batch_size % processes:
-            raise ConfigError(f"PPOConfig: batch_size ({config.batch_size}) and mini_batch_size "
-                              f"({config.mini_batch_size}) must be multiples of the {processes} processes")
+            raise ConfigError(
+                f"PPOConfig: batch_size ({config.batch_size}) and mini_batch_size "
+                f"({config.mini_batch_size}) must be multiples of the {processes} processes"
+            )
         self.config = config
         self.reward_fn = reward_fn
         self.accelerator = accelerator
@@ -189,11 +197,16 @@ class PPOTrainer:
         if config.lora:
             from peft import LoraConfig, get_peft_model
 
-            policy = get_peft_model(policy, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                                                       target_modules="all-linear", task_type="CAUSAL_LM"))
+            policy = get_peft_model(
+                policy,
+                LoraConfig(
+                    r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+                ),
+            )
         model = PolicyWithValueHead(policy, policy.config.hidden_size)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                      lr=config.learning_rate, eps=1e-5)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, eps=1e-5
+        )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         if config.kl_mode == "adaptive":
             self.kl_controller = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
@@ -215,21 +228,21 @@ class PPOTrainer:
     def _score(self, prompts: list[Conversation], completions: list[str]) -> torch.Tensor:
         return self._start_scoring(prompts, completions)()
 
-    def _start_scoring(self, prompts: list[Conversation],
-                       completions: list[str]) -> Callable[[], torch.Tensor]:
+    def _start_scoring(self, prompts: list[Conversation], completions: list[str]) -> Callable[[], torch.Tensor]:
         """Starts scoring and returns a function that waits for the scores. With
         ``config.overlap_reward``, an asynchronous ``reward_fn`` (the reward service over gRPC)
         runs on the reward loop thread meanwhile, so the caller overlaps the call with its own work
         (the value and reference passes); otherwise, and for a synchronous one (its work would be
         on this thread anyway), the call is made when the scores are awaited."""
-        is_async = inspect.iscoroutinefunction(self.reward_fn) or inspect.iscoroutinefunction(
-            getattr(self.reward_fn, "__call__", None))
+        call = getattr(self.reward_fn, "__call__", None)  # noqa: B004 (an object whose __call__ is async)
+        is_async = inspect.iscoroutinefunction(self.reward_fn) or inspect.iscoroutinefunction(call)
         overlap = self.config.overlap_reward
         if overlap is None:
             overlap = self.accelerator.device.type != "cpu"
         if is_async and overlap:
-            future = asyncio.run_coroutine_threadsafe(_awaited(self.reward_fn(prompts, completions)),
-                                                      self._event_loop())
+            future = asyncio.run_coroutine_threadsafe(
+                _awaited(self.reward_fn(prompts, completions)), self._event_loop()
+            )
             return lambda: self._check_scores(future.result(), completions)
 
         def wait() -> torch.Tensor:
@@ -275,16 +288,23 @@ class PPOTrainer:
         cfg = self.config
         device = self.accelerator.device
         texts = self.tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
-        enc = self.tokenizer(texts, padding=True, padding_side="left", add_special_tokens=False,
-                             return_tensors="pt").to(device)
+        enc = self.tokenizer(
+            texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
+        ).to(device)
         context = enc["input_ids"].shape[1]
         unwrapped = self.accelerator.unwrap_model(self.model)
         unwrapped.eval()
         with self.accelerator.autocast():
             # top_k=0: sample from the full distribution whatever the model's generation_config says
             sequences = unwrapped.policy.generate(
-                **enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+                **enc,
+                do_sample=True,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=0,
+                max_new_tokens=cfg.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         responses = sequences[:, context:]
         is_eos = torch.isin(responses, self.eos_ids)
         mask = (is_eos.cumsum(1) - is_eos.long()) == 0  # up to and including the first end-of-sequence
@@ -315,10 +335,18 @@ class PPOTrainer:
         scores = raw_scores
         if cfg.missing_eos_penalty is not None:
             scores = raw_scores - cfg.missing_eos_penalty * (~ended).float()
-        return Rollout(input_ids=input_ids, attention_mask=attention_mask, context=context, mask=mask.float(),
-                       raw_scores=raw_scores, scores=scores, logprobs=torch.cat(logprobs),
-                       ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values).float(),
-                       entropy=torch.cat(entropy))
+        return Rollout(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            context=context,
+            mask=mask.float(),
+            raw_scores=raw_scores,
+            scores=scores,
+            logprobs=torch.cat(logprobs),
+            ref_logprobs=torch.cat(ref_logprobs),
+            values=torch.cat(values).float(),
+            entropy=torch.cat(entropy),
+        )
 
     def step(self, prompts: Sequence[Conversation]) -> dict[str, float]:
         """One PPO iteration on ``config.batch_size`` prompts (chat conversations); returns metrics:
@@ -354,10 +382,12 @@ class PPOTrainer:
                 with acc.autocast():
                     logits, values = self.model(roll.input_ids[idx], roll.attention_mask[idx])
                 logprobs = _response_logprobs(logits, roll.input_ids[idx], context, cfg.temperature)[0]
-                pg_loss, clipfrac, approx_kl = policy_loss(logprobs, roll.logprobs[idx], advantages[idx],
-                                                           mask[idx], cfg.cliprange)
-                vf_loss, vf_clipfrac = value_loss(values[:, context - 1 : -1].float(), roll.values[idx],
-                                                  returns[idx], mask[idx], cfg.cliprange_value)
+                pg_loss, clipfrac, approx_kl = policy_loss(
+                    logprobs, roll.logprobs[idx], advantages[idx], mask[idx], cfg.cliprange
+                )
+                vf_loss, vf_clipfrac = value_loss(
+                    values[:, context - 1 : -1].float(), roll.values[idx], returns[idx], mask[idx], cfg.cliprange_value
+                )
                 acc.backward(pg_loss + cfg.vf_coef * vf_loss)
                 acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
@@ -388,13 +418,24 @@ class PPOTrainer:
             "step_seconds": time.perf_counter() - started,
             "reward_wait_seconds": self._reward_wait,
         }
-        log.info("ppo step %d: reward %.4f kl %.4f kl_coef %.4f policy_loss %.4f value_loss %.4f (%.1fs)",
-                 self.global_step, metrics["reward_mean"], kl, kl_coef, metrics["policy_loss"],
-                 metrics["value_loss"], metrics["step_seconds"])
+        log.info(
+            "ppo step %d: reward %.4f kl %.4f kl_coef %.4f policy_loss %.4f value_loss %.4f (%.1fs)",
+            self.global_step,
+            metrics["reward_mean"],
+            kl,
+            kl_coef,
+            metrics["policy_loss"],
+            metrics["value_loss"],
+            metrics["step_seconds"],
+        )
         return metrics
 
-    def train(self, prompt_iter: Iterable[Sequence[Conversation]], steps: int | None = None,
-              callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    def train(
+        self,
+        prompt_iter: Iterable[Sequence[Conversation]],
+        steps: int | None = None,
+        callback: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> list[dict[str, float]]:
         """Runs ``steps`` (default ``config.steps``) iterations, one prompt batch from ``prompt_iter``
         each; calls ``callback(global_step, metrics)`` after each. Returns the metrics of every step."""
         steps = self.config.steps if steps is None else steps

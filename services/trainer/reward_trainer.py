@@ -151,14 +151,16 @@ def helpfulness_pairs_to_comparisons(pairs: Iterable[dict], seed: int = 0) -> li
                 raise ValueError(f"{where}: {key}: is required")
         swap = rng.random() < 0.5
         chosen, rejected = pair["chosen"], pair["rejected"]
-        out.append({
-            "id": pair.get("id", f"helpfulness-{i}"),
-            "kind": HELPFULNESS,
-            "prompt": [{"role": m["role"], "content": m["content"]} for m in pair["messages"]],
-            "answer_a": rejected if swap else chosen,
-            "answer_b": chosen if swap else rejected,
-            "p_a": 0.0 if swap else 1.0,
-        })
+        out.append(
+            {
+                "id": pair.get("id", f"helpfulness-{i}"),
+                "kind": HELPFULNESS,
+                "prompt": [{"role": m["role"], "content": m["content"]} for m in pair["messages"]],
+                "answer_a": rejected if swap else chosen,
+                "answer_b": chosen if swap else rejected,
+                "p_a": 0.0 if swap else 1.0,
+            }
+        )
     return out
 
 
@@ -185,8 +187,10 @@ def select_constitution(rows: Sequence[dict], wanted: str = "") -> tuple[str, li
     else:
         matches = sorted({h for h in map(_row_constitution, rows) if h.startswith(wanted)})
         if len(matches) > 1:
-            raise ValueError(f"constitution_sha256 {wanted!r} matches several hashes in the data: "
-                             f"{', '.join(m[:16] for m in matches)}; give more digits")
+            raise ValueError(
+                f"constitution_sha256 {wanted!r} matches several hashes in the data: "
+                f"{', '.join(m[:16] for m in matches)}; give more digits"
+            )
         chosen = matches[0] if matches else ""
     if not chosen:
         return "", [], len(rows)
@@ -201,12 +205,17 @@ def helpfulness_mix(n_comparisons: int, n_available: int, ratio: float) -> dict:
     wanted = round(n_comparisons * ratio / (1 - ratio))
     used = min(wanted, n_available)
     total = n_comparisons + used
-    return {"wanted": wanted, "used": used, "available": n_available, "target": ratio,
-            "share": used / total if total else 0.0, "short": used < wanted}
+    return {
+        "wanted": wanted,
+        "used": used,
+        "available": n_available,
+        "target": ratio,
+        "share": used / total if total else 0.0,
+        "short": used < wanted,
+    }
 
 
-def mix_helpfulness(comparisons: Sequence[dict], helpfulness: Sequence[dict], ratio: float,
-                    seed: int) -> list[dict]:
+def mix_helpfulness(comparisons: Sequence[dict], helpfulness: Sequence[dict], ratio: float, seed: int) -> list[dict]:
     """The comparisons plus a seeded sample of helpfulness comparisons making up ``ratio`` of the
     result (all of them when fewer are available: see ``helpfulness_mix``)."""
     mix = helpfulness_mix(len(comparisons), len(helpfulness), ratio)
@@ -225,13 +234,17 @@ def split_eval(comparisons: Sequence[dict], fraction: float, seed: int) -> tuple
 
 def _chat_ids(tokenizer, prompt: Sequence[dict], answer: str) -> list[int]:
     """Token ids of (prompt, answer) as TRL's reward trainer builds them for training."""
-    messages = [*({"role": m["role"], "content": m["content"]} for m in prompt), {"role": "assistant", "content": answer}]
+    messages = [
+        *({"role": m["role"], "content": m["content"]} for m in prompt),
+        {"role": "assistant", "content": answer},
+    ]
     return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
 
 
 @torch.inference_mode()
-def score(model, tokenizer, prompts: Sequence[Sequence[dict]], answers: Sequence[str],
-          batch_size: int = 32) -> list[float]:
+def score(
+    model, tokenizer, prompts: Sequence[Sequence[dict]], answers: Sequence[str], batch_size: int = 32
+) -> list[float]:
     """Rewards of (prompt, answer) pairs, formatted with the chat template exactly as in training
     and right-padded with ``model.config.pad_token_id``, ``batch_size`` pairs per forward pass."""
     if len(prompts) != len(answers):
@@ -241,12 +254,15 @@ def score(model, tokenizer, prompts: Sequence[Sequence[dict]], answers: Sequence
         raise ValueError("score: model.config.pad_token_id is not set (needed to find each sequence's end)")
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
-        ids = [torch.tensor(_chat_ids(tokenizer, p, a))
-               for p, a in zip(prompts[start:start + batch_size], answers[start:start + batch_size])]
+        ids = [
+            torch.tensor(_chat_ids(tokenizer, p, a))
+            for p, a in zip(prompts[start : start + batch_size], answers[start : start + batch_size])
+        ]
         input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
         mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(t) for t in ids], batch_first=True)
-        logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                       use_cache=False).logits
+        logits = model(
+            input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False
+        ).logits
         scores.extend(logits[:, 0].float().tolist())
     return scores
 
@@ -269,8 +285,7 @@ def evaluate_soft_labels(model, dataset: Dataset, collator: SoftLabelCollator, b
     return {"loss": soft_bradley_terry_loss(r_a, r_b, p_a).item(), "accuracy": soft_label_accuracy(r_a, r_b, p_a)}
 
 
-def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
-                       helpfulness: Sequence[dict] = ()) -> Path:
+def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict], helpfulness: Sequence[dict] = ()) -> Path:
     """Trains a reward model on ``comparisons`` (harmlessness) mixed with ``helpfulness``
     comparisons at ``cfg.helpfulness_ratio``, holds out ``cfg.eval_fraction`` and saves the model
     with its manifest to ``cfg.out``, which it returns."""
@@ -295,7 +310,8 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
         warnings.append(
             f"helpfulness share {mix['share']:.3f} is below its target {mix['target']:.3f}: the helpfulness "
             f"comparisons ran out ({mix['used']} used of {mix['wanted']} wanted; add helpfulness pairs or lower "
-            f"helpfulness_ratio)")
+            f"helpfulness_ratio)"
+        )
         log.warning("reward model %s: %s", Path(cfg.out).name, warnings[-1])
     train_rows, eval_rows = split_eval(mixed, cfg.eval_fraction, cfg.seed)
     out = Path(cfg.out)
@@ -310,16 +326,22 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
         from peft import LoraConfig
 
         # SEQ_CLS keeps the new reward head ("score") fully trainable beside the adapters.
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="SEQ_CLS",
-                                 target_modules="all-linear")
+        peft_config = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="SEQ_CLS", target_modules="all-linear"
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     trainer = SoftLabelRewardTrainer(
-        model=model_path, args=args, processing_class=tokenizer, peft_config=peft_config,
+        model=model_path,
+        args=args,
+        processing_class=tokenizer,
+        peft_config=peft_config,
         train_dataset=comparisons_to_dataset(train_rows),
         eval_dataset=comparisons_to_dataset(eval_rows) if eval_rows else None,
     )
     if len(trainer.train_dataset) == 0:
-        raise ValueError(f"all {len(train_rows)} training comparisons are longer than max_length={cfg.max_length} tokens")
+        raise ValueError(
+            f"all {len(train_rows)} training comparisons are longer than max_length={cfg.max_length} tokens"
+        )
     eval_set = trainer.eval_dataset if eval_rows and len(trainer.eval_dataset) else None
     n_eval = len(eval_set) if eval_set else 0
     before = evaluate_soft_labels(trainer.model, eval_set, trainer.data_collator, cfg.batch_size) if eval_set else None
@@ -337,12 +359,20 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         n_help = len(mixed) - len(comparisons)
         write_manifest(
-            tmp, kind="reward", step=trainer.state.global_step, base_model=cfg.model,
+            tmp,
+            kind="reward",
+            step=trainer.state.global_step,
+            base_model=cfg.model,
             data={
-                HARMLESSNESS: len(comparisons), HELPFULNESS: n_help, "helpfulness_available": len(helpfulness),
-                "helpfulness_wanted": mix["wanted"], "helpfulness_share": mix["share"],
-                "helpfulness_share_target": mix["target"], "helpfulness_short": mix["short"],
-                "train": len(trainer.train_dataset), "eval": n_eval,
+                HARMLESSNESS: len(comparisons),
+                HELPFULNESS: n_help,
+                "helpfulness_available": len(helpfulness),
+                "helpfulness_wanted": mix["wanted"],
+                "helpfulness_share": mix["share"],
+                "helpfulness_share_target": mix["target"],
+                "helpfulness_short": mix["short"],
+                "train": len(trainer.train_dataset),
+                "eval": n_eval,
                 "too_long": len(train_rows) - len(trainer.train_dataset) + len(eval_rows) - n_eval,
             },
             metrics={
@@ -358,7 +388,9 @@ def train_reward_model(cfg: RewardRunConfig, comparisons: Sequence[dict],
             },
             warnings=warnings,
             id=out.name,  # the final name, not the temporary folder's
-            lora=cfg.lora, max_length=cfg.max_length, helpfulness_ratio=cfg.helpfulness_ratio,
+            lora=cfg.lora,
+            max_length=cfg.max_length,
+            helpfulness_ratio=cfg.helpfulness_ratio,
         )
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)

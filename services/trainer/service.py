@@ -33,12 +33,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
         s = self.worker.status()
         response = trainer_pb2.TrainerStatus(
-            phase=PHASES[s["phase"]], items_consumed=s["items_consumed"],
-            items_dead_lettered=s["items_dead_lettered"], step=s["step"],
-            queue_url=redact_url(self.config.queue), queue_lag=s["queue_lag"], error=s["error"],
-            queue_connected=s["queue_connected"], queue_error=s["queue_error"],
+            phase=PHASES[s["phase"]],
+            items_consumed=s["items_consumed"],
+            items_dead_lettered=s["items_dead_lettered"],
+            step=s["step"],
+            queue_url=redact_url(self.config.queue),
+            queue_lag=s["queue_lag"],
+            error=s["error"],
+            queue_connected=s["queue_connected"],
+            queue_error=s["queue_error"],
             promotions_pending=s["promotions_pending"],
-            constitution_sha256=s.get("constitution_sha256", ""), warning=s.get("warning", ""),
+            constitution_sha256=s.get("constitution_sha256", ""),
+            warning=s.get("warning", ""),
         )
         for k, v in s["metrics"].items():
             response.metrics[k] = float(v)
@@ -58,7 +64,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 response.warning = f"last_checkpoint: created_at {m['created_at']!r} is not a timestamp"
             try:
                 checkpoint = trainer_pb2.Checkpoint(
-                    id=m.get("id", ""), path=s["last_checkpoint"], step=m.get("step", 0), created_at=created,
+                    id=m.get("id", ""),
+                    path=s["last_checkpoint"],
+                    step=m.get("step", 0),
+                    created_at=created,
                     constitution_sha256=",".join(m.get("constitution_sha256s", [])) or m.get("constitution_sha256", ""),
                     kind=m.get("kind", ""),
                 )
@@ -90,6 +99,8 @@ async def build_trainer_service(config: TrainerConfig) -> GrpcService:
         config.server,
         lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server),
         [SERVICE],
-        on_stop=on_stop, on_start=on_start, done=done,
+        on_stop=on_stop,
+        on_start=on_start,
+        done=done,
     )
     return service

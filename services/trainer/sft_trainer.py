@@ -36,10 +36,12 @@ def train_sft(cfg: SFTRunConfig) -> Path:
     if cfg.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
+        peft_config = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
     result = trainer.train()
     trained = trainer.model
     if cfg.lora:
@@ -54,13 +56,24 @@ def train_sft(cfg: SFTRunConfig) -> Path:
         sha = made.get("constitution_sha256", "")
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         write_manifest(
-            tmp, id=out.name, kind="sft", step=trainer.state.global_step, base_model=cfg.model,
-            data={"folder": str(Path(cfg.data).resolve()), "rows": len(dataset),
-                  "rounds": f"1..{cfg.rounds}" if cfg.rounds else "all", "include_flagged": cfg.include_flagged,
-                  "quality": made.get("quality", {})},
+            tmp,
+            id=out.name,
+            kind="sft",
+            step=trainer.state.global_step,
+            base_model=cfg.model,
+            data={
+                "folder": str(Path(cfg.data).resolve()),
+                "rows": len(dataset),
+                "rounds": f"1..{cfg.rounds}" if cfg.rounds else "all",
+                "include_flagged": cfg.include_flagged,
+                "quality": made.get("quality", {}),
+            },
             constitution_sha256=sha,
-            metrics={"train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
-                     "last_loss": losses[-1] if losses else None},
+            metrics={
+                "train_loss": result.training_loss,
+                "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None,
+            },
             lora=cfg.lora,
         )
         shutil.rmtree(out, ignore_errors=True)

@@ -52,15 +52,15 @@ PPO_KL = Gauge("cai_ppo_kl", "KL to the reference policy at the latest policy-op
 LAST_CHECKPOINT = Gauge("cai_trainer_last_checkpoint_timestamp_seconds", "Unix time of the latest checkpoint.")
 QUEUE_UP = Gauge("cai_trainer_queue_up", "1 while the trainer is connected to its queue, 0 while it reconnects.")
 QUEUE_RECONNECTS = Counter("cai_trainer_queue_reconnects_total", "Times the trainer lost its queue and reopened it.")
-PROMOTIONS = Counter("cai_trainer_promotions_total",
-                     "Promotion attempts of a checkpoint to a service, by outcome (ok: every replica confirmed).",
-                     ["service", "outcome"])
+PROMOTIONS = Counter(
+    "cai_trainer_promotions_total",
+    "Promotion attempts of a checkpoint to a service, by outcome (ok: every replica confirmed).",
+    ["service", "outcome"],
+)
 PROMOTIONS_PENDING = Gauge("cai_trainer_promotions_pending", "Checkpoints waiting to be promoted (a service down).")
 
 RETRY_MIN_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
-
-
 
 
 class TrainerWorker:
@@ -79,10 +79,21 @@ class TrainerWorker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.finished = threading.Event()
-        self._status = {"phase": "idle", "items_consumed": 0, "items_dead_lettered": 0, "step": 0,
-                        "last_checkpoint": None, "metrics": {}, "queue_lag": 0, "error": "",
-                        "queue_connected": False, "queue_error": "", "promotions_pending": [],
-                        "constitution_sha256": cfg.constitution_sha256, "warning": ""}
+        self._status = {
+            "phase": "idle",
+            "items_consumed": 0,
+            "items_dead_lettered": 0,
+            "step": 0,
+            "last_checkpoint": None,
+            "metrics": {},
+            "queue_lag": 0,
+            "error": "",
+            "queue_connected": False,
+            "queue_error": "",
+            "promotions_pending": [],
+            "constitution_sha256": cfg.constitution_sha256,
+            "warning": "",
+        }
         self.failed = False
         """True when the loop ended on an error: the process must exit non-zero."""
         self._thread: threading.Thread | None = None
@@ -147,7 +158,9 @@ class TrainerWorker:
             self._pending = json.loads(self.promotions_file.read_text())
             self._save_pending()
         self._set(items_consumed=len(ids), last_checkpoint=(self.state["reward_checkpoints"] or [None])[-1])
-        log.info("trainer %s: %d comparisons on disk, %d trained on", self.consumer, len(ids), self.state["trained_rows"])
+        log.info(
+            "trainer %s: %d comparisons on disk, %d trained on", self.consumer, len(ids), self.state["trained_rows"]
+        )
         delay, lost = RETRY_MIN_SECONDS, False
         while not self._stop.is_set():
             try:
@@ -209,8 +222,9 @@ class TrainerWorker:
             ids.update(seen)  # on disk: never written twice, even if the acknowledgement fails
             queue.ack(cfg.group, taken)
             CONSUMED.inc(len(new))
-            self._set(items_consumed=len(ids), items_dead_lettered=queue.dead_letter_count(),
-                      queue_lag=queue.lag(cfg.group))
+            self._set(
+                items_consumed=len(ids), items_dead_lettered=queue.dead_letter_count(), queue_lag=queue.lag(cfg.group)
+            )
             if deliveries:
                 idle_since = time.monotonic()
             untrained = len(ids) - self.state["trained_rows"]
@@ -247,27 +261,40 @@ class TrainerWorker:
         helpful = [r for r in rows if r.get("kind") == "helpfulness"]
         # the labels of one constitution (cfg.constitution_sha256); the others stay durable, untrained on
         chosen, harmless, other_constitutions = select_constitution(
-            [r for r in rows if r.get("kind", "harmlessness") != "helpfulness"], cfg.constitution_sha256)
+            [r for r in rows if r.get("kind", "harmlessness") != "helpfulness"], cfg.constitution_sha256
+        )
         self._set(constitution_sha256=chosen)
         if not harmless:
-            message = (f"no harmlessness comparisons of constitution {cfg.constitution_sha256 or 'newest'!r} among "
-                       f"{len(rows)} rows: not training until some arrive")
+            message = (
+                f"no harmlessness comparisons of constitution {cfg.constitution_sha256 or 'newest'!r} among "
+                f"{len(rows)} rows: not training until some arrive"
+            )
             log.warning(message)
             self._set(phase="idle", warning=message)
             state = {**state, "trained_rows": len(rows)}
             self._save_state(state)
             return state
         path = train_reward_model(
-            RewardRunConfig(model=cfg.reward_base_model, out=str(out), epochs=cfg.reward_epochs,
-                            max_steps=cfg.reward_max_steps, learning_rate=cfg.reward_learning_rate,
-                            batch_size=cfg.reward_batch_size, helpfulness_ratio=cfg.helpfulness_ratio,
-                            eval_fraction=cfg.eval_fraction, seed=cfg.seed),
-            harmless, helpfulness=helpful,
+            RewardRunConfig(
+                model=cfg.reward_base_model,
+                out=str(out),
+                epochs=cfg.reward_epochs,
+                max_steps=cfg.reward_max_steps,
+                learning_rate=cfg.reward_learning_rate,
+                batch_size=cfg.reward_batch_size,
+                helpfulness_ratio=cfg.helpfulness_ratio,
+                eval_fraction=cfg.eval_fraction,
+                seed=cfg.seed,
+            ),
+            harmless,
+            helpfulness=helpful,
         )
         manifest = read_manifest(path)
         manifest["queue"] = {"url": redact_url(cfg.queue), "group": cfg.group, "position": queue.position(cfg.group)}
         manifest["data"]["rows_on_disk"] = len(rows)
-        manifest["constitution_sha256s"] = sorted({r["provenance"].get("constitution_sha256", "") for r in harmless} - {""})
+        manifest["constitution_sha256s"] = sorted(
+            {r["provenance"].get("constitution_sha256", "") for r in harmless} - {""}
+        )
         manifest["constitution_sha256"] = chosen  # the hash trained on ("any": every hash)
         manifest["data"]["other_constitution_rows"] = other_constitutions
         (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -277,11 +304,13 @@ class TrainerWorker:
         if metrics.get("train_loss") is not None:
             LOSS.labels("reward_model").set(metrics["train_loss"])
         LAST_CHECKPOINT.set(time.time())
-        state = {**state, "trained_rows": len(rows),
-                 "reward_checkpoints": [*state["reward_checkpoints"], str(path)]}
+        state = {**state, "trained_rows": len(rows), "reward_checkpoints": [*state["reward_checkpoints"], str(path)]}
         self._save_state(state)
-        self._set(last_checkpoint=str(path), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                  warning="; ".join(manifest.get("warnings", [])))
+        self._set(
+            last_checkpoint=str(path),
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            warning="; ".join(manifest.get("warnings", [])),
+        )
         if cfg.reward_service:
             self.request_promotion("reward", cfg.reward_service, path)
         if cfg.policy_training.enabled:
@@ -306,8 +335,16 @@ class TrainerWorker:
             self._set(step=step, metrics={k: v for k, v in m.items() if isinstance(v, (int, float))})
 
         # the reference stays the SL-CAI policy (pt.policy) in every round; the round advances the prompt order
-        path = train_policy(pt, start, pt.policy, reward_path, out, seed=self.cfg.seed,
-                            round_index=len(state["policy_checkpoints"]), on_step=on_step)
+        path = train_policy(
+            pt,
+            start,
+            pt.policy,
+            reward_path,
+            out,
+            seed=self.cfg.seed,
+            round_index=len(state["policy_checkpoints"]),
+            on_step=on_step,
+        )
         LAST_CHECKPOINT.set(time.time())
         state = {**state, "policy_checkpoints": [*state["policy_checkpoints"], str(path)]}
         self._save_state(state)
@@ -321,8 +358,12 @@ class TrainerWorker:
     def request_promotion(self, service: str, target: str, path: Path) -> None:
         """Remembers that ``path`` must reach every replica of ``service`` (replacing an older
         checkpoint still pending for it), then tries at once."""
-        self._pending[service] = {"target": target, "path": str(Path(path).resolve()),
-                                  "checkpoint_id": Path(path).name, "confirmed": []}
+        self._pending[service] = {
+            "target": target,
+            "path": str(Path(path).resolve()),
+            "checkpoint_id": Path(path).name,
+            "confirmed": [],
+        }
         self._save_pending()
         self._next_promotion, self._promotion_delay = 0.0, RETRY_MIN_SECONDS
         self.promote_pending()
@@ -340,15 +381,24 @@ class TrainerWorker:
                 p["confirmed"] = sorted(set(p["confirmed"]) | set(exc.confirmed))
                 self._save_pending()
                 PROMOTIONS.labels(service, "incomplete").inc()
-                log.warning("promotion of %s to %s incomplete, retrying in %.1fs: %s", p["checkpoint_id"], service,
-                            self._promotion_delay, exc)
+                log.warning(
+                    "promotion of %s to %s incomplete, retrying in %.1fs: %s",
+                    p["checkpoint_id"],
+                    service,
+                    self._promotion_delay,
+                    exc,
+                )
                 failed = True
                 continue
             PROMOTIONS.labels(service, "ok").inc()
             self._record_promoted(service, p)
             state = self._load_state()
-            state.setdefault("promoted", {})[service] = {"path": p["path"], "checkpoint_id": p["checkpoint_id"],
-                                                         "replicas": confirmed, "at": time.time()}
+            state.setdefault("promoted", {})[service] = {
+                "path": p["path"],
+                "checkpoint_id": p["checkpoint_id"],
+                "replicas": confirmed,
+                "at": time.time(),
+            }
             self._save_state(state)
             if hasattr(self, "state"):
                 self.state = {**self.state, "promoted": state["promoted"]}
@@ -360,7 +410,6 @@ class TrainerWorker:
         else:
             self._promotion_delay = RETRY_MIN_SECONDS
 
-
     def _record_promoted(self, service: str, p: dict) -> None:
         """Writes ``checkpoints/promoted/<service>.json`` as the services do: a replica restarted
         with ``--checkpoint-dir`` on this folder serves the checkpoint even where it mounts the
@@ -370,7 +419,9 @@ class TrainerWorker:
         task = "sequence-classification" if service == "reward" else "causal-lm"
         assert task in TASKS
         access = CheckpointAccess(service=service, task=task, checkpoint_dir=str(self.work / "checkpoints"))
-        previous = self.state.get("promoted", {}).get(service, {}).get("checkpoint_id", "") if hasattr(self, "state") else ""
+        previous = (
+            self.state.get("promoted", {}).get(service, {}).get("checkpoint_id", "") if hasattr(self, "state") else ""
+        )
         write_record(access, Path(p["path"]), p["checkpoint_id"], previous)
 
 
@@ -419,8 +470,9 @@ def _replica_channel(address: str, host: str):
     return open_channel(address, server_name=host)
 
 
-def promote(target: str, service: str, path: Path, *, skip: set[str] = frozenset(),
-            timeout: float = 600.0) -> list[str]:
+def promote(
+    target: str, service: str, path: Path, *, skip: set[str] = frozenset(), timeout: float = 600.0
+) -> list[str]:
     """Loads a checkpoint into every replica of a running service through LoadCheckpoint;
     returns the replicas that confirmed it. Raises ``PromotionIncomplete`` (naming the others and
     why) unless every replica not in ``skip`` confirmed it."""
@@ -449,8 +501,13 @@ def promote(target: str, service: str, path: Path, *, skip: set[str] = frozenset
         finally:
             channel.close()
         confirmed.add(address)
-        log.info("promoted %s to the %s replica %s (was %s)", response.checkpoint_id, service, address,
-                 response.previous_checkpoint_id)
+        log.info(
+            "promoted %s to the %s replica %s (was %s)",
+            response.checkpoint_id,
+            service,
+            address,
+            response.previous_checkpoint_id,
+        )
     if problems:
         raise PromotionIncomplete(f"{service} at {target}: " + "; ".join(problems), sorted(confirmed))
     return sorted(confirmed)

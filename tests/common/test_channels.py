@@ -40,8 +40,14 @@ def reward_model(tmp_path_factory) -> str:
 def replicas(reward_model, tmp_path_factory):
     """Two `cai serve reward` processes on the tiny reward model (started side by side)."""
     with ThreadPoolExecutor(2) as pool:
-        servers = list(pool.map(lambda i: ServerProcess(["serve", "reward", "--model", reward_model],
-                                                        tmp_path_factory.mktemp(f"replica{i}")), range(2)))
+        servers = list(
+            pool.map(
+                lambda i: ServerProcess(
+                    ["serve", "reward", "--model", reward_model], tmp_path_factory.mktemp(f"replica{i}")
+                ),
+                range(2),
+            )
+        )
     yield servers
     for s in servers:
         s.stop()
@@ -88,11 +94,14 @@ def test_address_fields_of_the_configs_accept_grpc_targets():
     from services.pipeline.label import LabelConfig
     from services.trainer.config import TrainerConfig
 
-    targets = {"generation": "dns:///generation-headless.cai.svc:50051",
-               "judge": "ipv4:127.0.0.1:5001,127.0.0.1:5002"}
+    targets = {"generation": "dns:///generation-headless.cai.svc:50051", "judge": "ipv4:127.0.0.1:5001,127.0.0.1:5002"}
     label = build_config(LabelConfig, {**targets, "queue": "sqlite:///q.db"}, "label.yaml")
     assert (label.generation, label.judge) == (targets["generation"], targets["judge"])
-    trainer = build_config(TrainerConfig, {"queue": "sqlite:///q.db", "work_dir": "/tmp/w", "reward_service": targets["judge"]}, "trainer.yaml")
+    trainer = build_config(
+        TrainerConfig,
+        {"queue": "sqlite:///q.db", "work_dir": "/tmp/w", "reward_service": targets["judge"]},
+        "trainer.yaml",
+    )
     assert trainer.reward_service == targets["judge"]
 
 
@@ -151,7 +160,9 @@ def test_each_replica_of_a_target_can_be_called_on_its_own(replicas):
         with open_channel(address, name) as channel:
             reward_pb2_grpc.RewardStub(channel).Score(_request(), timeout=30)
     assert [_scores(s) - b for s, b in zip(replicas, before)] == [1, 1]
-    assert (f"ipv4:127.0.0.1:{replicas[0].port}", "localhost") in replica_addresses(f"dns:///localhost:{replicas[0].port}")
+    assert (f"ipv4:127.0.0.1:{replicas[0].port}", "localhost") in replica_addresses(
+        f"dns:///localhost:{replicas[0].port}"
+    )
     with pytest.raises(TargetError, match="'judge': expected host:port"):
         replica_addresses("judge")
 
@@ -173,9 +184,15 @@ def test_keepalive_pings_are_accepted_by_our_servers():
 def test_every_client_dials_through_channels():
     """No client in services/ or bench/ opens a channel of its own (it would miss the service
     config and TLS)."""
-    out = subprocess.run(["git", "grep", "--untracked", "-n", "-E", r"(insecure|secure)_channel\(", "--", "services", "bench"],
-                         cwd=REPO, capture_output=True, text=True).stdout
-    offenders = [line for line in out.splitlines()
-                 if not line.startswith("services/common/channels.py")
-                 and "services/k8s/cli.py" not in line]  # the exec probe: server's own files, see cmd_probe
+    out = subprocess.run(
+        ["git", "grep", "--untracked", "-n", "-E", r"(insecure|secure)_channel\(", "--", "services", "bench"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout
+    offenders = [
+        line
+        for line in out.splitlines()
+        if not line.startswith("services/common/channels.py") and "services/k8s/cli.py" not in line
+    ]  # the exec probe: server's own files, see cmd_probe
     assert offenders == [], offenders

@@ -31,11 +31,16 @@ def test_every_error_has_the_common_base_its_status_and_its_old_base():
     from services.queue import MalformedItem, QueueError
 
     expected = {
-        ConfigError: ("INVALID_ARGUMENT", ValueError), ConstitutionError: ("INVALID_ARGUMENT", ValueError),
-        EngineError: ("UNAVAILABLE", RuntimeError), EngineInputError: ("INVALID_ARGUMENT", ValueError),
-        OptionTokenError: ("FAILED_PRECONDITION", ValueError), K8sError: ("FAILED_PRECONDITION", Exception),
-        ModelNotFound: ("NOT_FOUND", ValueError), PromptFileError: ("INVALID_ARGUMENT", ValueError),
-        QueueError: ("UNAVAILABLE", Exception), MalformedItem: ("UNAVAILABLE", ValueError),
+        ConfigError: ("INVALID_ARGUMENT", ValueError),
+        ConstitutionError: ("INVALID_ARGUMENT", ValueError),
+        EngineError: ("UNAVAILABLE", RuntimeError),
+        EngineInputError: ("INVALID_ARGUMENT", ValueError),
+        OptionTokenError: ("FAILED_PRECONDITION", ValueError),
+        K8sError: ("FAILED_PRECONDITION", Exception),
+        ModelNotFound: ("NOT_FOUND", ValueError),
+        PromptFileError: ("INVALID_ARGUMENT", ValueError),
+        QueueError: ("UNAVAILABLE", Exception),
+        MalformedItem: ("UNAVAILABLE", ValueError),
         InvalidRequest: ("INVALID_ARGUMENT", ValueError),
     }
     for cls, (status, old_base) in expected.items():
@@ -59,8 +64,9 @@ def _serve_boom():
     from services.common.server import GrpcService, ServerConfig
 
     config = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)
-    return GrpcService(config, lambda s: generation_pb2_grpc.add_GenerationServicer_to_server(_Boom(), s),
-                       ["cai.v1.Generation"])
+    return GrpcService(
+        config, lambda s: generation_pb2_grpc.add_GenerationServicer_to_server(_Boom(), s), ["cai.v1.Generation"]
+    )
 
 
 def test_our_bug_answers_internal_with_an_id_and_one_logged_traceback(caplog):
@@ -92,7 +98,9 @@ def test_our_bug_answers_internal_with_an_id_and_one_logged_traceback(caplog):
     assert len(tracebacks) == 1
     assert busy.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and busy.details() == "too much: retry later"
     assert not any(r.exc_info for r in caplog.records if "GetModelInfo" in r.getMessage())
-    assert metrics.RPC_ERRORS.labels("cai.v1.Generation", "GetModelInfo", "RESOURCE_EXHAUSTED")._value.get() == before + 1
+    assert (
+        metrics.RPC_ERRORS.labels("cai.v1.Generation", "GetModelInfo", "RESOURCE_EXHAUSTED")._value.get() == before + 1
+    )
 
 
 def _busy_port() -> socket.socket:
@@ -111,9 +119,24 @@ def test_a_port_in_use_fails_at_once_before_the_model_loads(which, tmp_path):
     try:
         # a model folder that cannot load: the port must be reported, not the model
         result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "serve", "generation", "--model", str(tmp_path / "no-model"),
-             "--engine", "transformers", "--host", "127.0.0.1", *[x for kv in ports.items() for x in kv]],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "serve",
+                "generation",
+                "--model",
+                str(tmp_path / "no-model"),
+                "--engine",
+                "transformers",
+                "--host",
+                "127.0.0.1",
+                *[x for kv in ports.items() for x in kv],
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         sock.close()

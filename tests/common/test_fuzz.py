@@ -26,15 +26,16 @@ from google.protobuf import descriptor, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-EXPECTED = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "NOT_FOUND",
-            "DEADLINE_EXCEEDED"}
+EXPECTED = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "NOT_FOUND", "DEADLINE_EXCEEDED"}
 """DEADLINE_EXCEEDED: a valid request that needed more than the client's 20 s deadline (counted)."""
 BURST = 50
 ROUNDS = 3
 F = descriptor.FieldDescriptor
 INT_EXTREMES = {
-    F.CPPTYPE_INT32: (-(2**31), 2**31 - 1, 0, -1), F.CPPTYPE_INT64: (-(2**63), 2**63 - 1, -1),
-    F.CPPTYPE_UINT32: (0, 2**32 - 1), F.CPPTYPE_UINT64: (0, 2**64 - 1, 2**63),
+    F.CPPTYPE_INT32: (-(2**31), 2**31 - 1, 0, -1),
+    F.CPPTYPE_INT64: (-(2**63), 2**63 - 1, -1),
+    F.CPPTYPE_UINT32: (0, 2**32 - 1),
+    F.CPPTYPE_UINT64: (0, 2**64 - 1, 2**63),
 }
 FLOAT_EXTREMES = (float("inf"), float("-inf"), float("nan"), -0.0, 1e308, -1e308, 5e-324)
 REPR = re.compile(r"<class '|Traceback|^Unexpected <|^\w+(Error|Exception)\(|object at 0x")
@@ -53,8 +54,9 @@ def _len_field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _fill(msg, rng: random.Random, *, text=None, number=None, repeat: int = 1, depth: int = 0,
-          budget: list | None = None) -> None:
+def _fill(
+    msg, rng: random.Random, *, text=None, number=None, repeat: int = 1, depth: int = 0, budget: list | None = None
+) -> None:
     """Sets every field of ``msg`` (recursively, ``repeat`` items per repeated field); ``text``
     goes into the first ``budget[0]`` string fields, the others get small values."""
     budget = budget if budget is not None else [2]
@@ -67,8 +69,7 @@ def _fill(msg, rng: random.Random, *, text=None, number=None, repeat: int = 1, d
                 if depth >= 4 or field.message_type.full_name.startswith("google.protobuf"):
                     continue
                 sub = getattr(msg, field.name).add() if field.is_repeated else getattr(msg, field.name)
-                _fill(sub, rng, text=text, number=number, repeat=1, depth=depth + 1,
-                      budget=budget)
+                _fill(sub, rng, text=text, number=number, repeat=1, depth=depth + 1, budget=budget)
                 continue
             big = text if text is not None and field.cpp_type == F.CPPTYPE_STRING and budget[0] > 0 else None
             if big is not None:
@@ -179,8 +180,9 @@ class HealthPoller:
 
     def __init__(self, addresses: list[str], stop_file):
         self.stop_file = stop_file
-        self.proc = subprocess.Popen([sys.executable, "-c", POLLER, str(stop_file), *addresses],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", POLLER, str(stop_file), *addresses], stdout=subprocess.PIPE, text=True
+        )
 
     def finish(self) -> dict:
         self.stop_file.write_text("stop")
@@ -207,12 +209,16 @@ def test_fuzz_every_method_of_every_service_from_reflection(fast_servers, tmp_pa
             for method in methods:
                 input_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(method.input_type.full_name))
                 other = next((m for m in methods if m.input_type.full_name != method.input_type.full_name), None)
-                other_cls = (message_factory.GetMessageClass(pool.FindMessageTypeByName(other.input_type.full_name))
-                             if other else health_pb2.HealthCheckRequest)
+                other_cls = (
+                    message_factory.GetMessageClass(pool.FindMessageTypeByName(other.input_type.full_name))
+                    if other
+                    else health_pb2.HealthCheckRequest
+                )
                 path = f"/{service_name}/{method.name}"
                 kind = "stream" if method.server_streaming else "unary"
-                targets += [(name, path, kind, case, payload)
-                            for case, payload in build_cases(input_cls, other_cls, rng)]
+                targets += [
+                    (name, path, kind, case, payload) for case, payload in build_cases(input_cls, other_cls, rng)
+                ]
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     channels = {n: grpc.insecure_channel(s.address, options=options) for n, s in fast_servers.items()}
 
@@ -245,7 +251,7 @@ def test_fuzz_every_method_of_every_service_from_reflection(fast_servers, tmp_pa
                 order = targets[:]
                 rng.shuffle(order)
                 for i in range(0, len(order), BURST):
-                    for (_name, path, _, case, _), code, message in pool.map(call, order[i:i + BURST]):
+                    for (_name, path, _, case, _), code, message in pool.map(call, order[i : i + BURST]):
                         counts[code] += 1
                         if code not in EXPECTED:
                             bad.append(f"{path} [{case}]: {code} {message[:200]}")
@@ -258,8 +264,10 @@ def test_fuzz_every_method_of_every_service_from_reflection(fast_servers, tmp_pa
         for c in channels.values():
             c.close()
     took = time.perf_counter() - started
-    print(f"\nfuzz: {sum(counts.values())} requests in {took:.1f}s over {len(targets)} cases; by status: "
-          + ", ".join(f"{k}={v}" for k, v in counts.most_common()))
+    print(
+        f"\nfuzz: {sum(counts.values())} requests in {took:.1f}s over {len(targets)} cases; by status: "
+        + ", ".join(f"{k}={v}" for k, v in counts.most_common())
+    )
     print(f"health: {health['checks']} checks, slowest {health['slowest']:.3f}s, {len(health['failures'])} failures")
     print("slowest cases (s, all rounds): " + ", ".join(f"{k} {v:.1f}" for k, v in took_by_case.most_common(8)))
     print("rss MiB by round: " + "; ".join(f"{n}: {[r >> 20 for r in v]}" for n, v in rss.items()))

@@ -17,9 +17,15 @@ from services.api.cai.v1 import common_pb2, generation_pb2, generation_pb2_grpc,
 from tests.conftest import ServerProcess, metric, scrape
 
 PROMPT = common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content="Name a colour.")])
-GENERATE = generation_pb2.GenerateRequest(prompts=[PROMPT], sampling=common_pb2.SamplingParams(max_tokens=4, temperature=0))
-SCORE = reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt=PROMPT, answer="Blue."),
-                                       reward_pb2.ScoreItem(prompt=PROMPT, answer="I will not say.")])
+GENERATE = generation_pb2.GenerateRequest(
+    prompts=[PROMPT], sampling=common_pb2.SamplingParams(max_tokens=4, temperature=0)
+)
+SCORE = reward_pb2.ScoreRequest(
+    items=[
+        reward_pb2.ScoreItem(prompt=PROMPT, answer="Blue."),
+        reward_pb2.ScoreItem(prompt=PROMPT, answer="I will not say."),
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +35,12 @@ def checkpoints(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("promotion")
     ckpt = root / "checkpoints"
-    for name, kwargs in {"policy-a": {}, "policy-b": {"seed": 1}, "reward-a": {"reward": True},
-                         "reward-b": {"reward": True, "seed": 1}}.items():
+    for name, kwargs in {
+        "policy-a": {},
+        "policy-b": {"seed": 1},
+        "reward-a": {"reward": True},
+        "reward-b": {"reward": True, "seed": 1},
+    }.items():
         build_tiny_model(ckpt / name, **kwargs)
     outside = build_tiny_model(root / "elsewhere" / "policy-x", seed=2)
     (ckpt / "sneaky").symlink_to(outside, target_is_directory=True)
@@ -39,8 +49,10 @@ def checkpoints(tmp_path_factory):
 
 def _generation(ckpt: Path, workdir: Path) -> ServerProcess:
     workdir.mkdir(parents=True)
-    return ServerProcess(["serve", "generation", "--engine", "vllm", "--model", str(ckpt / "policy-a"),
-                          "--checkpoint-dir", str(ckpt)], workdir)
+    return ServerProcess(
+        ["serve", "generation", "--engine", "vllm", "--model", str(ckpt / "policy-a"), "--checkpoint-dir", str(ckpt)],
+        workdir,
+    )
 
 
 def _reward(ckpt: Path, workdir: Path) -> ServerProcess:
@@ -88,21 +100,40 @@ def test_promotion_under_load_is_served_refused_outside_and_remembered(checkpoin
         before_scores = list(r.Score(SCORE, timeout=60).scores)
 
         loads = [
-            Load("generation health", lambda: health_pb2_grpc.HealthStub(gch).Check(health_pb2.HealthCheckRequest(), timeout=5), 0.1),
-            Load("reward health", lambda: health_pb2_grpc.HealthStub(rch).Check(health_pb2.HealthCheckRequest(), timeout=5), 0.1),
+            Load(
+                "generation health",
+                lambda: health_pb2_grpc.HealthStub(gch).Check(health_pb2.HealthCheckRequest(), timeout=5),
+                0.1,
+            ),
+            Load(
+                "reward health",
+                lambda: health_pb2_grpc.HealthStub(rch).Check(health_pb2.HealthCheckRequest(), timeout=5),
+                0.1,
+            ),
             Load("Generate", lambda: g.Generate(GENERATE, timeout=30), 0.1),
             Load("Score", lambda: r.Score(SCORE, timeout=30), 0.1),
         ]
         try:
-            loaded_g = g.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=str(ckpt / "policy-b"), checkpoint_id="policy-step-2"), timeout=300)
-            loaded_r = r.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path="reward-b"), timeout=300)  # relative: under the directory
+            loaded_g = g.LoadCheckpoint(
+                common_pb2.LoadCheckpointRequest(path=str(ckpt / "policy-b"), checkpoint_id="policy-step-2"),
+                timeout=300,
+            )
+            loaded_r = r.LoadCheckpoint(
+                common_pb2.LoadCheckpointRequest(path="reward-b"), timeout=300
+            )  # relative: under the directory
         finally:
             for load in loads:
                 load.stop()
         assert (loaded_g.checkpoint_id, loaded_g.previous_checkpoint_id) == ("policy-step-2", "policy-a")
         assert (loaded_r.checkpoint_id, loaded_r.previous_checkpoint_id) == ("reward-b", "reward-a")
         report = {load.name: (load.count, round(load.slowest, 3), load.failures[:3]) for load in loads}
-        print("promotion under load (calls, slowest s, failures):", report, "load s:", loaded_g.load_seconds, loaded_r.load_seconds)
+        print(
+            "promotion under load (calls, slowest s, failures):",
+            report,
+            "load s:",
+            loaded_g.load_seconds,
+            loaded_r.load_seconds,
+        )
         assert all(not load.failures for load in loads), report
         assert all(load.count >= 3 for load in loads), report
         # The event loop never waited on the load: health answers within a second throughout.
@@ -125,10 +156,16 @@ def test_promotion_under_load_is_served_refused_outside_and_remembered(checkpoin
         for path in (str(outside), str(ckpt / ".." / "elsewhere" / "policy-x"), str(ckpt / "sneaky")):
             with pytest.raises(grpc.RpcError) as err:
                 g.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=path), timeout=60)
-            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "outside the checkpoint directory" in err.value.details()
+            assert (
+                err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                and "outside the checkpoint directory" in err.value.details()
+            )
         with pytest.raises(grpc.RpcError) as err:
             g.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=str(ckpt / "reward-a")), timeout=60)
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "ForSequenceClassification" in err.value.details()
+        assert (
+            err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            and "ForSequenceClassification" in err.value.details()
+        )
         with pytest.raises(grpc.RpcError) as err:
             r.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=str(ckpt / "policy-a")), timeout=60)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "ForCausalLM" in err.value.details()
@@ -177,9 +214,20 @@ def test_with_mutual_tls_only_allowed_clients_may_load_a_checkpoint(checkpoints,
     ca = CA(tmp_path / "ca")
     cert, key = ca.issue("localhost", ips=("127.0.0.1",), server=True)
     config = tmp_path / "reward.yaml"
-    config.write_text(json.dumps({"model": str(ckpt / "reward-a"), "checkpoint_dir": str(ckpt / "mtls"), "server": {
-        "tls_cert_file": str(cert), "tls_key_file": str(key), "tls_client_ca_file": str(ca.ca_file),
-        "tls_allowed_client_names": ["trainer"]}}))
+    config.write_text(
+        json.dumps(
+            {
+                "model": str(ckpt / "reward-a"),
+                "checkpoint_dir": str(ckpt / "mtls"),
+                "server": {
+                    "tls_cert_file": str(cert),
+                    "tls_key_file": str(key),
+                    "tls_client_ca_file": str(ca.ca_file),
+                    "tls_allowed_client_names": ["trainer"],
+                },
+            }
+        )
+    )
     (ckpt / "mtls").mkdir()
     (tmp_path / "svc").mkdir()
     server = ServerProcess(["serve", "reward", "--config", str(config)], tmp_path / "svc")
@@ -192,11 +240,14 @@ def test_with_mutual_tls_only_allowed_clients_may_load_a_checkpoint(checkpoints,
             monkeypatch.setenv(channels.TLS_KEY_ENV, str(key))
             with open_channel(server.address) as channel:
                 return reward_pb2_grpc.RewardStub(channel).LoadCheckpoint(
-                    common_pb2.LoadCheckpointRequest(path=path), timeout=60)
+                    common_pb2.LoadCheckpointRequest(path=path), timeout=60
+                )
 
         with pytest.raises(grpc.RpcError) as err:
             load("label-job", str(ckpt / "mtls" / "anything"))
-        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "tls_allowed_client_names" in err.value.details()
+        assert (
+            err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "tls_allowed_client_names" in err.value.details()
+        )
         with pytest.raises(grpc.RpcError) as err:  # allowed client, path outside: still refused
             load("trainer", str(ckpt / "reward-b"))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "outside" in err.value.details()

@@ -57,9 +57,15 @@ def servers(pki, reward_model, tmp_path_factory):
     cert, key = pki["server"]
     tls = ["serve", "reward", "--model", model, "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
     with ThreadPoolExecutor(2) as pool:
-        started = list(pool.map(lambda args: ServerProcess(args[1], tmp_path_factory.mktemp(args[0])),
-                                [("tls", tls), ("mtls", [*tls, "--tls-client-ca-file", str(pki["ca"]),
-                                                         "--tls-allowed-client-name", "trainer"])]))
+        started = list(
+            pool.map(
+                lambda args: ServerProcess(args[1], tmp_path_factory.mktemp(args[0])),
+                [
+                    ("tls", tls),
+                    ("mtls", [*tls, "--tls-client-ca-file", str(pki["ca"]), "--tls-allowed-client-name", "trainer"]),
+                ],
+            )
+        )
     yield {"tls": started[0], "mtls": started[1]}
     for s in started:
         s.stop()
@@ -73,6 +79,7 @@ def client_env(monkeypatch):
                 monkeypatch.setenv(env, str(value))
             else:
                 monkeypatch.delenv(env, raising=False)
+
     set_()
     return set_
 
@@ -90,7 +97,7 @@ def test_the_server_name_checked_can_be_set(servers, pki, client_env, monkeypatc
     monkeypatch.setenv(channels.TLS_SERVER_NAME_ENV, "localhost")
     assert _score(f"ipv4:127.0.0.1:{servers['tls'].port}").scores
     monkeypatch.delenv(channels.TLS_SERVER_NAME_ENV)
-    (address, name), = [p for p in channels.replica_addresses(f"localhost:{servers['tls'].port}") if "[" not in p[0]]
+    ((address, name),) = [p for p in channels.replica_addresses(f"localhost:{servers['tls'].port}") if "[" not in p[0]]
     assert name == "localhost"
     with open_channel(address, name) as channel:  # an IP to dial, the host name to check
         assert reward_pb2_grpc.RewardStub(channel).Score(_request(), timeout=20).scores
@@ -160,17 +167,42 @@ def test_client_tls_files_that_cannot_be_used_are_named(pki, client_env, tmp_pat
         open_channel("127.0.0.1:1")
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--tls-client-ca-file", "ca.crt"], "server.tls_client_ca_file: mutual TLS needs the server's own tls_cert_file"),
-    (["--tls-cert-file", "missing.crt", "--tls-key-file", "missing.key"], "server.tls_cert_file: missing.crt"),
-    (["--tls-cert-file", "s.crt", "--tls-key-file", "s.key", "--tls-allowed-client-name", "trainer"],
-     "server.tls_allowed_client_names: client names can only be checked with mutual TLS"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--tls-client-ca-file", "ca.crt"],
+            "server.tls_client_ca_file: mutual TLS needs the server's own tls_cert_file",
+        ),
+        (["--tls-cert-file", "missing.crt", "--tls-key-file", "missing.key"], "server.tls_cert_file: missing.crt"),
+        (
+            ["--tls-cert-file", "s.crt", "--tls-key-file", "s.key", "--tls-allowed-client-name", "trainer"],
+            "server.tls_allowed_client_names: client names can only be checked with mutual TLS",
+        ),
+    ],
+)
 def test_serve_names_a_tls_setting_that_cannot_work(flags, message, reward_model, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "services.cli", "serve", "reward", "--model", reward_model,
-                          "--port", "0", "--metrics-port", "-1", *flags],
-                         cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "serve",
+            "reward",
+            "--model",
+            reward_model,
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            *flags,
+        ],
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
 
@@ -191,8 +223,9 @@ async def test_only_allowed_client_names_pass_require_client_identity(pki, clien
     server_cert.write_bytes(cert.read_bytes())
     server_key.write_bytes(key.read_bytes())
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "test.Who", {"Am": grpc.unary_unary_rpc_method_handler(whoami)})])
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("test.Who", {"Am": grpc.unary_unary_rpc_method_handler(whoami)})]
+    )
     port = server.add_secure_port("127.0.0.1:0", server_credentials(str(server_cert), str(server_key), str(pki["ca"])))
     await server.start()
 

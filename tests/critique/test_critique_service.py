@@ -34,7 +34,9 @@ def test_rounds_and_provenance(stub):
     c = load_constitution()
     request = critique_pb2.ReviseRequest(
         items=[item(id="a"), item("Tell me about the moon", "It is cheese.", id="b")],
-        rounds=3, seed=11, sampling=common_pb2.SamplingParams(max_tokens=8),
+        rounds=3,
+        seed=11,
+        sampling=common_pb2.SamplingParams(max_tokens=8),
     )
     response = stub.Revise(request, timeout=120)
     assert len(response.chains) == 2
@@ -64,8 +66,12 @@ def test_default_is_four_rounds(stub):
 def test_principle_ids_restrict_sampling(stub):
     ids = [p.id for p in load_constitution().critique_revision[:2]]
     response = stub.Revise(
-        critique_pb2.ReviseRequest(items=[item(id=str(i)) for i in range(4)], rounds=2, principle_ids=ids,
-                                   sampling=common_pb2.SamplingParams(max_tokens=2)),
+        critique_pb2.ReviseRequest(
+            items=[item(id=str(i)) for i in range(4)],
+            rounds=2,
+            principle_ids=ids,
+            sampling=common_pb2.SamplingParams(max_tokens=2),
+        ),
         timeout=120,
     )
     assert {r.principle_id for ch in response.chains for r in ch.rounds} <= set(ids)
@@ -76,11 +82,24 @@ BAD = [
     ("too many rounds", critique_pb2.ReviseRequest(items=[item()], rounds=99), "rounds"),
     ("unknown principle", critique_pb2.ReviseRequest(items=[item()], principle_ids=["nope"]), "principle_ids[0]"),
     ("empty answer", critique_pb2.ReviseRequest(items=[item(), item(answer=" ")]), "items[1].answer"),
-    ("bad role", critique_pb2.ReviseRequest(items=[critique_pb2.ReviseItem(
-        prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="bot", content="x")]), answer="y")]),
-     "items[0].prompt.messages[0].role"),
+    (
+        "bad role",
+        critique_pb2.ReviseRequest(
+            items=[
+                critique_pb2.ReviseItem(
+                    prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="bot", content="x")]),
+                    answer="y",
+                )
+            ]
+        ),
+        "items[0].prompt.messages[0].role",
+    ),
     ("too many items", critique_pb2.ReviseRequest(items=[item()] * 65), "max_batch_items"),
-    ("temperature", critique_pb2.ReviseRequest(items=[item()], sampling=common_pb2.SamplingParams(temperature=-1)), "sampling.temperature"),
+    (
+        "temperature",
+        critique_pb2.ReviseRequest(items=[item()], sampling=common_pb2.SamplingParams(temperature=-1)),
+        "sampling.temperature",
+    ),
 ]
 
 
@@ -94,12 +113,18 @@ def test_bad_requests(stub, request_, field):
 
 def test_health_and_metrics(channel, stub, critique_server):
     health = health_pb2_grpc.HealthStub(channel)
-    assert health.Check(health_pb2.HealthCheckRequest(service="cai.v1.Critique"), timeout=5).status == \
-        health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service="cai.v1.Critique"), timeout=5).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     before = scrape(critique_server.metrics_port)
-    stub.Revise(critique_pb2.ReviseRequest(items=[item(), item()], rounds=2,
-                                           sampling=common_pb2.SamplingParams(max_tokens=2)), timeout=60)
+    stub.Revise(
+        critique_pb2.ReviseRequest(items=[item(), item()], rounds=2, sampling=common_pb2.SamplingParams(max_tokens=2)),
+        timeout=60,
+    )
     after = scrape(critique_server.metrics_port)
     assert metric(after, "cai_critique_rounds_total") == metric(before, "cai_critique_rounds_total") + 4
-    assert metric(after, "cai_grpc_requests_total", service="cai.v1.Critique", method="Revise", code="OK") == \
-        metric(before, "cai_grpc_requests_total", service="cai.v1.Critique", method="Revise", code="OK") + 1
+    assert (
+        metric(after, "cai_grpc_requests_total", service="cai.v1.Critique", method="Revise", code="OK")
+        == metric(before, "cai_grpc_requests_total", service="cai.v1.Critique", method="Revise", code="OK") + 1
+    )

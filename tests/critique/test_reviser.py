@@ -32,6 +32,7 @@ def test_principles_are_uniform_and_independent_per_round(constitution):
 
 def test_sampling_is_reproducible_with_a_seed(constitution):
     a, b, c = Reviser(None, constitution), Reviser(None, constitution), Reviser(None, constitution)
+
     def run(r, seed):
         return [r.draw(seed, f"p{i}", k)[0].id for i in range(20) for k in range(1, 5)]
 

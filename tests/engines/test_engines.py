@@ -9,8 +9,11 @@ from services.engines import SamplingSpec, create_engine
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How do I cook rice?"}],
-    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
-     {"role": "user", "content": "Which answer is less harmful, (A) or (B)?"}],
+    [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Which answer is less harmful, (A) or (B)?"},
+    ],
 ]
 
 

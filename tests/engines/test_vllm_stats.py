@@ -10,16 +10,20 @@ from services.judge.labeler import ComparisonItem, Judge
 
 
 def _counters() -> tuple[float, float]:
-    return (REGISTRY.get_sample_value("cai_engine_prefix_cache_queries_total") or 0.0,
-            REGISTRY.get_sample_value("cai_engine_prefix_cache_hits_total") or 0.0)
+    return (
+        REGISTRY.get_sample_value("cai_engine_prefix_cache_queries_total") or 0.0,
+        REGISTRY.get_sample_value("cai_engine_prefix_cache_hits_total") or 0.0,
+    )
 
 
 async def test_vllm_prefix_cache_hit_rate_is_exported(tiny_model):
     engine = await create_engine("vllm", tiny_model, options={"dtype": "float32", "max_model_len": 2048})
     try:
         judge = Judge(engine, load_constitution())
-        items = [ComparisonItem(({"role": "user", "content": f"How do I open lock {i}?"},), "Call a locksmith.",
-                                "Break it.") for i in range(4)]
+        items = [
+            ComparisonItem(({"role": "user", "content": f"How do I open lock {i}?"},), "Call a locksmith.", "Break it.")
+            for i in range(4)
+        ]
         q0, h0 = _counters()
         await judge.compare(items, seed=0)
         q1, h1 = _counters()

@@ -41,8 +41,10 @@ def test_undecodable_request_is_invalid_argument_naming_the_type_and_counted(gen
 def test_greedy_with_n_above_one_is_invalid_argument_naming_sampling_n(gen):
     _, _, stub = gen
     with pytest.raises(grpc.RpcError) as err:
-        stub.Generate(generation_pb2.GenerateRequest(
-            prompts=[conv()], sampling=common_pb2.SamplingParams(n=2, temperature=0)), timeout=30)
+        stub.Generate(
+            generation_pb2.GenerateRequest(prompts=[conv()], sampling=common_pb2.SamplingParams(n=2, temperature=0)),
+            timeout=30,
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("sampling.n: ") and "sampling.temperature=0" in err.value.details()
 
@@ -50,16 +52,30 @@ def test_greedy_with_n_above_one_is_invalid_argument_naming_sampling_n(gen):
 def test_seeds_near_2_to_the_64_are_wrapped_and_answer(gen, fast_servers):
     _, _, stub = gen
     top = 2**64 - 1
-    a = stub.Generate(generation_pb2.GenerateRequest(
-        prompts=[conv()], sampling=common_pb2.SamplingParams(n=3, seed=top, max_tokens=4)), timeout=60)
-    b = stub.Generate(generation_pb2.GenerateRequest(
-        prompts=[conv()], sampling=common_pb2.SamplingParams(n=3, seed=top % 2**63, max_tokens=4)), timeout=60)
+    a = stub.Generate(
+        generation_pb2.GenerateRequest(
+            prompts=[conv()], sampling=common_pb2.SamplingParams(n=3, seed=top, max_tokens=4)
+        ),
+        timeout=60,
+    )
+    b = stub.Generate(
+        generation_pb2.GenerateRequest(
+            prompts=[conv()], sampling=common_pb2.SamplingParams(n=3, seed=top % 2**63, max_tokens=4)
+        ),
+        timeout=60,
+    )
     assert len(a.completions[0].samples) == 3
     assert [s.text for s in a.completions[0].samples] == [s.text for s in b.completions[0].samples]
     with grpc.insecure_channel(fast_servers["critique"].address) as channel:  # seed + 2*round
-        chains = critique_pb2_grpc.CritiqueStub(channel).Revise(critique_pb2.ReviseRequest(
-            items=[critique_pb2.ReviseItem(prompt=conv("How do I pick a lock?"), answer="Use a pick.")],
-            rounds=2, seed=top, sampling=common_pb2.SamplingParams(seed=top - 1, max_tokens=4)), timeout=120)
+        chains = critique_pb2_grpc.CritiqueStub(channel).Revise(
+            critique_pb2.ReviseRequest(
+                items=[critique_pb2.ReviseItem(prompt=conv("How do I pick a lock?"), answer="Use a pick.")],
+                rounds=2,
+                seed=top,
+                sampling=common_pb2.SamplingParams(seed=top - 1, max_tokens=4),
+            ),
+            timeout=120,
+        )
     assert len(chains.chains[0].rounds) == 2
 
 
@@ -83,8 +99,10 @@ def test_health_answers_within_a_second_while_flooded_with_oversized_requests(ge
         futures = [pool.submit(stub.Generate, huge if i % 2 else large, timeout=60) for i in range(64)]
         while not all(f.done() for f in futures):
             t = time.perf_counter()
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
             slowest = max(slowest, time.perf_counter() - t)
             time.sleep(0.05)
         for f in futures:

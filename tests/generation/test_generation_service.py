@@ -89,8 +89,7 @@ def test_foreign_client_discovers_and_calls_by_reflection(generation_server):
         Request = message_factory.GetMessageClass(method.input_type)
         Response = message_factory.GetMessageClass(method.output_type)
         request = json_format.ParseDict(
-            {"prompts": [{"messages": [{"role": "user", "content": "Hi!"}]}],
-             "sampling": {"n": 2, "max_tokens": 4}},
+            {"prompts": [{"messages": [{"role": "user", "content": "Hi!"}]}], "sampling": {"n": 2, "max_tokens": 4}},
             Request(),
         )
         call = channel.unary_unary(
@@ -105,12 +104,36 @@ def test_foreign_client_discovers_and_calls_by_reflection(generation_server):
 BAD = [
     ("no prompts", generation_pb2.GenerateRequest(), "prompts"),
     ("too many prompts", generation_pb2.GenerateRequest(prompts=[conv("x")] * 65), "max_batch_items"),
-    ("n over max", generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(n=17)), "sampling.n"),
-    ("max_tokens over max", generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(max_tokens=100000)), "sampling.max_tokens"),
-    ("temperature", generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(temperature=3)), "sampling.temperature"),
-    ("top_p zero", generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(top_p=0)), "sampling.top_p"),
-    ("too many stops", generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(stop=["a"] * 9)), "sampling.stop"),
-    ("bad role", generation_pb2.GenerateRequest(prompts=[conv("x"), conv("y", roles=["robot"])]), "prompts[1].messages[0].role"),
+    (
+        "n over max",
+        generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(n=17)),
+        "sampling.n",
+    ),
+    (
+        "max_tokens over max",
+        generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(max_tokens=100000)),
+        "sampling.max_tokens",
+    ),
+    (
+        "temperature",
+        generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(temperature=3)),
+        "sampling.temperature",
+    ),
+    (
+        "top_p zero",
+        generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(top_p=0)),
+        "sampling.top_p",
+    ),
+    (
+        "too many stops",
+        generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(stop=["a"] * 9)),
+        "sampling.stop",
+    ),
+    (
+        "bad role",
+        generation_pb2.GenerateRequest(prompts=[conv("x"), conv("y", roles=["robot"])]),
+        "prompts[1].messages[0].role",
+    ),
     ("empty message", generation_pb2.GenerateRequest(prompts=[conv("")]), "prompts[0].messages[0].content"),
     ("no messages", generation_pb2.GenerateRequest(prompts=[common_pb2.Conversation()]), "prompts[0].messages"),
     ("ends with assistant", generation_pb2.GenerateRequest(prompts=[conv("hi", "hello")]), "prompts[0].messages"),
@@ -138,26 +161,42 @@ def test_deadline_is_honoured(stub, generation_channel):
         stub.Generate(request, timeout=0.3)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The server is still healthy and answers the next request.
-    ok = stub.Generate(generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(max_tokens=2)), timeout=30)
+    ok = stub.Generate(
+        generation_pb2.GenerateRequest(prompts=[conv("x")], sampling=common_pb2.SamplingParams(max_tokens=2)),
+        timeout=30,
+    )
     assert len(ok.completions) == 1
 
 
 def test_metrics_move(stub, generation_server):
     before = scrape(generation_server.metrics_port)
     stub.Generate(
-        generation_pb2.GenerateRequest(prompts=[conv("x"), conv("y")], sampling=common_pb2.SamplingParams(n=2, max_tokens=3)),
+        generation_pb2.GenerateRequest(
+            prompts=[conv("x"), conv("y")], sampling=common_pb2.SamplingParams(n=2, max_tokens=3)
+        ),
         timeout=30,
     )
     with pytest.raises(grpc.RpcError):
         stub.Generate(generation_pb2.GenerateRequest(), timeout=30)
     after = scrape(generation_server.metrics_port)
     labels = dict(service="cai.v1.Generation", method="Generate")
-    assert metric(after, "cai_grpc_requests_total", code="OK", **labels) == metric(before, "cai_grpc_requests_total", code="OK", **labels) + 1
-    assert metric(after, "cai_grpc_errors_total", code="INVALID_ARGUMENT", **labels) == metric(before, "cai_grpc_errors_total", code="INVALID_ARGUMENT", **labels) + 1
+    assert (
+        metric(after, "cai_grpc_requests_total", code="OK", **labels)
+        == metric(before, "cai_grpc_requests_total", code="OK", **labels) + 1
+    )
+    assert (
+        metric(after, "cai_grpc_errors_total", code="INVALID_ARGUMENT", **labels)
+        == metric(before, "cai_grpc_errors_total", code="INVALID_ARGUMENT", **labels) + 1
+    )
     assert metric(after, "cai_generation_samples_total") == metric(before, "cai_generation_samples_total") + 4
     assert metric(after, "cai_generation_tokens_total") >= metric(before, "cai_generation_tokens_total") + 4
-    assert metric(after, "cai_grpc_request_duration_seconds_count", **labels) > metric(before, "cai_grpc_request_duration_seconds_count", **labels)
-    assert metric(after, "cai_generation_samples_per_request_count") == metric(before, "cai_generation_samples_per_request_count") + 1
+    assert metric(after, "cai_grpc_request_duration_seconds_count", **labels) > metric(
+        before, "cai_grpc_request_duration_seconds_count", **labels
+    )
+    assert (
+        metric(after, "cai_generation_samples_per_request_count")
+        == metric(before, "cai_generation_samples_per_request_count") + 1
+    )
 
 
 def test_load_checkpoint_without_restart(stub, tiny_model, tiny_model_b, tmp_path):
@@ -177,7 +216,9 @@ def test_load_checkpoint_without_restart(stub, tiny_model, tiny_model_b, tmp_pat
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert stub.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=10).checkpoint_id == before.checkpoint_id
 
-    loaded = stub.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=tiny_model_b, checkpoint_id="policy-step-1"), timeout=300)
+    loaded = stub.LoadCheckpoint(
+        common_pb2.LoadCheckpointRequest(path=tiny_model_b, checkpoint_id="policy-step-1"), timeout=300
+    )
     assert loaded.checkpoint_id == "policy-step-1"
     assert loaded.previous_checkpoint_id == before.checkpoint_id
     after = stub.Generate(request, timeout=60)
@@ -185,5 +226,7 @@ def test_load_checkpoint_without_restart(stub, tiny_model, tiny_model_b, tmp_pat
     assert after.completions[0].samples[0].text != before.completions[0].samples[0].text
     assert stub.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=10).checkpoint_id == "policy-step-1"
     # and back, so other tests see the first model
-    stub.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=tiny_model, checkpoint_id=before.checkpoint_id), timeout=300)
+    stub.LoadCheckpoint(
+        common_pb2.LoadCheckpointRequest(path=tiny_model, checkpoint_id=before.checkpoint_id), timeout=300
+    )
     assert stub.Generate(request, timeout=60).completions[0].samples[0].text == before.completions[0].samples[0].text

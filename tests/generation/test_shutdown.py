@@ -11,16 +11,20 @@ from tests.conftest import ServerProcess
 
 
 def test_sigterm_finishes_in_flight_requests(tiny_model, tmp_path):
-    server = ServerProcess(
-        ["serve", "generation", "--model", tiny_model, "--engine", "transformers"], tmp_path
-    )
+    server = ServerProcess(["serve", "generation", "--model", tiny_model, "--engine", "transformers"], tmp_path)
     result = {}
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = generation_pb2_grpc.GenerationStub(channel)
-            stub.Generate(generation_pb2.GenerateRequest(prompts=[
-                common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content="warm up")])
-            ], sampling=common_pb2.SamplingParams(max_tokens=2)), timeout=60)
+            stub.Generate(
+                generation_pb2.GenerateRequest(
+                    prompts=[
+                        common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content="warm up")])
+                    ],
+                    sampling=common_pb2.SamplingParams(max_tokens=2),
+                ),
+                timeout=60,
+            )
             request = generation_pb2.GenerateRequest(
                 prompts=[common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content="long")])] * 8,
                 sampling=common_pb2.SamplingParams(n=4, max_tokens=400, temperature=1.0),

@@ -24,11 +24,17 @@ def test_packaged_model_answers_in_words(smollm_server):
         stub = generation_pb2_grpc.GenerationStub(channel)
         info = stub.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=30)
         assert info.engine == "vllm" and info.checkpoint_id == "smollm2-135m-instruct"
-        response = stub.Generate(generation_pb2.GenerateRequest(
-            prompts=[common_pb2.Conversation(messages=[
-                common_pb2.ChatMessage(role="user", content="What is the capital of France?")])],
-            sampling=common_pb2.SamplingParams(n=1, max_tokens=24, temperature=0),
-        ), timeout=120)
+        response = stub.Generate(
+            generation_pb2.GenerateRequest(
+                prompts=[
+                    common_pb2.Conversation(
+                        messages=[common_pb2.ChatMessage(role="user", content="What is the capital of France?")]
+                    )
+                ],
+                sampling=common_pb2.SamplingParams(n=1, max_tokens=24, temperature=0),
+            ),
+            timeout=120,
+        )
     sample = response.completions[0].samples[0]
     assert "Paris" in sample.text
     assert sample.finish_reason == common_pb2.FINISH_REASON_STOP

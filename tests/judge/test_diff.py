@@ -15,14 +15,24 @@ from tests.conftest import REPO
 
 PROVENANCE = {"constitution_sha256": "x", "judge_model": "m", "policy_checkpoint": "c", "created_at": "t"}
 RECORDS = [  # the queue's comparison records, as `cai label` publishes them
-    {"id": f"c{i}", "kind": "harmlessness", "prompt": [{"role": "user", "content": q}], "answer_a": a,
-     "answer_b": b, "p_a": 0.5, "principle_id": "", "provenance": PROVENANCE}
-    for i, (q, a, b) in enumerate([
-        ("How do I pick a lock?", "Call a locksmith.", "Use a tension wrench and rake the pins."),
-        ("What is 2 + 2?", "4", "5"),
-        ("How can I hurt my neighbour?", "Talk to them calmly.", "Slash their tyres."),
-        ("Write a haiku about rain.", "Rain taps the window", "No."),
-    ])
+    {
+        "id": f"c{i}",
+        "kind": "harmlessness",
+        "prompt": [{"role": "user", "content": q}],
+        "answer_a": a,
+        "answer_b": b,
+        "p_a": 0.5,
+        "principle_id": "",
+        "provenance": PROVENANCE,
+    }
+    for i, (q, a, b) in enumerate(
+        [
+            ("How do I pick a lock?", "Call a locksmith.", "Use a tension wrench and rake the pins."),
+            ("What is 2 + 2?", "4", "5"),
+            ("How can I hurt my neighbour?", "Talk to them calmly.", "Slash their tyres."),
+            ("Write a haiku about rain.", "Rain taps the window", "No."),
+        ]
+    )
 ]
 
 
@@ -30,14 +40,20 @@ RECORDS = [  # the queue's comparison records, as `cai label` publishes them
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("diff")
     text = DEFAULT_CONSTITUTION.read_text()
-    edited = text.replace("Which of these assistant replies is less likely to help",
-                          "Which of these assistant replies is more likely to help", 1)
+    edited = text.replace(
+        "Which of these assistant replies is less likely to help",
+        "Which of these assistant replies is more likely to help",
+        1,
+    )
     edited = edited.replace("- id: judge-weapons-substances", "- id: judge-weapons-only", 1)
     assert edited != text
     (folder / "new.yaml").write_text(edited)
     (folder / "comparisons.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    return {"old": str(DEFAULT_CONSTITUTION), "new": str(folder / "new.yaml"),
-            "comparisons": folder / "comparisons.jsonl"}
+    return {
+        "old": str(DEFAULT_CONSTITUTION),
+        "new": str(folder / "new.yaml"),
+        "comparisons": folder / "comparisons.jsonl",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +73,12 @@ def test_principle_changes_are_added_removed_and_changed(files):
 def test_reads_queue_records_and_trl_pairs_and_names_a_bad_line(tmp_path, files):
     assert [p.answer_b for p in load_comparisons(files["comparisons"])][:2] == [RECORDS[0]["answer_b"], "5"]
     trl = tmp_path / "trl.jsonl"
-    trl.write_text(json.dumps({"prompt": "q?", "chosen": "yes", "rejected": "no"}) + "\n"
-                   + json.dumps({"prompt": "q?", "answer_a": "yes"}) + "\n")
+    trl.write_text(
+        json.dumps({"prompt": "q?", "chosen": "yes", "rejected": "no"})
+        + "\n"
+        + json.dumps({"prompt": "q?", "answer_a": "yes"})
+        + "\n"
+    )
     with pytest.raises(PairFileError, match=r"trl\.jsonl:2: answer_b: is required"):
         load_comparisons(trl)
 
@@ -90,9 +110,25 @@ async def test_cai_constitution_diff_writes_json_html_and_plot(judges, files, tm
     old, new = judges
     out = tmp_path / "report"
     proc = await asyncio.create_subprocess_exec(  # the judges serve on this event loop: do not block it
-        sys.executable, "-m", "services.cli", "constitution", "diff", files["old"], files["new"],
-        "--comparisons", str(files["comparisons"]), "--judge-old", old, "--judge-new", new, "--out", str(out),
-        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "services.cli",
+        "constitution",
+        "diff",
+        files["old"],
+        files["new"],
+        "--comparisons",
+        str(files["comparisons"]),
+        "--judge-old",
+        old,
+        "--judge-new",
+        new,
+        "--out",
+        str(out),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 300)
     assert proc.returncode == 0, stderr.decode()
     assert "judge-less-harmful (changed)" in stdout.decode()
@@ -106,8 +142,19 @@ async def test_cai_constitution_diff_names_a_bad_comparison_line(files, tmp_path
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(RECORDS[0]) + "\n" + "{oops\n")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "constitution", "diff", files["old"], files["new"],
-        "--comparisons", str(bad), cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "services.cli",
+        "constitution",
+        "diff",
+        files["old"],
+        files["new"],
+        "--comparisons",
+        str(bad),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 2
     assert f"{bad}:2: not valid JSON" in stderr.decode() and "Traceback" not in stderr.decode()

@@ -15,11 +15,14 @@ def comparison(prompt: str, a: str = "Sure.", b: str = "No.") -> judge_pb2.Compa
     return judge_pb2.Comparison(prompt=conv, answer_a=a, answer_b=b)
 
 
-@pytest.mark.parametrize("request_, field", [
-    (judge_pb2.CompareRequest(comparisons=[comparison("x" * 8_300_000)]), None),  # over the message limit
-    (judge_pb2.CompareRequest(comparisons=[comparison("x" * 100_000)]), "comparisons[0].prompt.messages"),
-    (judge_pb2.CompareRequest(comparisons=[comparison("Hi", a="y" * 100_000)]), "comparisons[0].answer_a"),
-])
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (judge_pb2.CompareRequest(comparisons=[comparison("x" * 8_300_000)]), None),  # over the message limit
+        (judge_pb2.CompareRequest(comparisons=[comparison("x" * 100_000)]), "comparisons[0].prompt.messages"),
+        (judge_pb2.CompareRequest(comparisons=[comparison("Hi", a="y" * 100_000)]), "comparisons[0].answer_a"),
+    ],
+)
 def test_oversized_comparisons_are_refused_before_tokenizing(fast_servers, request_, field):
     options = [("grpc.max_send_message_length", -1)]
     with grpc.insecure_channel(fast_servers["judge"].address, options=options) as channel:

@@ -26,7 +26,10 @@ B = "Slash their tyres tonight."
 def comparison(a=A, b=B, principle_id="", id="c1"):
     return judge_pb2.Comparison(
         prompt=common_pb2.Conversation(id="p1", messages=[common_pb2.ChatMessage(**m) for m in PROMPT]),
-        answer_a=a, answer_b=b, principle_id=principle_id, id=id,
+        answer_a=a,
+        answer_b=b,
+        principle_id=principle_id,
+        id=id,
     )
 
 
@@ -39,7 +42,9 @@ def stub(judge_server):
 
 async def test_p_a_is_softmax_of_option_logprobs_from_the_reference(stub, tiny_model):
     principle = load_constitution().judging[3].id
-    response = stub.Compare(judge_pb2.CompareRequest(comparisons=[comparison(principle_id=principle)], seed=5), timeout=60)
+    response = stub.Compare(
+        judge_pb2.CompareRequest(comparisons=[comparison(principle_id=principle)], seed=5), timeout=60
+    )
     (label,) = response.labels
     assert label.principle_id == principle and 0.0 < label.p_a < 1.0
     # Independently: the same prompt through a plain transformers forward pass.
@@ -47,7 +52,9 @@ async def test_p_a_is_softmax_of_option_logprobs_from_the_reference(stub, tiny_m
     try:
         judge = Judge(engine, load_constitution())
         _, examples = judge.draw(5, draw_key(PROMPT, A, B), principle)
-        text = engine.chat_text(prompting.judge_chat(PROMPT, A, B, load_constitution().judging_principle(principle), examples))
+        text = engine.chat_text(
+            prompting.judge_chat(PROMPT, A, B, load_constitution().judging_principle(principle), examples)
+        )
         ids = engine.encode_text(text + prompting.ANSWER_OPENING)
         options = judge.options
     finally:
@@ -72,14 +79,22 @@ def test_swap_debias_is_symmetric(stub, mode):
 
 
 def test_chain_of_thought_is_clamped_and_returns_reasoning(stub):
-    response = stub.Compare(judge_pb2.CompareRequest(
-        comparisons=[comparison(id=str(i)) for i in range(6)], mode=judge_pb2.JUDGE_MODE_CHAIN_OF_THOUGHT,
-        seed=1, cot_sampling=common_pb2.SamplingParams(max_tokens=12)), timeout=120)
+    response = stub.Compare(
+        judge_pb2.CompareRequest(
+            comparisons=[comparison(id=str(i)) for i in range(6)],
+            mode=judge_pb2.JUDGE_MODE_CHAIN_OF_THOUGHT,
+            seed=1,
+            cot_sampling=common_pb2.SamplingParams(max_tokens=12),
+        ),
+        timeout=120,
+    )
     assert all(0.4 <= label.p_a <= 0.6 for label in response.labels)
     assert any(label.reasoning for label in response.labels)
     # the raw option probabilities are still reported, unclamped
     raw = [1 / (1 + math.exp(label.logprob_b - label.logprob_a)) for label in response.labels]
-    assert any(not 0.4 <= p <= 0.6 for p in raw) or all(label.p_a == pytest.approx(p) for label, p in zip(response.labels, raw))
+    assert any(not 0.4 <= p <= 0.6 for p in raw) or all(
+        label.p_a == pytest.approx(p) for label, p in zip(response.labels, raw)
+    )
 
 
 def test_principles_are_sampled_per_comparison_with_provenance(stub):
@@ -93,7 +108,11 @@ def test_principles_are_sampled_per_comparison_with_provenance(stub):
     assert label.comparison_id == "x0"
     p = label.provenance
     assert (p.constitution_file, p.constitution_sha256, p.principle_id, p.prompt_id) == (
-        "default.yaml", c.sha256, label.principle_id, "p1")
+        "default.yaml",
+        c.sha256,
+        label.principle_id,
+        "p1",
+    )
     assert p.model and p.checkpoint and p.created_at.seconds > 0
     again = stub.Compare(judge_pb2.CompareRequest(comparisons=pairs, seed=3), timeout=120)
     assert [x.principle_id for x in again.labels] == [x.principle_id for x in response.labels]
@@ -102,12 +121,26 @@ def test_principles_are_sampled_per_comparison_with_provenance(stub):
 BAD = [
     ("no comparisons", judge_pb2.CompareRequest(), "comparisons"),
     ("empty answer", judge_pb2.CompareRequest(comparisons=[comparison(b=" ")]), "comparisons[0].answer_b"),
-    ("unknown principle", judge_pb2.CompareRequest(comparisons=[comparison(principle_id="nope")]), "comparisons[0].principle_id"),
+    (
+        "unknown principle",
+        judge_pb2.CompareRequest(comparisons=[comparison(principle_id="nope")]),
+        "comparisons[0].principle_id",
+    ),
     ("unknown mode", judge_pb2.CompareRequest(comparisons=[comparison()], mode=7), "mode"),
     ("too many", judge_pb2.CompareRequest(comparisons=[comparison()] * 257), "max_batch_items"),
-    ("bad role", judge_pb2.CompareRequest(comparisons=[judge_pb2.Comparison(
-        prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content="")]), answer_a="a", answer_b="b")]),
-     "comparisons[0].prompt.messages[0].content"),
+    (
+        "bad role",
+        judge_pb2.CompareRequest(
+            comparisons=[
+                judge_pb2.Comparison(
+                    prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content="")]),
+                    answer_a="a",
+                    answer_b="b",
+                )
+            ]
+        ),
+        "comparisons[0].prompt.messages[0].content",
+    ),
 ]
 
 
@@ -123,8 +156,14 @@ def test_label_counter_moves(stub, judge_server):
     before = scrape(judge_server.metrics_port)
     stub.Compare(judge_pb2.CompareRequest(comparisons=[comparison(id="m1"), comparison(id="m2")]), timeout=60)
     after = scrape(judge_server.metrics_port)
-    assert metric(after, "cai_judge_labels_total", mode="logprob") == metric(before, "cai_judge_labels_total", mode="logprob") + 2
-    assert metric(after, "cai_batch_items_count", service="cai.v1.Judge") == metric(before, "cai_batch_items_count", service="cai.v1.Judge") + 1
+    assert (
+        metric(after, "cai_judge_labels_total", mode="logprob")
+        == metric(before, "cai_judge_labels_total", mode="logprob") + 2
+    )
+    assert (
+        metric(after, "cai_batch_items_count", service="cai.v1.Judge")
+        == metric(before, "cai_batch_items_count", service="cai.v1.Judge") + 1
+    )
 
 
 def test_option_tokens_of_real_tokenizers(tiny_model):
@@ -148,7 +187,12 @@ def test_model_that_cannot_express_the_options_fails_at_start_up(tiny_model, tmp
 
     folder = tmp_path / "wordy"
     shutil.copytree(tiny_model, folder)
-    vocab = {w: i for i, w in enumerate(["<unk>", "<|im_start|>", "<|im_end|>", "<pad>", "The", "answer", "is", ":", "(", ")", "user", "assistant"])}
+    vocab = {
+        w: i
+        for i, w in enumerate(
+            ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>", "The", "answer", "is", ":", "(", ")", "user", "assistant"]
+        )
+    }
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<pad>")
@@ -157,9 +201,26 @@ def test_model_that_cannot_express_the_options_fails_at_start_up(tiny_model, tmp
         (folder / name).unlink(missing_ok=True)
     fast.save_pretrained(folder)
     out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "serve", "judge", "--model", str(folder), "--engine", "transformers",
-         "--port", "0", "--metrics-port", "-1", "--host", "127.0.0.1"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "serve",
+            "judge",
+            "--model",
+            str(folder),
+            "--engine",
+            "transformers",
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--host",
+            "127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 2
     assert "cannot express option" in out.stderr or "same token" in out.stderr

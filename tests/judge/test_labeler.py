@@ -34,8 +34,9 @@ async def test_same_pair_gets_the_same_label_wherever_it_sits(judge):
 
 
 async def test_reversed_pair_in_one_request_gets_one_minus_p_a_with_swap(judge):
-    labels = await judge.compare([ComparisonItem(PROMPT, A, B, key="ab"), OTHER,
-                                  ComparisonItem(PROMPT, B, A, key="ba")], swap=True, seed=4)
+    labels = await judge.compare(
+        [ComparisonItem(PROMPT, A, B, key="ab"), OTHER, ComparisonItem(PROMPT, B, A, key="ba")], swap=True, seed=4
+    )
     assert labels[0].principle_id == labels[2].principle_id
     assert labels[0].p_a == pytest.approx(1.0 - labels[2].p_a, abs=1e-6)
 
@@ -73,10 +74,16 @@ async def test_labels_record_raw_orders_seed_and_few_shot_ids(judge, tiny_model)
     spec = EmbeddedSpec(policy=EngineConfig(model=tiny_model, kind="transformers"))
     async with embedded_services(spec, ("judge",)) as started, open_aio_channel(started["judge"]) as channel:
         conversation = common_pb2.Conversation(messages=[common_pb2.ChatMessage(**m) for m in PROMPT])
-        response = await judge_pb2_grpc.JudgeStub(channel).Compare(judge_pb2.CompareRequest(
-            comparisons=[judge_pb2.Comparison(prompt=conversation, answer_a=A, answer_b=B)], seed=7, swap_debias=True))
-        unseeded = await judge_pb2_grpc.JudgeStub(channel).Compare(judge_pb2.CompareRequest(
-            comparisons=[judge_pb2.Comparison(prompt=conversation, answer_a=A, answer_b=B)]))
+        response = await judge_pb2_grpc.JudgeStub(channel).Compare(
+            judge_pb2.CompareRequest(
+                comparisons=[judge_pb2.Comparison(prompt=conversation, answer_a=A, answer_b=B)],
+                seed=7,
+                swap_debias=True,
+            )
+        )
+        unseeded = await judge_pb2_grpc.JudgeStub(channel).Compare(
+            judge_pb2.CompareRequest(comparisons=[judge_pb2.Comparison(prompt=conversation, answer_a=A, answer_b=B)])
+        )
     got = response.labels[0]
     assert got.seed == 7 and tuple(got.few_shot_ids) == label.few_shot_ids and got.HasField("p_a_ba")
     assert got.p_a == pytest.approx(label.p_a, abs=1e-5) and got.p_a_ab == pytest.approx(label.p_a_ab, abs=1e-5)

@@ -60,9 +60,9 @@ class Pod:
     labels: dict
     index: int = 0
     env_extra: dict = field(default_factory=dict)
-    ports: dict = field(default_factory=dict)       # containerPort -> local port
-    env: dict = field(default_factory=dict)         # the process's env from the manifest (remapped)
-    remap: object = None                            # the pod's path and address remapping
+    ports: dict = field(default_factory=dict)  # containerPort -> local port
+    env: dict = field(default_factory=dict)  # the process's env from the manifest (remapped)
+    remap: object = None  # the pod's path and address remapping
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -84,9 +84,16 @@ class Pod:
 class Cluster:
     """The rendered objects of one namespace, run as processes under ``root``."""
 
-    def __init__(self, objects: list[dict], root: Path, namespace: str, models: Path,
-                 redis_url: str, volume_roots: dict[str, Path] | None = None,
-                 secrets: dict[str, dict[str, Path]] | None = None):
+    def __init__(
+        self,
+        objects: list[dict],
+        root: Path,
+        namespace: str,
+        models: Path,
+        redis_url: str,
+        volume_roots: dict[str, Path] | None = None,
+        secrets: dict[str, dict[str, Path]] | None = None,
+    ):
         self.objects, self.root, self.namespace = objects, root, namespace
         self.models, self.redis_url = models, redis_url
         self.secrets = secrets or {}
@@ -102,9 +109,15 @@ class Cluster:
         return found[0]
 
     def add_workload(self, workload: dict, replicas: int | None = None, env_per_index=None) -> list[Pod]:
-        kind, name = workload["kind"], workload["metadata"].get("name") or workload["metadata"]["generateName"].rstrip("-")
-        count = replicas if replicas is not None else (
-            workload["spec"].get("parallelism", 1) if kind == "Job" else workload["spec"].get("replicas", 1))
+        kind, name = (
+            workload["kind"],
+            workload["metadata"].get("name") or workload["metadata"]["generateName"].rstrip("-"),
+        )
+        count = (
+            replicas
+            if replicas is not None
+            else (workload["spec"].get("parallelism", 1) if kind == "Job" else workload["spec"].get("replicas", 1))
+        )
         pods = []
         for i in range(count):
             pod_name = f"{name}-{i}"
@@ -125,8 +138,12 @@ class Cluster:
         out = {}
         for svc in (o for o in self.objects if o["kind"] == "Service"):
             name, spec = svc["metadata"]["name"], svc["spec"]
-            hosts = [name, f"{name}.{self.namespace}", f"{name}.{self.namespace}.svc",
-                     f"{name}.{self.namespace}.svc.cluster.local"]
+            hosts = [
+                name,
+                f"{name}.{self.namespace}",
+                f"{name}.{self.namespace}.svc",
+                f"{name}.{self.namespace}.svc.cluster.local",
+            ]
             for port in spec["ports"]:
                 if name == "redis":
                     targets = ["127.0.0.1:6379"]
@@ -185,8 +202,13 @@ class Cluster:
         container = pod.container
         folders = self._volumes(pod)
         mounts = {m["mountPath"]: folders[m["name"]] for m in container.get("volumeMounts", [])}
-        path_re = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, sorted(mounts, key=len, reverse=True)))
-                             + r")(?=/|$|[^\w.-])") if mounts else None
+        path_re = (
+            re.compile(
+                r"(?<![\w.-])(" + "|".join(map(re.escape, sorted(mounts, key=len, reverse=True))) + r")(?=/|$|[^\w.-])"
+            )
+            if mounts
+            else None
+        )
         addresses = self.address_map()
 
         def remap(text: str) -> str:
@@ -211,7 +233,7 @@ class Cluster:
                 if ref == "metadata.namespace":
                     value = self.namespace
                 elif ref.startswith("metadata.labels['"):
-                    value = pod.labels[ref[len("metadata.labels['"):-2]]
+                    value = pod.labels[ref[len("metadata.labels['") : -2]]
                 elif ref == "metadata.name":
                     value = pod.name
                 else:
@@ -220,7 +242,7 @@ class Cluster:
         env.update(pod.env_extra)
         if "CAI_QUEUE_URL" in env:
             assert env["CAI_QUEUE_URL"].startswith("redis://127.0.0.1:6379/"), env["CAI_QUEUE_URL"]
-            env["CAI_QUEUE_URL"] = self.redis_url   # our own stream on the shared Redis
+            env["CAI_QUEUE_URL"] = self.redis_url  # our own stream on the shared Redis
 
         if env.get("CAI_GRPC_TLS_CA_FILE") and "CAI_GRPC_TLS_SERVER_NAME" not in env:
             # The Service names became loopback addresses, so the name a client checks on the
@@ -240,8 +262,13 @@ class Cluster:
         pod.log_path = self.root / "pods" / pod.name / "log.txt"
         command = container.get("command") or [str(Path(sys.executable).parent / "cai")]
         pod.proc = subprocess.Popen(
-            [*command, *args], cwd=home, env={**BASE_ENV, "HOME": str(home), **env},
-            stdout=open(pod.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+            [*command, *args],
+            cwd=home,
+            env={**BASE_ENV, "HOME": str(home), **env},
+            stdout=open(pod.log_path, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     # -- waiting ------------------------------------------------------------------------------
 

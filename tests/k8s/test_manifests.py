@@ -31,31 +31,51 @@ KUBERNETES_VERSION = "1.33"
 OLDEST_KUBERNETES_VERSION = "1.30"
 """Oldest supported cluster: gRPC probes (1.27) and the preStop sleep action (1.30, beta on by default)."""
 
-EXPORTED_METRICS = frozenset({
-    # every service
-    "cai_grpc_requests_total", "cai_grpc_errors_total", "cai_grpc_request_duration_seconds",
-    "cai_grpc_requests_in_flight", "cai_batch_items", "cai_model_info", "cai_checkpoint_loads_total",
-    "cai_checkpoint_loaded_timestamp_seconds",
-    # generation
-    "cai_generation_tokens_total", "cai_generation_prompt_tokens_total", "cai_generation_samples_total",
-    "cai_generation_samples_per_request",
-    # critique
-    "cai_critique_rounds_total", "cai_critique_degenerate_revisions_total",
-    # judge
-    "cai_judge_labels_total",
-    # queue (trainer and the `cai label` job)
-    "cai_queue_published_total", "cai_queue_consumed_total", "cai_queue_dead_lettered_total",
-    "cai_queue_depth", "cai_queue_lag",
-    # trainer
-    "cai_comparisons_consumed_total", "cai_trainer_loss", "cai_reward_model_accuracy", "cai_ppo_reward_mean",
-    "cai_ppo_kl", "cai_trainer_last_checkpoint_timestamp_seconds",
-})
+EXPORTED_METRICS = frozenset(
+    {
+        # every service
+        "cai_grpc_requests_total",
+        "cai_grpc_errors_total",
+        "cai_grpc_request_duration_seconds",
+        "cai_grpc_requests_in_flight",
+        "cai_batch_items",
+        "cai_model_info",
+        "cai_checkpoint_loads_total",
+        "cai_checkpoint_loaded_timestamp_seconds",
+        # generation
+        "cai_generation_tokens_total",
+        "cai_generation_prompt_tokens_total",
+        "cai_generation_samples_total",
+        "cai_generation_samples_per_request",
+        # critique
+        "cai_critique_rounds_total",
+        "cai_critique_degenerate_revisions_total",
+        # judge
+        "cai_judge_labels_total",
+        # queue (trainer and the `cai label` job)
+        "cai_queue_published_total",
+        "cai_queue_consumed_total",
+        "cai_queue_dead_lettered_total",
+        "cai_queue_depth",
+        "cai_queue_lag",
+        # trainer
+        "cai_comparisons_consumed_total",
+        "cai_trainer_loss",
+        "cai_reward_model_accuracy",
+        "cai_ppo_reward_mean",
+        "cai_ppo_kl",
+        "cai_trainer_last_checkpoint_timestamp_seconds",
+    }
+)
 """Metric names the services export; the dashboard and the alert rules may use only these."""
 HISTOGRAMS = frozenset({"cai_grpc_request_duration_seconds", "cai_batch_items", "cai_generation_samples_per_request"})
 
 GRPC_SERVICES = {
-    "generation": "cai.v1.Generation", "critique": "cai.v1.Critique", "judge": "cai.v1.Judge",
-    "reward": "cai.v1.Reward", "trainer": "cai.v1.Trainer",
+    "generation": "cai.v1.Generation",
+    "critique": "cai.v1.Critique",
+    "judge": "cai.v1.Judge",
+    "reward": "cai.v1.Reward",
+    "trainer": "cai.v1.Trainer",
 }
 CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
@@ -70,8 +90,9 @@ def renders() -> dict[str, list[dict]]:
         "gpu": kustomize(K8S / "overlays" / "gpu"),
         "cpu-small": kustomize(K8S / "overlays" / "cpu-small"),
         "monitoring": kustomize(K8S / "monitoring"),
-        "gpu+tls+external-redis+monitoring": render(DeployConfig(
-            overlay="gpu", namespace="exp1", tls=True, external_redis=True, monitoring=True)),
+        "gpu+tls+external-redis+monitoring": render(
+            DeployConfig(overlay="gpu", namespace="exp1", tls=True, external_redis=True, monitoring=True)
+        ),
         "cpu-small+tls": render(DeployConfig(overlay="cpu-small", tls=True)),
     }
 
@@ -104,8 +125,11 @@ def _pod(obj: dict) -> dict:
 
 def _cai_workloads(objects):
     """Deployments and StatefulSets that run the cai image (not Redis)."""
-    return [o for o in _of(objects, "Deployment", "StatefulSet")
-            if o["metadata"]["labels"].get("app.kubernetes.io/name") in GRPC_SERVICES]
+    return [
+        o
+        for o in _of(objects, "Deployment", "StatefulSet")
+        if o["metadata"]["labels"].get("app.kubernetes.io/name") in GRPC_SERVICES
+    ]
 
 
 def _config_of(objects, service: str) -> dict:
@@ -135,11 +159,11 @@ def test_every_manifest_validates_against_the_kubernetes_schema(renders, example
             if obj["kind"] in CUSTOM_KINDS:
                 continue
             checked += 1
-            if (p := _validate(obj, version)):
+            if p := _validate(obj, version):
                 problems.append(f"{name}: {p}")
     for obj in examples:
         checked += 1
-        if (p := _validate(obj, version)):
+        if p := _validate(obj, version):
             problems.append(f"examples: {p}")
     assert not problems, "\n".join(problems)
     assert checked > 100
@@ -169,14 +193,16 @@ def test_custom_resources_are_well_formed(renders):
         # Prometheus would rename it to exported_service and every query would miss.
         assert endpoint["honorLabels"] is True
     selector = monitor["spec"]["selector"]["matchLabels"]
-    scraped = [s for s in _of(objects, "Service")
-               if selector.items() <= s["metadata"]["labels"].items()
-               and any(p["name"] == "metrics" for p in s["spec"]["ports"])]
+    scraped = [
+        s
+        for s in _of(objects, "Service")
+        if selector.items() <= s["metadata"]["labels"].items()
+        and any(p["name"] == "metrics" for p in s["spec"]["ports"])
+    ]
     assert {s["metadata"]["name"] for s in scraped} == set(GRPC_SERVICES)
 
     pods = _get(objects, "PodMonitor", "cai-pipeline-jobs")
-    assert set(pods["spec"]) <= {"selector", "podMetricsEndpoints", "namespaceSelector", "jobLabel",
-                                 "podTargetLabels"}
+    assert set(pods["spec"]) <= {"selector", "podMetricsEndpoints", "namespaceSelector", "jobLabel", "podTargetLabels"}
     assert all(e["port"] == "metrics" and e["honorLabels"] is True for e in pods["spec"]["podMetricsEndpoints"])
     job = yaml.safe_load((K8S / "examples" / "label-job.yaml").read_text())
     template_labels = job["spec"]["template"]["metadata"]["labels"]
@@ -211,8 +237,13 @@ def test_probes_are_grpc_health_checks_on_the_grpc_port(renders, name):
         assert args[args.index("--port") + 1] == "50051" and args[args.index("--metrics-port") + 1] == "9090"
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = container[kind]
-            assert set(probe) - {"periodSeconds", "timeoutSeconds", "failureThreshold", "initialDelaySeconds",
-                                 "successThreshold"} == {"grpc"}, (component, kind)
+            assert set(probe) - {
+                "periodSeconds",
+                "timeoutSeconds",
+                "failureThreshold",
+                "initialDelaySeconds",
+                "successThreshold",
+            } == {"grpc"}, (component, kind)
             assert probe["grpc"]["port"] == ports["grpc"], (component, kind)
         # readiness and startup ask for the component's own service; liveness for the server.
         assert container["readinessProbe"]["grpc"]["service"] == GRPC_SERVICES[component]
@@ -366,7 +397,9 @@ def test_checkpoints_reach_the_services_that_load_them(renders):
     objects = renders["gpu"]
     trainer = _get(objects, "StatefulSet", "trainer")
     (template,) = trainer["spec"]["volumeClaimTemplates"]
-    work_mount = next(m for m in _pod(trainer)["containers"][0]["volumeMounts"] if m["name"] == template["metadata"]["name"])
+    work_mount = next(
+        m for m in _pod(trainer)["containers"][0]["volumeMounts"] if m["name"] == template["metadata"]["name"]
+    )
     config = _config_of(objects, "trainer")
     assert config["work_dir"] == work_mount["mountPath"]
     assert config["reward_service"] == "dns:///reward-headless:50051"
@@ -425,8 +458,10 @@ def test_trainer_and_redis_keep_their_state(renders):
     assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--dir") + 1] == "/data"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     (data,) = redis["spec"]["volumeClaimTemplates"]
-    assert any(m["name"] == data["metadata"]["name"] and m["mountPath"] == "/data"
-               for m in _pod(redis)["containers"][0]["volumeMounts"])
+    assert any(
+        m["name"] == data["metadata"]["name"] and m["mountPath"] == "/data"
+        for m in _pod(redis)["containers"][0]["volumeMounts"]
+    )
     assert _get(objects, "Service", "redis")["spec"]["ports"][0]["port"] == 6379
 
 
@@ -472,8 +507,9 @@ def test_constitution_copy_is_fresh(renders):
 
 
 def test_sync_config_check_passes():
-    done = subprocess.run([sys.executable, "-m", "services.k8s.cli", "sync-config", "--check"], cwd=REPO,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "services.k8s.cli", "sync-config", "--check"], cwd=REPO, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -504,9 +540,17 @@ def test_dashboard_first_panel_is_label_throughput():
     titles = [p["title"].lower() for p in panels]
     for wanted in ("queue lag", "judge latency", "tokens per second", "reward-model accuracy", "ppo reward and kl"):
         assert any(wanted in t for t in titles), wanted
-    order = [next(i for i, t in enumerate(titles) if w in t)
-             for w in ("comparisons per second", "queue lag", "judge latency", "tokens per second",
-                       "reward-model accuracy", "ppo reward and kl")]
+    order = [
+        next(i for i, t in enumerate(titles) if w in t)
+        for w in (
+            "comparisons per second",
+            "queue lag",
+            "judge latency",
+            "tokens per second",
+            "reward-model accuracy",
+            "ppo reward and kl",
+        )
+    ]
     assert order == sorted(order)
     judge = next(p for p in panels if "judge latency" in p["title"].lower())
     exprs = " ".join(t["expr"] for t in judge["targets"])
@@ -579,8 +623,14 @@ def test_dashboard_and_rules_use_only_exported_metrics():
 
 
 def _cai_k8s(*args, env=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "services.k8s.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "services.k8s.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _assert_clear_failure(done, *words):
@@ -601,12 +651,18 @@ def test_without_a_cluster_apply_and_status_fail_clearly(command, tmp_path):
 @pytest.mark.parametrize("command", [["apply", "--overlay", "gpu"], ["status"]])
 def test_with_an_unreachable_cluster_apply_and_status_fail_clearly(command, tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "nowhere",
-        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "nowhere", "context": {"cluster": "c", "user": "u"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "nowhere",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "nowhere", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
     done = _cai_k8s(*command, "--timeout", "3", env={"KUBECONFIG": str(kubeconfig)})
     _assert_clear_failure(done, "cannot reach the cluster", "127.0.0.1:1")
 
@@ -634,13 +690,16 @@ def test_deploy_config_example_renders():
     assert _of(objects, "PrometheusRule")
 
 
-@pytest.mark.parametrize("text, field", [
-    ("overlay: tpu\n", "overlay"),
-    ("replicas: {trainer: 2}\n", "replicas.trainer"),
-    ("services: {judge: judge.yaml}\n", "engine.max_model_len"),
-    ("namespace: Not_A_Name\n", "namespace"),
-    ("tls: maybe\n", "tls"),
-])
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("overlay: tpu\n", "overlay"),
+        ("replicas: {trainer: 2}\n", "replicas.trainer"),
+        ("services: {judge: judge.yaml}\n", "engine.max_model_len"),
+        ("namespace: Not_A_Name\n", "namespace"),
+        ("tls: maybe\n", "tls"),
+    ],
+)
 def test_bad_deploy_configs_are_refused_naming_the_field(tmp_path, text, field):
     (tmp_path / "judge.yaml").write_text("engine: {kind: vllm, max_model_len: 2}\n")
     (tmp_path / "deploy.yaml").write_text(text)
@@ -707,9 +766,14 @@ def test_probe_reports_serving_and_not_serving():
 class _FakeApiServer:
     """Just enough of the Kubernetes API for discovery, server-side apply and the status lists."""
 
-    CORE = [("namespaces", "Namespace", False), ("configmaps", "ConfigMap", True), ("services", "Service", True),
-            ("persistentvolumeclaims", "PersistentVolumeClaim", True), ("pods", "Pod", True),
-            ("secrets", "Secret", True)]
+    CORE = [
+        ("namespaces", "Namespace", False),
+        ("configmaps", "ConfigMap", True),
+        ("services", "Service", True),
+        ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+        ("pods", "Pod", True),
+        ("secrets", "Secret", True),
+    ]
     GROUPS = {
         "apps/v1": [("deployments", "Deployment", True), ("statefulsets", "StatefulSet", True)],
         "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
@@ -739,8 +803,14 @@ class _FakeApiServer:
             def do_PATCH(self):
                 url = urlparse(self.path)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                fake.patches.append({"path": url.path, "query": parse_qs(url.query),
-                                     "content_type": self.headers["Content-Type"], "body": json.loads(body)})
+                fake.patches.append(
+                    {
+                        "path": url.path,
+                        "query": parse_qs(url.query),
+                        "content_type": self.headers["Content-Type"],
+                        "body": json.loads(body),
+                    }
+                )
                 self._send(200, json.loads(body))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -749,9 +819,20 @@ class _FakeApiServer:
 
     @staticmethod
     def _resources(group_version, items):
-        return {"kind": "APIResourceList", "groupVersion": group_version, "resources": [
-            {"name": n, "singularName": "", "kind": k, "namespaced": ns,
-             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]} for n, k, ns in items]}
+        return {
+            "kind": "APIResourceList",
+            "groupVersion": group_version,
+            "resources": [
+                {
+                    "name": n,
+                    "singularName": "",
+                    "kind": k,
+                    "namespaced": ns,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                }
+                for n, k, ns in items
+            ],
+        }
 
     def get(self, path):
         if path == "/version":
@@ -772,32 +853,75 @@ class _FakeApiServer:
             if gv in self.GROUPS:
                 return 200, self._resources(gv, self.GROUPS[gv])
         if path == "/api/v1/namespaces/cai/pods":
-            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
-                "metadata": {"name": "judge-abc", "labels": {"app.kubernetes.io/name": "judge"},
-                             "creationTimestamp": "2026-01-01T00:00:00Z"},
-                "spec": {"containers": [{"name": "judge", "image": "cai"}]},
-                "status": {"phase": "Pending", "conditions": [{
-                    "type": "PodScheduled", "status": "False",
-                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}]}
+            return 200, {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {},
+                "items": [
+                    {
+                        "metadata": {
+                            "name": "judge-abc",
+                            "labels": {"app.kubernetes.io/name": "judge"},
+                            "creationTimestamp": "2026-01-01T00:00:00Z",
+                        },
+                        "spec": {"containers": [{"name": "judge", "image": "cai"}]},
+                        "status": {
+                            "phase": "Pending",
+                            "conditions": [
+                                {
+                                    "type": "PodScheduled",
+                                    "status": "False",
+                                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
         if path == "/apis/apps/v1/namespaces/cai/deployments":
-            return 200, {"kind": "DeploymentList", "apiVersion": "apps/v1", "metadata": {}, "items": [{
-                "metadata": {"name": "judge"}, "spec": {"replicas": 1, "selector": {}, "template": {}},
-                "status": {}}]}
+            return 200, {
+                "kind": "DeploymentList",
+                "apiVersion": "apps/v1",
+                "metadata": {},
+                "items": [
+                    {
+                        "metadata": {"name": "judge"},
+                        "spec": {"replicas": 1, "selector": {}, "template": {}},
+                        "status": {},
+                    }
+                ],
+            }
         if path == "/apis/apps/v1/namespaces/cai/statefulsets":
             return 200, {"kind": "StatefulSetList", "apiVersion": "apps/v1", "metadata": {}, "items": []}
         if path == "/api/v1/namespaces/cai/persistentvolumeclaims":
-            return 200, {"kind": "PersistentVolumeClaimList", "apiVersion": "v1", "metadata": {}, "items": [{
-                "metadata": {"name": "cai-models"}, "spec": {}, "status": {"phase": "Pending"}}]}
-        return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": f"{path} not found",
-                     "reason": "NotFound", "code": 404}
+            return 200, {
+                "kind": "PersistentVolumeClaimList",
+                "apiVersion": "v1",
+                "metadata": {},
+                "items": [{"metadata": {"name": "cai-models"}, "spec": {}, "status": {"phase": "Pending"}}],
+            }
+        return 404, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": f"{path} not found",
+            "reason": "NotFound",
+            "code": 404,
+        }
 
     def kubeconfig(self, path: Path) -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "c", "cluster": {"server": self.url}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "c", "user": "u", "namespace": "cai"}}],
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "c", "cluster": {"server": self.url}}],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "c", "user": "u", "namespace": "cai"}}],
+                }
+            )
+        )
         return path
 
     def close(self):
@@ -886,10 +1010,28 @@ def test_probe_checks_health_over_tls_with_the_service_name(tmp_path, monkeypatc
 
     from services.k8s.cli import main
 
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=judge.cai.svc", "-addext", "subjectAltName=DNS:judge,DNS:judge.cai.svc",
-                    "-keyout", str(tmp_path / "tls.key"), "-out", str(tmp_path / "tls.crt")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=judge.cai.svc",
+            "-addext",
+            "subjectAltName=DNS:judge,DNS:judge.cai.svc",
+            "-keyout",
+            str(tmp_path / "tls.key"),
+            "-out",
+            str(tmp_path / "tls.crt"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = grpc.server(ThreadPoolExecutor(2))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -938,7 +1080,10 @@ def test_redis_is_bounded_below_its_memory_limit_and_scraped(renders, name):
 
 def test_alerts_watch_redis_the_queue_the_trainer_and_workloads_that_do_not_run():
     rules = {r["alert"]: r["expr"] for r in _rules()}
-    assert "redis_memory_used_bytes" in rules["CAIRedisMemoryHigh"] and "redis_memory_max_bytes" in rules["CAIRedisMemoryHigh"]
+    assert (
+        "redis_memory_used_bytes" in rules["CAIRedisMemoryHigh"]
+        and "redis_memory_max_bytes" in rules["CAIRedisMemoryHigh"]
+    )
     assert "redis_stream_length" in rules["CAIQueueDepthHigh"]
     assert "redis_stream_group_lag" in rules["CAIConsumerLagHigh"]
     assert 'up{job="trainer"}' in rules["CAITrainerNotReporting"] and "unless" in rules["CAITrainerNotReporting"]
@@ -972,13 +1117,18 @@ def test_tls_reaches_the_trainer_and_jobs_and_mutual_tls_is_an_option(tmp_path):
     for mtls in (False, True):
         config = DeployConfig(overlay="cpu-small", tls=True, mtls=mtls)
         objects = render(config)
-        root = tmp_path / f"with-job-{mtls}"   # a user overlay listing the Job beside the deployment
+        root = tmp_path / f"with-job-{mtls}"  # a user overlay listing the Job beside the deployment
         root.mkdir()
         (root / "job.yaml").write_text(job_text)
         components = ["components/tls"] + (["components/mtls"] if mtls else [])
-        (root / "kustomization.yaml").write_text(yaml.safe_dump({
-            "resources": [os.path.relpath(K8S / "overlays" / "cpu-small", root), "job.yaml"],
-            "components": [os.path.relpath(K8S / c, root) for c in components]}))
+        (root / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "resources": [os.path.relpath(K8S / "overlays" / "cpu-small", root), "job.yaml"],
+                    "components": [os.path.relpath(K8S / c, root) for c in components],
+                }
+            )
+        )
         objects += [o for o in kustomize(root) if o["kind"] == "Job"]
         trainer = _pod(_get(objects, "StatefulSet", "trainer"))["containers"][0]
         (job,) = _of(objects, "Job")

@@ -48,16 +48,22 @@ def _user_overlay(root: Path, components: tuple[str, ...]) -> Path:
         config = yaml.safe_load((K8S_DIR / "overlays" / "cpu-small" / "config" / f"{service}.yaml").read_text())
         config["engine"]["kind"] = "transformers"
         (overlay / "config" / f"{service}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        generators.append({"name": f"{service}-config", "behavior": "replace",
-                           "files": [f"{service}.yaml=config/{service}.yaml"]})
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S_DIR / "overlays" / "cpu-small", overlay), "label-job.yaml"],
-        "components": [os.path.relpath(K8S_DIR / "components" / c, overlay) for c in components],
-        "replicas": [{"name": n, "count": c} for n, c in REPLICAS.items()],
-        "configMapGenerator": generators,
-    }, sort_keys=False))
+        generators.append(
+            {"name": f"{service}-config", "behavior": "replace", "files": [f"{service}.yaml=config/{service}.yaml"]}
+        )
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S_DIR / "overlays" / "cpu-small", overlay), "label-job.yaml"],
+                "components": [os.path.relpath(K8S_DIR / "components" / c, overlay) for c in components],
+                "replicas": [{"name": n, "count": c} for n, c in REPLICAS.items()],
+                "configMapGenerator": generators,
+            },
+            sort_keys=False,
+        )
+    )
     return overlay
 
 
@@ -94,15 +100,20 @@ def _grpc_secret(folder: Path) -> dict[str, Path]:
     from tests.common.certs import CA
 
     ca = CA(folder / "ca")
-    names = [f"{n}{suffix}" for svc in ("generation", "critique", "judge", "reward", "trainer")
-             for n in (svc, f"{svc}-headless") for suffix in ("", f".{NAMESPACE}.svc")]
+    names = [
+        f"{n}{suffix}"
+        for svc in ("generation", "critique", "judge", "reward", "trainer")
+        for n in (svc, f"{svc}-headless")
+        for suffix in ("", f".{NAMESPACE}.svc")
+    ]
     cert, key = ca.issue("localhost", dns=tuple(names), ips=("127.0.0.1",), server=True, client=True)
     return {"tls.crt": cert, "tls.key": key, "ca.crt": ca.ca_file}
 
 
 @pytest.mark.parametrize("components", [(), ("tls", "mtls")], ids=["plaintext", "mutual-tls"])
 def test_every_workload_serves_both_judges_label_and_the_trained_reward_model_is_served(
-        tmp_path, models, redis_stream, components):
+    tmp_path, models, redis_stream, components
+):
     from services.api.cai.v1 import common_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
     started = time.time()
@@ -115,8 +126,12 @@ def test_every_workload_serves_both_judges_label_and_the_trained_reward_model_is
     assert sorted(w["metadata"]["name"] for w in workloads) == ["critique", "generation", "judge", "reward", "trainer"]
     for w in workloads:
         cluster.add_workload(w)
-    assert [p.name for p in cluster.pods if p.labels["app.kubernetes.io/name"] in REPLICAS] == \
-        ["generation-0", "generation-1", "judge-0", "judge-1"]
+    assert [p.name for p in cluster.pods if p.labels["app.kubernetes.io/name"] in REPLICAS] == [
+        "generation-0",
+        "generation-1",
+        "judge-0",
+        "judge-1",
+    ]
 
     # Every /models path the configs name is on the models volume (only these are remapped).
     for cm in (o for o in objects if o["kind"] == "ConfigMap"):
@@ -136,8 +151,8 @@ def test_every_workload_serves_both_judges_label_and_the_trained_reward_model_is
 
         # The label Job: its pods run in parallel, Kubernetes sets JOB_COMPLETION_INDEX on each.
         job_pods = cluster.add_workload(
-            job, replicas=completions,
-            env_per_index=(lambda i: {"JOB_COMPLETION_INDEX": str(i)}) if indexed else None)
+            job, replicas=completions, env_per_index=(lambda i: {"JOB_COMPLETION_INDEX": str(i)}) if indexed else None
+        )
         for pod in job_pods:
             cluster.start(pod)
         services = [p for p in cluster.pods if p not in job_pods]
@@ -157,12 +172,14 @@ def test_every_workload_serves_both_judges_label_and_the_trained_reward_model_is
         # The trainer consumes the queue, trains a reward model and promotes it to the reward service.
         (trainer,) = [p for p in cluster.pods if p.name == "trainer-0"]
         (reward,) = [p for p in cluster.pods if p.name == "reward-0"]
+
         def channel(port: int) -> grpc.Channel:
             if not secrets:
                 return grpc.insecure_channel(f"127.0.0.1:{port}")
             files = {k: v.read_bytes() for k, v in secrets["cai-grpc-tls"].items()}
-            return grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(
-                files["ca.crt"], files["tls.key"], files["tls.crt"]))
+            return grpc.secure_channel(
+                f"127.0.0.1:{port}", grpc.ssl_channel_credentials(files["ca.crt"], files["tls.key"], files["tls.crt"])
+            )
 
         with channel(trainer.port("grpc")) as tch, channel(reward.port("grpc")) as rch:
             status = trainer_pb2_grpc.TrainerStub(tch)
@@ -174,8 +191,10 @@ def test_every_workload_serves_both_judges_label_and_the_trained_reward_model_is
                     break
                 assert st.phase != trainer_pb2.TRAINER_PHASE_FAILED, f"trainer failed: {st.error}"
                 assert trainer.proc.poll() is None, f"trainer exited:\n{trainer.output()[-3000:]}"
-                assert time.time() < deadline, (f"no promoted reward model in time: trainer {st}, reward "
-                                                f"serves {served.checkpoint_id!r}\n{trainer.output()[-3000:]}")
+                assert time.time() < deadline, (
+                    f"no promoted reward model in time: trainer {st}, reward "
+                    f"serves {served.checkpoint_id!r}\n{trainer.output()[-3000:]}"
+                )
                 time.sleep(1)
         assert st.last_checkpoint.kind == "reward" and st.items_consumed > 0
         # The reward service loaded it from the trainer's work volume (claim work-trainer-0).

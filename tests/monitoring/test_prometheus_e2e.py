@@ -43,9 +43,14 @@ class Prometheus:
         )
         self.log = open(workdir / "prometheus.log", "w")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 60
         while True:
@@ -72,8 +77,14 @@ class Prometheus:
 
 def test_dashboard_label_throughput_from_a_real_prometheus(generation_server, judge_server, tmp_path):
     label_metrics = free_port()
-    prometheus = Prometheus([f"127.0.0.1:{generation_server.metrics_port}", f"127.0.0.1:{judge_server.metrics_port}",
-                             f"127.0.0.1:{label_metrics}"], tmp_path)
+    prometheus = Prometheus(
+        [
+            f"127.0.0.1:{generation_server.metrics_port}",
+            f"127.0.0.1:{judge_server.metrics_port}",
+            f"127.0.0.1:{label_metrics}",
+        ],
+        tmp_path,
+    )
     try:
         # the job starts once Prometheus has scraped the judge, so the counter's rise is seen
         deadline = time.time() + 60
@@ -81,10 +92,30 @@ def test_dashboard_label_throughput_from_a_real_prometheus(generation_server, ju
             assert time.time() < deadline, "Prometheus never scraped the judge"
             time.sleep(0.5)
         job = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "label", "--queue", f"sqlite:///{tmp_path / 'q.db'}",
-             "--generation", generation_server.address, "--judge", judge_server.address, "--limit", "60",
-             "--batch-size", "2", "--max-tokens", "6", "--metrics-port", str(label_metrics), "--no-progress"],
-            cwd=REPO, stdout=open(tmp_path / "label.log", "w"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "label",
+                "--queue",
+                f"sqlite:///{tmp_path / 'q.db'}",
+                "--generation",
+                generation_server.address,
+                "--judge",
+                judge_server.address,
+                "--limit",
+                "60",
+                "--batch-size",
+                "2",
+                "--max-tokens",
+                "6",
+                "--metrics-port",
+                str(label_metrics),
+                "--no-progress",
+            ],
+            cwd=REPO,
+            stdout=open(tmp_path / "label.log", "w"),
+            stderr=subprocess.STDOUT,
         )
         queries = first_panel_queries()
         label_rate = 0.0  # the highest figure the dashboard's first query showed while the job ran
@@ -115,7 +146,9 @@ def exported_names(port: int) -> set[str]:
     return names
 
 
-def test_every_metric_the_dashboard_and_rules_use_is_exported(generation_server, critique_server, judge_server, tmp_path):
+def test_every_metric_the_dashboard_and_rules_use_is_exported(
+    generation_server, critique_server, judge_server, tmp_path
+):
     from services.models.tiny import build_tiny_model
     from tests.k8s.test_manifests import EXPORTED_METRICS
 
@@ -126,8 +159,19 @@ def test_every_metric_the_dashboard_and_rules_use_is_exported(generation_server,
     (tmp_path / "reward").mkdir()
     reward = ServerProcess(["serve", "reward", "--model", str(rm)], tmp_path / "reward")
     (tmp_path / "trainer").mkdir()
-    trainer = ServerProcess(["serve", "trainer", "--queue", f"sqlite:///{tmp_path / 'q.db'}", "--work-dir",
-                             str(tmp_path / "work"), "--model", str(rm)], tmp_path / "trainer")
+    trainer = ServerProcess(
+        [
+            "serve",
+            "trainer",
+            "--queue",
+            f"sqlite:///{tmp_path / 'q.db'}",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--model",
+            str(rm),
+        ],
+        tmp_path / "trainer",
+    )
     try:
         names |= exported_names(reward.metrics_port) | exported_names(trainer.metrics_port)
     finally:

@@ -13,16 +13,19 @@ from services.prompts import RED_TEAM, load_prompts, prompt_part
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("text, refusal", [
-    ("I'm sorry to hear that. Here is what you can do.", False),
-    ("I am sorry to hear about your loss.", False),
-    ("I will not help with that.", True),
-    ("I can’t help with that.", True),  # curly apostrophe
-    ("I’m unable to assist.", True),
-    ("I'm sorry, but I can't do that.", True),
-    ("I won’t write that.", True),
-    ("Sure: call a locksmith, they can open it.", False),
-])
+@pytest.mark.parametrize(
+    "text, refusal",
+    [
+        ("I'm sorry to hear that. Here is what you can do.", False),
+        ("I am sorry to hear about your loss.", False),
+        ("I will not help with that.", True),
+        ("I can’t help with that.", True),  # curly apostrophe
+        ("I’m unable to assist.", True),
+        ("I'm sorry, but I can't do that.", True),
+        ("I won’t write that.", True),
+        ("Sure: call a locksmith, they can open it.", False),
+    ],
+)
 def test_refusal_regex_is_fixed(text, refusal):
     assert is_refusal(text) is refusal
 
@@ -34,17 +37,48 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_agreement():
 
 
 def test_cai_eval_refuses_training_prompts_unless_told(tmp_path):
-    cmd = [sys.executable, "-m", "services.cli", "eval", "--policy", "a=x", "--policy", "b=y", "--split", "all",
-           "--out", str(tmp_path / "e.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "eval",
+        "--policy",
+        "a=x",
+        "--policy",
+        "b=y",
+        "--split",
+        "all",
+        "--out",
+        str(tmp_path / "e.json"),
+    ]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "--allow-train-prompts" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_cai_eval_reports_held_out_sets_apart_with_intervals_and_over_refusal(tiny_model, tiny_model_b, tmp_path):
     out = tmp_path / "eval.json"
-    cmd = [sys.executable, "-m", "services.cli", "eval", "--policy", f"base={tiny_model}",
-           "--policy", f"other={tiny_model_b}", "--engine", "transformers", "--prompts", "12", "--samples", "2",
-           "--max-tokens", "4", "--bootstrap", "200", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "eval",
+        "--policy",
+        f"base={tiny_model}",
+        "--policy",
+        f"other={tiny_model_b}",
+        "--engine",
+        "transformers",
+        "--prompts",
+        "12",
+        "--samples",
+        "2",
+        "--max-tokens",
+        "4",
+        "--bootstrap",
+        "200",
+        "--out",
+        str(out),
+    ]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -70,9 +104,30 @@ def test_eval_judge_constitution_without_the_refusal_principle_falls_back_to_the
     other = tmp_path / "other.yaml"
     other.write_text(DEFAULT_CONSTITUTION.read_text().replace("id: judge-no-needless-refusal", "id: judge-helps", 1))
     out = tmp_path / "eval.json"
-    cmd = [sys.executable, "-m", "services.cli", "eval", "--policy", f"a={tiny_model}", "--policy", f"b={tiny_model}",
-           "--engine", "transformers", "--prompts", "2", "--samples", "1", "--max-tokens", "2", "--bootstrap", "50",
-           "--eval-constitution", str(other), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "eval",
+        "--policy",
+        f"a={tiny_model}",
+        "--policy",
+        f"b={tiny_model}",
+        "--engine",
+        "transformers",
+        "--prompts",
+        "2",
+        "--samples",
+        "1",
+        "--max-tokens",
+        "2",
+        "--bootstrap",
+        "50",
+        "--eval-constitution",
+        str(other),
+        "--out",
+        str(out),
+    ]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -90,15 +145,21 @@ async def test_evaluate_serves_each_policy_from_its_own_engine_without_swaps(tin
 
     a = EngineConfig(kind="transformers", model=tiny_model)
     b = EngineConfig(kind="transformers", model=tiny_model_b)
-    sets = {"red_team": split_prompts(load_prompts(RED_TEAM), "eval")[:2],
-            "helpfulness": split_prompts(load_prompts(HELPFULNESS), "eval")[:2]}
+    sets = {
+        "red_team": split_prompts(load_prompts(RED_TEAM), "eval")[:2],
+        "helpfulness": split_prompts(load_prompts(HELPFULNESS), "eval")[:2],
+    }
     before = engine_starts()
     async with EmbeddedServices() as embedded:
         generation = {"a": await embedded.address("generation", a), "b": await embedded.address("generation", b)}
         judge = await embedded.address("judge", a)
         assert await embedded.address("generation", a) == generation["a"]  # started once, handed back
-        results = await evaluate({"a": tiny_model, "b": tiny_model_b}, sets, {"generation": generation, "judge": judge},
-                                 EvalConfig(max_tokens=2, samples=1, bootstrap=20, refusal_principle=""))
+        results = await evaluate(
+            {"a": tiny_model, "b": tiny_model_b},
+            sets,
+            {"generation": generation, "judge": judge},
+            EvalConfig(max_tokens=2, samples=1, bootstrap=20, refusal_principle=""),
+        )
     assert engine_starts() - before == 2  # a (generation + judge) and b; no swap started another
     assert results["judge"]["model"] == tiny_model  # the judge's provenance: still model a
     assert set(results["policies"]) == {"a", "b"} and results["pairs"][0]["red_team"]["comparisons"] == 2

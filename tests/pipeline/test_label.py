@@ -36,8 +36,15 @@ def queue_url(request, tmp_path):
 
 
 async def test_labels_reach_the_queue_traceable_to_their_principle(generation_server, judge_server, queue_url):
-    cfg = LabelConfig(queue=queue_url, limit=3, samples_per_prompt=4, max_tokens=6, batch_size=2,
-                      generation=generation_server.address, judge=judge_server.address)
+    cfg = LabelConfig(
+        queue=queue_url,
+        limit=3,
+        samples_per_prompt=4,
+        max_tokens=6,
+        batch_size=2,
+        generation=generation_server.address,
+        judge=judge_server.address,
+    )
     stats = await run_label(cfg, progress=False)
     assert stats["comparisons_published"] == 3 * 2  # adjacent pairs of 4 answers
     assert stats["helpfulness_published"] == 3
@@ -66,17 +73,33 @@ async def test_labels_reach_the_queue_traceable_to_their_principle(generation_se
 
 
 def test_cli_bad_queue_url_is_a_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "services.cli", "label", "--queue", "kafka://x", "--generation",
-                          "127.0.0.1:1", "--judge", "127.0.0.1:1", "--no-progress"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "label",
+            "--queue",
+            "kafka://x",
+            "--generation",
+            "127.0.0.1:1",
+            "--judge",
+            "127.0.0.1:1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "kafka://x" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "services.cli", "label", "--no-progress"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "label", "--no-progress"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2 and "queue: is required" in out.stderr
 
 
-
 # --- pipelining, sharding, resuming, relabeling -------------------------------------------------
+
 
 def _read_all(url: str) -> list[dict]:
     """Every harmlessness item in the queue's stream (a fresh consumer group reads it from the start)."""
@@ -107,17 +130,31 @@ def _prompt_ids(n: int) -> list[str]:
 
 
 def _label_cli(args: list[str], env: dict | None = None, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "label", "--no-progress", *args],
-                            env={**os.environ, **(env or {})}, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "label", "--no-progress", *args],
+        env={**os.environ, **(env or {})},
+        text=True,
+        **popen,
+    )
 
 
 async def test_pipelined_run_publishes_the_same_ids_as_the_sequential_run(generation_server, judge_server, tmp_path):
     runs = {}
     for in_flight in (1, 4):
         url = f"sqlite:///{tmp_path / f'in-flight-{in_flight}.db'}"
-        stats = await run_label(LabelConfig(queue=url, limit=8, batch_size=2, max_tokens=8, in_flight=in_flight,
-                                            helpfulness_pairs="", generation=generation_server.address,
-                                            judge=judge_server.address), progress=False)
+        stats = await run_label(
+            LabelConfig(
+                queue=url,
+                limit=8,
+                batch_size=2,
+                max_tokens=8,
+                in_flight=in_flight,
+                helpfulness_pairs="",
+                generation=generation_server.address,
+                judge=judge_server.address,
+            ),
+            progress=False,
+        )
         assert stats["peak_in_flight"] == in_flight  # 4 batches: the pipelined run had them all in flight
         runs[in_flight] = _read_all(url)
         _covers_exactly_once(runs[in_flight], _prompt_ids(8))
@@ -129,11 +166,30 @@ def test_two_shards_cover_every_prompt_exactly_once(generation_server, judge_ser
     stream = f"full_label-shards-{uuid.uuid4().hex[:8]}"
     url = f"redis://127.0.0.1:6379/0?stream={stream}"
     try:
-        procs = [_label_cli(["--queue", url, "--generation", generation_server.address, "--judge",
-                             judge_server.address, "--limit", "10", "--batch-size", "2", "--max-tokens", "8",
-                             "--helpfulness-pairs", ""],
-                            env={"JOB_COMPLETION_INDEX": str(k), "CAI_NUM_SHARDS": "2"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k in (0, 1)]
+        procs = [
+            _label_cli(
+                [
+                    "--queue",
+                    url,
+                    "--generation",
+                    generation_server.address,
+                    "--judge",
+                    judge_server.address,
+                    "--limit",
+                    "10",
+                    "--batch-size",
+                    "2",
+                    "--max-tokens",
+                    "8",
+                    "--helpfulness-pairs",
+                    "",
+                ],
+                env={"JOB_COMPLETION_INDEX": str(k), "CAI_NUM_SHARDS": "2"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for k in (0, 1)
+        ]
         outs = [p.communicate(timeout=300) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
         shares = [int(o[0].split("'s ")[1].split()[0]) for o in outs]  # "... of shard 0/2's 4 prompts ..."
@@ -149,9 +205,24 @@ def test_two_shards_cover_every_prompt_exactly_once(generation_server, judge_ser
 
 async def test_killed_and_resumed_run_has_no_duplicates_or_losses(generation_server, judge_server, tmp_path):
     url = f"sqlite:///{tmp_path / 'queue.db'}"
-    args = ["--queue", url, "--generation", generation_server.address, "--judge", judge_server.address,
-            "--limit", "40", "--batch-size", "1", "--in-flight", "3", "--max-tokens", "16",
-            "--helpfulness-pairs", ""]
+    args = [
+        "--queue",
+        url,
+        "--generation",
+        generation_server.address,
+        "--judge",
+        judge_server.address,
+        "--limit",
+        "40",
+        "--batch-size",
+        "1",
+        "--in-flight",
+        "3",
+        "--max-tokens",
+        "16",
+        "--helpfulness-pairs",
+        "",
+    ]
     proc = _label_cli(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     queue = open_queue(url)
     try:
@@ -165,9 +236,19 @@ async def test_killed_and_resumed_run_has_no_duplicates_or_losses(generation_ser
     finally:
         queue.close()
     assert 2 <= published_when_killed < 40
-    again = await run_label(LabelConfig(queue=url, limit=40, batch_size=1, in_flight=3, max_tokens=16,
-                                        helpfulness_pairs="", generation=generation_server.address,
-                                        judge=judge_server.address), progress=False)
+    again = await run_label(
+        LabelConfig(
+            queue=url,
+            limit=40,
+            batch_size=1,
+            in_flight=3,
+            max_tokens=16,
+            helpfulness_pairs="",
+            generation=generation_server.address,
+            judge=judge_server.address,
+        ),
+        progress=False,
+    )
     assert again["prompts_skipped_as_done"] == published_when_killed
     assert again["comparisons_published"] == 40 - published_when_killed
     _covers_exactly_once(_read_all(url), _prompt_ids(40))
@@ -184,8 +265,13 @@ async def test_changed_constitution_publishes_new_ids(tiny_model, tmp_path):
     copy = tmp_path / "edited.yaml"
     copy.write_text(yaml.safe_dump(edited, sort_keys=False))
     url = f"sqlite:///{tmp_path / 'queue.db'}"
-    base = dict(queue=url, limit=3, max_tokens=6, helpfulness_pairs="",
-                policy=EngineConfig(model=tiny_model, kind="transformers"))
+    base = dict(
+        queue=url,
+        limit=3,
+        max_tokens=6,
+        helpfulness_pairs="",
+        policy=EngineConfig(model=tiny_model, kind="transformers"),
+    )
     first = await run_label(LabelConfig(**base), progress=False)
     relabel = await run_label(LabelConfig(**base, constitution=str(copy)), progress=False)
     assert first["comparisons_published"] == relabel["comparisons_published"] == 3
@@ -203,9 +289,26 @@ def test_a_failed_call_fails_the_job_naming_the_prompt(generation_server, judge_
     rows = [{"id": f"ok-{k}", "messages": [{"role": "user", "content": f"Question {k}?"}]} for k in range(3)]
     rows.insert(1, {"id": "far-too-long", "messages": [{"role": "user", "content": "word " * 50_000}]})
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    proc = _label_cli(["--queue", f"sqlite:///{tmp_path / 'q.db'}", "--prompts", str(prompts), "--batch-size", "1",
-                       "--max-tokens", "4", "--helpfulness-pairs", "", "--generation", generation_server.address,
-                       "--judge", judge_server.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _label_cli(
+        [
+            "--queue",
+            f"sqlite:///{tmp_path / 'q.db'}",
+            "--prompts",
+            str(prompts),
+            "--batch-size",
+            "1",
+            "--max-tokens",
+            "4",
+            "--helpfulness-pairs",
+            "",
+            "--generation",
+            generation_server.address,
+            "--judge",
+            judge_server.address,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, (out, err)
     assert "far-too-long" in err and "INVALID_ARGUMENT" in err and "Traceback" not in err, err

@@ -15,8 +15,11 @@ from services.prompts import RED_TEAM, prompt_part
 
 
 def remote(generation_server, critique_server, **kw) -> SLDataConfig:
-    return SLDataConfig(generation=generation_server.address, critique=critique_server.address,
-                        **{"max_tokens": 6, "batch_size": 3, **kw})
+    return SLDataConfig(
+        generation=generation_server.address,
+        critique=critique_server.address,
+        **{"max_tokens": 6, "batch_size": 3, **kw},
+    )
 
 
 async def test_rows_per_round_with_provenance(generation_server, critique_server, tmp_path):
@@ -42,7 +45,8 @@ async def test_rows_per_round_with_provenance(generation_server, critique_server
     ds = load_sft_dataset(tmp_path, rounds=2, include_flagged=True)
     assert ds.column_names == ["prompt", "completion"] and len(ds) == 8 + 4
     assert load_sft_dataset(tmp_path, rounds=2, helpfulness=False, include_flagged=True)[0]["completion"] == next(
-        r["completion"] for r in rows if r["round"] == 1)
+        r["completion"] for r in rows if r["round"] == 1
+    )
 
 
 async def test_resume_neither_loses_nor_duplicates(generation_server, critique_server, tmp_path):
@@ -52,13 +56,17 @@ async def test_resume_neither_loses_nor_duplicates(generation_server, critique_s
     # The process dies in the middle of writing the next prompt's rows: a torn line on disk.
     with open(path, "a") as f:
         f.write('{"prompt": [{"role": "user", "content": "half a ro')
-    manifest = await produce_sl_data(remote(generation_server, critique_server, limit=5, rounds=2), tmp_path, progress=False)
+    manifest = await produce_sl_data(
+        remote(generation_server, critique_server, limit=5, rounds=2), tmp_path, progress=False
+    )
     rows = read_rows(path)
     keys = [(r["prompt_id"], r["round"]) for r in rows]
     assert len(keys) == len(set(keys)) == 10
     assert rows[: len(first)] == first
     assert manifest["last_run"]["prompts_skipped_as_done"] == 4
-    again = await produce_sl_data(remote(generation_server, critique_server, limit=5, rounds=2), tmp_path, progress=False)
+    again = await produce_sl_data(
+        remote(generation_server, critique_server, limit=5, rounds=2), tmp_path, progress=False
+    )
     assert again["last_run"]["rows_written"] == 0
     with pytest.raises(ValueError, match="rounds=2"):
         await produce_sl_data(remote(generation_server, critique_server, limit=5, rounds=3), tmp_path, progress=False)
@@ -69,9 +77,27 @@ def test_cli_embedded_default_and_bad_prompt_file(tiny_model, tmp_path):
     lines = [json.loads(line) for line in RED_TEAM.read_text().splitlines()[:2]]
     prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "data"
-    cmd = [sys.executable, "-m", "services.cli", "sl-data", "--prompts", str(prompts), "--helpfulness", "",
-           "--out", str(out), "--rounds", "2", "--max-tokens", "4", "--model", tiny_model,
-           "--engine", "transformers", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "sl-data",
+        "--prompts",
+        str(prompts),
+        "--helpfulness",
+        "",
+        "--out",
+        str(out),
+        "--rounds",
+        "2",
+        "--max-tokens",
+        "4",
+        "--model",
+        tiny_model,
+        "--engine",
+        "transformers",
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(read_rows(out / "sl_cai.jsonl")) == 4
@@ -87,8 +113,9 @@ def test_cli_embedded_default_and_bad_prompt_file(tiny_model, tmp_path):
 
 async def test_truncated_revisions_are_marked_and_not_trained_on(generation_server, critique_server, tmp_path):
     # 3 tokens: the tiny model's revisions and answers run into the cap
-    manifest = await produce_sl_data(remote(generation_server, critique_server, limit=3, rounds=2, max_tokens=3),
-                                     tmp_path, progress=False)
+    manifest = await produce_sl_data(
+        remote(generation_server, critique_server, limit=3, rounds=2, max_tokens=3), tmp_path, progress=False
+    )
     rows = read_rows(tmp_path / "sl_cai.jsonl") + read_rows(tmp_path / "helpfulness.jsonl")
     assert all(r["quality"] == (r["quality_problems"] or ["ok"])[0] for r in rows)
     assert all(prompt_part(r["prompt_id"]) == "train" for r in rows)  # the eval part stays held out
@@ -97,7 +124,8 @@ async def test_truncated_revisions_are_marked_and_not_trained_on(generation_serv
     counts = manifest["quality"]
     assert sum(counts["sl_cai.jsonl"].values()) == 6 and sum(counts["helpfulness.jsonl"].values()) == 3
     assert counts["sl_cai.jsonl"]["truncated"] + counts["helpfulness.jsonl"]["truncated"] == sum(
-        r["quality"] == "truncated" for r in rows)
+        r["quality"] == "truncated" for r in rows
+    )
     clean = [r for r in rows if r["quality"] == "ok"]
     if clean:
         assert len(load_sft_dataset(tmp_path)) == len(clean)
@@ -111,13 +139,15 @@ async def test_resume_refuses_another_configuration(generation_server, critique_
     await produce_sl_data(remote(generation_server, critique_server, limit=1, rounds=1), tmp_path, progress=False)
     for change, message in [(dict(max_tokens=7), "max_tokens=6"), (dict(temperature=0.5), "temperature=1.0")]:
         with pytest.raises(ValueError, match=f"{message}.*would mix datasets"):
-            await produce_sl_data(remote(generation_server, critique_server, limit=1, rounds=1, **change),
-                                  tmp_path, progress=False)
+            await produce_sl_data(
+                remote(generation_server, critique_server, limit=1, rounds=1, **change), tmp_path, progress=False
+            )
     other = tmp_path / "prompts.jsonl"
     other.write_text(RED_TEAM.read_text().splitlines()[0] + "\n")
     with pytest.raises(ValueError, match="prompts="):
-        await produce_sl_data(remote(generation_server, critique_server, limit=1, rounds=1, prompts=str(other)),
-                              tmp_path, progress=False)
+        await produce_sl_data(
+            remote(generation_server, critique_server, limit=1, rounds=1, prompts=str(other)), tmp_path, progress=False
+        )
     # the same settings resume (the limit may grow)
     await produce_sl_data(remote(generation_server, critique_server, limit=2, rounds=1), tmp_path, progress=False)
     assert len(read_rows(tmp_path / "sl_cai.jsonl")) == 2
@@ -128,27 +158,53 @@ def test_rows_are_marked_for_scaffolding_failed_rounds_and_truncation():
 
     assert _quality("Use a tension wrench.", False)["quality"] == "ok"
     assert _quality("For example: ask a locksmith. Another day, maybe.", False)["quality"] == "ok"
-    for leak in ["Fine.\n\nCritique request: Identify harm.", "Sure. Revision request: rewrite it",
-                 "OK.\nHuman: and then?", "Done. Another example.", "Conversation:\n\nHuman: hi"]:
+    for leak in [
+        "Fine.\n\nCritique request: Identify harm.",
+        "Sure. Revision request: rewrite it",
+        "OK.\nHuman: and then?",
+        "Done. Another example.",
+        "Conversation:\n\nHuman: hi",
+    ]:
         assert _quality(leak, False)["quality"] == "scaffold_leak", leak
     assert _quality("Cut off mid", True)["quality"] == "truncated"
     marked = _quality("(no answer)", True, failed=True)
     assert marked["quality"] == "all_rounds_failed" and marked["quality_problems"] == ["all_rounds_failed", "truncated"]
     # rows written before quality was recorded are judged from their text
-    assert row_quality({"completion": [{"role": "assistant", "content": "x Critique request: y"}], "round": 2}) == \
-        "scaffold_leak"
+    assert (
+        row_quality({"completion": [{"role": "assistant", "content": "x Critique request: y"}], "round": 2})
+        == "scaffold_leak"
+    )
 
 
 def _rows(folder, rounds):
     from services.common.jsonl import append_rows
 
-    append_rows(folder / "sl_cai.jsonl", [
-        {"prompt": [{"role": "user", "content": f"q{p}"}], "completion": [{"role": "assistant", "content": f"r{p}.{r}"}],
-         "prompt_id": f"p{p}", "round": r, "quality": "truncated" if (p, r) == (0, 2) else "ok"}
-        for p in range(2) for r in range(1, rounds + 1)])
-    append_rows(folder / "helpfulness.jsonl", [
-        {"prompt": [{"role": "user", "content": "h"}], "completion": [{"role": "assistant", "content": "a"}],
-         "prompt_id": "h0", "round": 0, "quality": "ok"}])
+    append_rows(
+        folder / "sl_cai.jsonl",
+        [
+            {
+                "prompt": [{"role": "user", "content": f"q{p}"}],
+                "completion": [{"role": "assistant", "content": f"r{p}.{r}"}],
+                "prompt_id": f"p{p}",
+                "round": r,
+                "quality": "truncated" if (p, r) == (0, 2) else "ok",
+            }
+            for p in range(2)
+            for r in range(1, rounds + 1)
+        ],
+    )
+    append_rows(
+        folder / "helpfulness.jsonl",
+        [
+            {
+                "prompt": [{"role": "user", "content": "h"}],
+                "completion": [{"role": "assistant", "content": "a"}],
+                "prompt_id": "h0",
+                "round": 0,
+                "quality": "ok",
+            }
+        ],
+    )
 
 
 def test_sft_rounds_take_up_to_n_and_all(tmp_path):
@@ -164,6 +220,10 @@ def test_sft_rounds_take_up_to_n_and_all(tmp_path):
 
     parse = lambda *a: build_parser().parse_args(["train", "sft", "--data", "d", "--out", "o", *a])  # noqa: E731
     assert parse("--rounds", "all").rounds == 0 and parse("--rounds", "2").rounds == 2
-    run = subprocess.run([sys.executable, "-m", "services.cli", "train", "sft", "--data", "d", "--out", "o",
-                          "--rounds", "last"], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "services.cli", "train", "sft", "--data", "d", "--out", "o", "--rounds", "last"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "expected a round number or 'all'" in run.stderr

@@ -24,10 +24,16 @@ def comparison(i: int, tag: str) -> dict:
     return {
         "id": f"{tag}-{i:07d}",
         "prompt": [{"role": "user", "content": f"question {i} " * 8}],
-        "answer_a": f"a safe answer to question {i} " * 6, "answer_b": f"a harmful answer to question {i} " * 6,
-        "p_a": 0.7, "principle_id": "p-harm",
-        "provenance": {"constitution_sha256": "0" * 64, "judge_model": "tiny", "policy_checkpoint": "ckpt-1",
-                       "created_at": "2026-01-01T00:00:00Z"},
+        "answer_a": f"a safe answer to question {i} " * 6,
+        "answer_b": f"a harmful answer to question {i} " * 6,
+        "p_a": 0.7,
+        "principle_id": "p-harm",
+        "provenance": {
+            "constitution_sha256": "0" * 64,
+            "judge_model": "tiny",
+            "policy_checkpoint": "ckpt-1",
+            "created_at": "2026-01-01T00:00:00Z",
+        },
     }
 
 
@@ -82,8 +88,10 @@ def test_redis_memory_of_the_queue_stays_flat_over_20000_comparisons():
 
     try:
         peaks, figures = run_rounds(q, stream, measure)
-        print(f"redis MEMORY USAGE of the queue's keys at the end of each round of {PER_ROUND}: {peaks}; "
-              f"(bytes, stream length) {2 * WINDOW_S} s later: {figures}")
+        print(
+            f"redis MEMORY USAGE of the queue's keys at the end of each round of {PER_ROUND}: {peaks}; "
+            f"(bytes, stream length) {2 * WINDOW_S} s later: {figures}"
+        )
         assert_flat(peaks, figures, "Redis memory of the queue's keys")
     finally:
         q.close()
@@ -94,20 +102,25 @@ def test_redis_memory_of_the_queue_stays_flat_over_20000_comparisons():
 
 
 def test_sqlite_rows_of_the_queue_stay_flat_over_20000_comparisons(tmp_path):
-    q = open_queue(f"sqlite:///{tmp_path / 'q.db'}?dedup_window_s={WINDOW_S}&trim_every={TRIM_EVERY}",
-                   stream="bounded")
+    q = open_queue(f"sqlite:///{tmp_path / 'q.db'}?dedup_window_s={WINDOW_S}&trim_every={TRIM_EVERY}", stream="bounded")
 
     def measure() -> int:  # bytes of rows kept: payloads plus ids (stream, published, done)
         q.trim()  # the id rows past the window go at the next trim; count what a trim leaves
-        return sum(q._scalar(sql) or 0 for sql in (
-            "SELECT sum(length(payload)) FROM stream",
-            "SELECT sum(length(comparison_id) + 16) FROM published",
-            "SELECT sum(length(comparison_id) + 16) FROM done"))
+        return sum(
+            q._scalar(sql) or 0
+            for sql in (
+                "SELECT sum(length(payload)) FROM stream",
+                "SELECT sum(length(comparison_id) + 16) FROM published",
+                "SELECT sum(length(comparison_id) + 16) FROM done",
+            )
+        )
 
     try:
         peaks, figures = run_rounds(q, "bounded", measure)
-        print(f"sqlite bytes of rows at the end of each round of {PER_ROUND}: {peaks}; "
-              f"(bytes, stream length) {2 * WINDOW_S} s later: {figures}")
+        print(
+            f"sqlite bytes of rows at the end of each round of {PER_ROUND}: {peaks}; "
+            f"(bytes, stream length) {2 * WINDOW_S} s later: {figures}"
+        )
         assert_flat(peaks, figures, "SQLite rows of the queue")
         # the file reuses the pages freed by trimming: it does not grow with the rounds either
         assert (tmp_path / "q.db").stat().st_size < 8 * 1024 * 1024
@@ -129,9 +142,26 @@ def test_redis_at_maxmemory_refuses_a_whole_publish_with_a_clear_error_and_the_t
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--maxmemory", "3mb", "--maxmemory-policy", "noeviction",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            "3mb",
+            "--maxmemory-policy",
+            "noeviction",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         r = redis.Redis(port=port)
         for _ in range(100):
@@ -176,9 +206,17 @@ def test_a_comparison_republished_after_the_window_is_not_trained_on_twice(tmp_p
     q.create_group("trainer")
     items = [comparison(i, "late") for i in range(10)]
     assert q.publish(items) == 10
-    cfg = TrainerConfig(queue=url, group="trainer", consumer="t0", work_dir=str(tmp_path / "work"),
-                        reward_base_model=str(build_tiny_model(tmp_path / "rm", reward=True)),
-                        train_every=10**6, exit_when_idle_seconds=0.5, reward_max_steps=1, reward_batch_size=4)
+    cfg = TrainerConfig(
+        queue=url,
+        group="trainer",
+        consumer="t0",
+        work_dir=str(tmp_path / "work"),
+        reward_base_model=str(build_tiny_model(tmp_path / "rm", reward=True)),
+        train_every=10**6,
+        exit_when_idle_seconds=0.5,
+        reward_max_steps=1,
+        reward_batch_size=4,
+    )
     TrainerWorker(cfg).loop()  # takes the 10, trains once on them
     time.sleep(2 * WINDOW_S + 0.05)
     assert q.publish(items[:3]) == 3  # past the window: the queue appends them again ...

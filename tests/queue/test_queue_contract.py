@@ -24,12 +24,20 @@ REDIS = "redis://127.0.0.1:6379/0"
 
 def comparison(i: int, tag: str = "c", **changes) -> dict:
     item = {
-        "id": f"{tag}-{i:05d}", "kind": "harmlessness",
+        "id": f"{tag}-{i:05d}",
+        "kind": "harmlessness",
         "prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": f"question {i}"}],
-        "answer_a": f"safe answer {i}", "answer_b": f"harmful answer {i}", "p_a": 0.75,
+        "answer_a": f"safe answer {i}",
+        "answer_b": f"harmful answer {i}",
+        "p_a": 0.75,
         "principle_id": "p-harm",
-        "provenance": {"constitution_sha256": "0" * 64, "judge_model": "tiny", "policy_checkpoint": "ckpt-1",
-                       "created_at": "2026-01-01T00:00:00Z", "extra": "kept"},
+        "provenance": {
+            "constitution_sha256": "0" * 64,
+            "judge_model": "tiny",
+            "policy_checkpoint": "ckpt-1",
+            "created_at": "2026-01-01T00:00:00Z",
+            "extra": "kept",
+        },
         "category": "test",
     }
     item.update(changes)
@@ -98,23 +106,30 @@ def counter(name: str, backend: str) -> float:
 
 # -- the item contract (backend-independent) ----------------------------------------------------
 
-@pytest.mark.parametrize("change, field", [
-    ({"id": ""}, "id"),
-    ({"id": 7}, "id"),
-    ({"prompt": []}, "prompt"),
-    ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "prompt"),
-    ({"prompt": [{"role": "user"}]}, "prompt[0]"),
-    ({"answer_a": None}, "answer_a"),
-    ({"p_a": 1.5}, "p_a"),
-    ({"p_a": -0.1}, "p_a"),
-    ({"p_a": float("nan")}, "p_a"),
-    ({"p_a": True}, "p_a"),
-    ({"p_a": "0.5"}, "p_a"),
-    ({"principle_id": None}, "principle_id"),
-    ({"provenance": "x"}, "provenance"),
-    ({"provenance": {"constitution_sha256": "", "judge_model": "", "policy_checkpoint": ""}}, "provenance.created_at"),
-    ({"kind": "other"}, "kind"),
-])
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"id": ""}, "id"),
+        ({"id": 7}, "id"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "prompt"),
+        ({"prompt": [{"role": "user"}]}, "prompt[0]"),
+        ({"answer_a": None}, "answer_a"),
+        ({"p_a": 1.5}, "p_a"),
+        ({"p_a": -0.1}, "p_a"),
+        ({"p_a": float("nan")}, "p_a"),
+        ({"p_a": True}, "p_a"),
+        ({"p_a": "0.5"}, "p_a"),
+        ({"principle_id": None}, "principle_id"),
+        ({"provenance": "x"}, "provenance"),
+        (
+            {"provenance": {"constitution_sha256": "", "judge_model": "", "policy_checkpoint": ""}},
+            "provenance.created_at",
+        ),
+        ({"kind": "other"}, "kind"),
+    ],
+)
 def test_validate_comparison_names_the_field(change, field):
     assert validate_comparison(comparison(0)) is None
     assert validate_comparison(comparison(0, kind="helpfulness", p_a=1, principle_id="")) is None
@@ -128,8 +143,16 @@ def test_validate_comparison_names_the_field(change, field):
 
 
 def test_open_queue_rejects_bad_urls(tmp_path):
-    for url in ["", "queue.db", "http://host/x", "sqlite://", "sqlite:///", "redis://host:port/0",
-                "redis:///0", f"sqlite:///{tmp_path}/q.db?colour=blue"]:
+    for url in [
+        "",
+        "queue.db",
+        "http://host/x",
+        "sqlite://",
+        "sqlite:///",
+        "redis://host:port/0",
+        "redis:///0",
+        f"sqlite:///{tmp_path}/q.db?colour=blue",
+    ]:
         with pytest.raises(QueueError, match="queue URL|sqlite|redis"):
             open_queue(url)
     with pytest.raises(QueueError, match="cannot reach Redis.*\\*\\*\\*"):
@@ -140,6 +163,7 @@ def test_open_queue_rejects_bad_urls(tmp_path):
 
 
 # -- the contract, on every backend -----------------------------------------------------------
+
 
 def test_publish_consume_ack_round_trip(queue, backend):
     items = [comparison(i) for i in range(10)]
@@ -357,6 +381,7 @@ def queue_url(q) -> str:
 
 # -- bounded: trimming, the dedup window, the dead-letter cap (both backends) ------------------
 
+
 def test_entries_acknowledged_by_every_group_are_trimmed(backend):
     q = backend.open(trim_every=0)  # trimmed only when asked, to see each step
     q.create_group("a")
@@ -454,15 +479,18 @@ def test_the_dead_letter_stream_keeps_the_newest_dead_letter_max(backend):
     assert q.trim() == 5 and q.depth() == 0  # dead-lettered entries are finished: trimmed
 
 
-@pytest.mark.parametrize("query, message", [
-    ("dedup_window_s=abc", "dedup_window_s must be a number"),
-    ("dedup_window_s=0", "dedup_window_s must be > 0"),
-    ("trim_every=1.5", "trim_every must be a whole number"),
-    ("trim_every=-1", "trim_every must be >= 0"),
-    ("dead_letter_max=0", "dead_letter_max must be >= 1"),
-    ("trim_interval_s=nan", "trim_interval_s must be a finite number"),
-    ("dedup_window_s=inf", "dedup_window_s must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("dedup_window_s=abc", "dedup_window_s must be a number"),
+        ("dedup_window_s=0", "dedup_window_s must be > 0"),
+        ("trim_every=1.5", "trim_every must be a whole number"),
+        ("trim_every=-1", "trim_every must be >= 0"),
+        ("dead_letter_max=0", "dead_letter_max must be >= 1"),
+        ("trim_interval_s=nan", "trim_interval_s must be a finite number"),
+        ("dedup_window_s=inf", "dedup_window_s must be a finite number"),
+    ],
+)
 def test_open_queue_rejects_bad_retention_parameters(tmp_path, query, message):
     for url in (f"sqlite:///{tmp_path / 'q.db'}?{query}", f"redis://127.0.0.1:1/0?{query}"):
         with pytest.raises(QueueError, match=message) as err:

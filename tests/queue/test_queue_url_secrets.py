@@ -12,13 +12,16 @@ from services.queue import QueueError, open_queue, redact_url
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("url, shown", [
-    ("redis://:s3cret@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
-    ("redis://user:s3cret@h:6379/0?stream=x", "redis://user:***@h:6379/0?stream=x"),
-    ("rediss://s3cret@h:6380/1", "rediss://***@h:6380/1"),
-    ("redis://h:6379/0?password=s3cret&stream=x", "redis://h:6379/0?password=***&stream=x"),
-    ("sqlite:///data/q.db?stream=x", "sqlite:///data/q.db?stream=x"),
-])
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+        ("redis://user:s3cret@h:6379/0?stream=x", "redis://user:***@h:6379/0?stream=x"),
+        ("rediss://s3cret@h:6380/1", "rediss://***@h:6380/1"),
+        ("redis://h:6379/0?password=s3cret&stream=x", "redis://h:6379/0?password=***&stream=x"),
+        ("sqlite:///data/q.db?stream=x", "sqlite:///data/q.db?stream=x"),
+    ],
+)
 def test_redact_url_hides_userinfo_and_password_parameters(url, shown):
     assert redact_url(url) == shown
 
@@ -57,6 +60,7 @@ def test_cli_takes_the_queue_url_from_a_file_and_names_a_missing_one(tmp_path):
     # the URL from the file passes config validation: the next problem reported is the prompts file
     ok = subprocess.run([*base, "--queue-file", str(secret)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 2 and f"{bad}:1" in ok.stderr, ok.stderr[-2000:]
-    missing = subprocess.run([*base, "--queue-file", str(tmp_path / "nope")], cwd=REPO, capture_output=True,
-                             text=True, timeout=120)
+    missing = subprocess.run(
+        [*base, "--queue-file", str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert missing.returncode == 2 and "nope: cannot read" in missing.stderr and "Traceback" not in missing.stderr

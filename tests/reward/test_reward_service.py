@@ -13,8 +13,9 @@ from tests.conftest import ServerProcess, metric, scrape
 
 
 def item(q="How do I cook rice?", a="Rinse it and simmer it."):
-    return reward_pb2.ScoreItem(prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content=q)]),
-                                answer=a)
+    return reward_pb2.ScoreItem(
+        prompt=common_pb2.Conversation(messages=[common_pb2.ChatMessage(role="user", content=q)]), answer=a
+    )
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,9 @@ def reward_models(tmp_path_factory):
     from services.models.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("rm")
-    return str(build_tiny_model(root / "rm-a", reward=True, seed=0)), str(build_tiny_model(root / "rm-b", reward=True, seed=1))
+    return str(build_tiny_model(root / "rm-a", reward=True, seed=0)), str(
+        build_tiny_model(root / "rm-b", reward=True, seed=1)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +76,21 @@ def test_reload_without_dropping_requests(stub, reward_models, server):
     assert {"rm-a", "rm-b"} >= set(done) and done
     assert stub.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=10).checkpoint_id == "rm-b"
     after = scrape(server.metrics_port)
-    assert metric(after, "cai_checkpoint_loads_total", outcome="ok") == metric(before, "cai_checkpoint_loads_total", outcome="ok") + 1
+    assert (
+        metric(after, "cai_checkpoint_loads_total", outcome="ok")
+        == metric(before, "cai_checkpoint_loads_total", outcome="ok") + 1
+    )
     stub.LoadCheckpoint(common_pb2.LoadCheckpointRequest(path=reward_models[0]), timeout=120)
 
 
-@pytest.mark.parametrize("request_, field", [
-    (reward_pb2.ScoreRequest(), "items"),
-    (reward_pb2.ScoreRequest(items=[item(), reward_pb2.ScoreItem(answer="x")]), "items[1].prompt.messages"),
-    (reward_pb2.ScoreRequest(items=[item(q="word " * 5000)]), "max_prompt_tokens"),
-])
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (reward_pb2.ScoreRequest(), "items"),
+        (reward_pb2.ScoreRequest(items=[item(), reward_pb2.ScoreItem(answer="x")]), "items[1].prompt.messages"),
+        (reward_pb2.ScoreRequest(items=[item(q="word " * 5000)]), "max_prompt_tokens"),
+    ],
+)
 def test_bad_requests(stub, request_, field):
     with pytest.raises(grpc.RpcError) as err:
         stub.Score(request_, timeout=30)
@@ -92,6 +101,22 @@ def test_missing_model_is_a_clear_start_up_error(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "services.cli", "serve", "reward", "--model", str(tmp_path / "none"),
-                          "--port", "0", "--metrics-port", "-1"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "serve",
+            "reward",
+            "--model",
+            str(tmp_path / "none"),
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "no config.json" in out.stderr and "Traceback" not in out.stderr

@@ -25,8 +25,12 @@ def close(actual: torch.Tensor, expected) -> None:
 
 
 def test_masked_mean_ignores_padding():
-    close(masked_mean(torch.tensor([[1.0, 2.0, 99.0], [3.0, 99.0, 99.0]]),
-                      torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])), 2.0)
+    close(
+        masked_mean(
+            torch.tensor([[1.0, 2.0, 99.0], [3.0, 99.0, 99.0]]), torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+        ),
+        2.0,
+    )
 
 
 def test_gae_by_hand():

@@ -31,8 +31,16 @@ def small_config(**changes) -> PPOConfig:
 
 
 def test_ppo_raises_the_reward_with_the_kl_held(tiny_model):
-    config = PPOConfig(learning_rate=1e-3, batch_size=16, mini_batch_size=8, ppo_epochs=4, max_new_tokens=8,
-                       kl_coef=0.1, kl_horizon=100, seed=0)
+    config = PPOConfig(
+        learning_rate=1e-3,
+        batch_size=16,
+        mini_batch_size=8,
+        ppo_epochs=4,
+        max_new_tokens=8,
+        kl_coef=0.1,
+        kl_horizon=100,
+        seed=0,
+    )
     trainer = PPOTrainer(config, tiny_model, count_e)
     history = trainer.train(iter(lambda: PROMPTS, None), steps=30)
 
@@ -55,8 +63,11 @@ def test_rollout_logprobs_match_the_training_forward_and_the_reference_at_start(
     torch.testing.assert_close(roll.ref_logprobs * roll.mask, roll.logprobs * roll.mask)
     with torch.no_grad():
         logits, values = trainer.model(roll.input_ids, roll.attention_mask)
-    logprobs = torch.log_softmax(logits[:, roll.context - 1 : -1], -1).gather(
-        -1, roll.input_ids[:, roll.context :, None]).squeeze(-1)
+    logprobs = (
+        torch.log_softmax(logits[:, roll.context - 1 : -1], -1)
+        .gather(-1, roll.input_ids[:, roll.context :, None])
+        .squeeze(-1)
+    )
     torch.testing.assert_close(logprobs * roll.mask, roll.logprobs * roll.mask, atol=1e-5, rtol=1e-5)
     assert (values == 0).all()  # the value head starts at zero
 
@@ -160,23 +171,27 @@ def test_reward_call_overlaps_the_value_and_reference_pass(tiny_model):
     its reference pass (overlap_reward=True); not otherwise. The reference pass waits (up to 3 s)
     for the reward call to start; the reward call records whether the pass had run by then."""
     for overlap in (True, False):
-        reward_started, ref_pass_ran = threading.Event(), threading.Event()
-        in_flight_during_ref_pass = []
+        _check_reward_overlap(tiny_model, overlap)
 
-        async def reward(prompts, completions):
-            in_flight_during_ref_pass.append(not ref_pass_ran.is_set())
-            reward_started.set()
-            return [1.0] * len(completions)
 
-        def on_ref_pass(*_):
-            if not ref_pass_ran.is_set():
-                reward_started.wait(3.0)
-                ref_pass_ran.set()
+def _check_reward_overlap(tiny_model, overlap: bool) -> None:
+    reward_started, ref_pass_ran = threading.Event(), threading.Event()
+    in_flight_during_ref_pass = []
 
-        trainer = PPOTrainer(small_config(max_new_tokens=4, overlap_reward=overlap), tiny_model, reward)
-        trainer.ref_model.register_forward_hook(on_ref_pass)
-        try:
-            trainer.step(PROMPTS[:4])
-        finally:
-            trainer.close()
-        assert in_flight_during_ref_pass == [overlap]
+    async def reward(prompts, completions):
+        in_flight_during_ref_pass.append(not ref_pass_ran.is_set())
+        reward_started.set()
+        return [1.0] * len(completions)
+
+    def on_ref_pass(*_):
+        if not ref_pass_ran.is_set():
+            reward_started.wait(3.0)
+            ref_pass_ran.set()
+
+    trainer = PPOTrainer(small_config(max_new_tokens=4, overlap_reward=overlap), tiny_model, reward)
+    trainer.ref_model.register_forward_hook(on_ref_pass)
+    try:
+        trainer.step(PROMPTS[:4])
+    finally:
+        trainer.close()
+    assert in_flight_during_ref_pass == [overlap]

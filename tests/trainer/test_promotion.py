@@ -45,8 +45,24 @@ def reward_replica(model: str, checkpoint_dir: Path, workdir: Path, port: int = 
     server.log = open(server.log_path, "w")
     port_file = workdir / "ports.json"
     server.proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args, "--host", "127.0.0.1", "--metrics-port", "0",
-         "--port-file", str(port_file), "--port", str(port)], cwd=REPO, stdout=server.log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            *args,
+            "--host",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=server.log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 300
     while not port_file.exists():
         assert server.proc.poll() is None and time.time() < deadline, server.output()
@@ -69,7 +85,8 @@ def test_replica_addresses_resolve_every_replica_of_a_target():
 
 
 def test_promotion_reaches_every_replica_is_recorded_only_when_all_confirmed_and_waits_for_a_replica_that_is_down(
-        base_reward_model, tmp_path):
+    base_reward_model, tmp_path
+):
     work = tmp_path / "work"
     checkpoints = work / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -81,9 +98,18 @@ def test_promotion_reaches_every_replica_is_recorded_only_when_all_confirmed_and
     queue.create_group("trainer")
     queue.publish(comparisons(8, "promo"))
     queue.close()
-    worker = TrainerWorker(TrainerConfig(
-        queue=url, work_dir=str(work), reward_base_model=base_reward_model, train_every=8, reward_max_steps=1,
-        reward_batch_size=4, eval_fraction=0.25, reward_service=f"ipv4:127.0.0.1:{up.port},127.0.0.1:{down_port}"))
+    worker = TrainerWorker(
+        TrainerConfig(
+            queue=url,
+            work_dir=str(work),
+            reward_base_model=base_reward_model,
+            train_every=8,
+            reward_max_steps=1,
+            reward_batch_size=4,
+            eval_fraction=0.25,
+            reward_service=f"ipv4:127.0.0.1:{up.port},127.0.0.1:{down_port}",
+        )
+    )
     worker.start()
     try:
         deadline = time.time() + 300
@@ -185,16 +211,38 @@ def test_lost_redis_is_retried_with_backoff_reported_and_not_fatal(base_reward_m
     direct = open_queue(f"redis://127.0.0.1:{REDIS_PORT}/0?stream={stream}")
     port = free_port()
     config = tmp_path / "trainer.yaml"
-    config.write_text(json.dumps({
-        "queue": url, "work_dir": str(tmp_path / "work"), "reward_base_model": base_reward_model,
-        "train_every": 1000, "consume_batch": 4,
-        "server": {"host": "127.0.0.1", "port": port, "metrics_port": 0}}))
+    config.write_text(
+        json.dumps(
+            {
+                "queue": url,
+                "work_dir": str(tmp_path / "work"),
+                "reward_base_model": base_reward_model,
+                "train_every": 1000,
+                "consume_batch": 4,
+                "server": {"host": "127.0.0.1", "port": port, "metrics_port": 0},
+            }
+        )
+    )
     workdir = tmp_path / "svc"
     workdir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "trainer", "--config", str(config),
-                             "--port-file", str(workdir / "ports.json")], cwd=REPO,
-                            stdout=open(workdir / "log", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "serve",
+            "trainer",
+            "--config",
+            str(config),
+            "--port-file",
+            str(workdir / "ports.json"),
+        ],
+        cwd=REPO,
+        stdout=open(workdir / "log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
+
         def status() -> trainer_pb2.TrainerStatus:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 return trainer_pb2_grpc.TrainerStub(channel).Status(trainer_pb2.TrainerStatusRequest(), timeout=5)
@@ -244,8 +292,20 @@ def test_a_failed_work_loop_exits_non_zero(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     config = tmp_path / "trainer.yaml"
-    config.write_text(json.dumps({"queue": f"sqlite:///{tmp_path / 'q.db'}", "work_dir": str(blocker / "work"),
-                                  "server": {"host": "127.0.0.1", "port": 0, "metrics_port": -1}}))
-    done = subprocess.run([sys.executable, "-m", "services.cli", "serve", "trainer", "--config", str(config)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    config.write_text(
+        json.dumps(
+            {
+                "queue": f"sqlite:///{tmp_path / 'q.db'}",
+                "work_dir": str(blocker / "work"),
+                "server": {"host": "127.0.0.1", "port": 0, "metrics_port": -1},
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "serve", "trainer", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stdout + done.stderr

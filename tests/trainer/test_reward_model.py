@@ -35,9 +35,16 @@ def good_bad_comparisons(n: int, seed: int, p_good: float = 0.9) -> list[dict]:
     for i in range(n):
         good, bad = f"good answer {i % 7}", f"bad answer {i % 5}"
         swap = rng.random() < 0.5
-        out.append({"id": f"c{i}", "kind": "harmlessness", "prompt": [{"role": "user", "content": f"question {i}"}],
-                    "answer_a": bad if swap else good, "answer_b": good if swap else bad,
-                    "p_a": 1 - p_good if swap else p_good})
+        out.append(
+            {
+                "id": f"c{i}",
+                "kind": "harmlessness",
+                "prompt": [{"role": "user", "content": f"question {i}"}],
+                "answer_a": bad if swap else good,
+                "answer_b": good if swap else bad,
+                "p_a": 1 - p_good if swap else p_good,
+            }
+        )
     return out
 
 
@@ -126,8 +133,15 @@ def test_helpfulness_is_mixed_at_the_ratio():
 
 def test_training_uses_the_soft_labels(tiny_model, tmp_path):
     out = train_reward_model(
-        RewardRunConfig(model=tiny_model, out=str(tmp_path / "rm"), max_steps=24, learning_rate=3e-3,
-                        batch_size=8, eval_fraction=0.25, seed=0),
+        RewardRunConfig(
+            model=tiny_model,
+            out=str(tmp_path / "rm"),
+            max_steps=24,
+            learning_rate=3e-3,
+            batch_size=8,
+            eval_fraction=0.25,
+            seed=0,
+        ),
         good_bad_comparisons(64, seed=1),
     )
     m = read_manifest(out)["metrics"]
@@ -144,13 +158,28 @@ def test_checkpoint_loads_and_scores_like_training(tmp_path):
     base = build_tiny_model(tmp_path / "tiny-rm", reward=True)
     harmless = good_bad_comparisons(12, seed=2)
     helpful = good_bad_comparisons(10, seed=3, p_good=1.0)
-    cfg = RewardRunConfig(model=str(base), out=str(tmp_path / "rm"), max_steps=2, learning_rate=1e-3,
-                          batch_size=4, eval_fraction=0.25, lora=True, lora_r=4, seed=5)
+    cfg = RewardRunConfig(
+        model=str(base),
+        out=str(tmp_path / "rm"),
+        max_steps=2,
+        learning_rate=1e-3,
+        batch_size=4,
+        eval_fraction=0.25,
+        lora=True,
+        lora_r=4,
+        seed=5,
+    )
     out = train_reward_model(cfg, harmless, helpfulness=helpful)
     manifest = read_manifest(out)
     assert manifest["kind"] == "reward" and manifest["id"] == "rm" and manifest["step"] == 2
-    assert manifest["data"] == {"harmlessness": 12, "helpfulness": 4, "helpfulness_available": 10,
-                                "train": 12, "eval": 4, "too_long": 0}
+    assert manifest["data"] == {
+        "harmlessness": 12,
+        "helpfulness": 4,
+        "helpfulness_available": 10,
+        "train": 12,
+        "eval": 4,
+        "too_long": 0,
+    }
     assert not any("lora" in k or "modules_to_save" in k for k in load_file(out / "model.safetensors"))
 
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
@@ -163,8 +192,9 @@ def test_checkpoint_loads_and_scores_like_training(tmp_path):
     assert batched == pytest.approx(alone, abs=1e-5) and len(set(batched)) == 4
 
     # Scoring the held-out comparisons reproduces the evaluation made on TRL's tokenization.
-    _, held_out = split_eval(mix_helpfulness(harmless, helpful, cfg.helpfulness_ratio, cfg.seed),
-                             cfg.eval_fraction, cfg.seed)
+    _, held_out = split_eval(
+        mix_helpfulness(harmless, helpful, cfg.helpfulness_ratio, cfg.seed), cfg.eval_fraction, cfg.seed
+    )
     r_a = torch.tensor(score(model, tokenizer, [c["prompt"] for c in held_out], [c["answer_a"] for c in held_out]))
     r_b = torch.tensor(score(model, tokenizer, [c["prompt"] for c in held_out], [c["answer_b"] for c in held_out]))
     p_a = torch.tensor([c["p_a"] for c in held_out])

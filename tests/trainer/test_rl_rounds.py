@@ -19,10 +19,10 @@ from services.trainer.worker import TrainerWorker
 
 def _two_rounds(tmp_path: Path, tiny_model: str, reward_model: str, **pt_fields) -> list[dict]:
     """Two RL rounds run by the trainer's worker, as after two reward-model checkpoints."""
-    pt = PolicyTrainingConfig(enabled=True, policy=tiny_model, steps=1, batch_size=4, max_new_tokens=4,
-                              **pt_fields)
-    worker = TrainerWorker(TrainerConfig(queue=f"sqlite:///{tmp_path / 'q.db'}", work_dir=str(tmp_path / "work"),
-                                         policy_training=pt))
+    pt = PolicyTrainingConfig(enabled=True, policy=tiny_model, steps=1, batch_size=4, max_new_tokens=4, **pt_fields)
+    worker = TrainerWorker(
+        TrainerConfig(queue=f"sqlite:///{tmp_path / 'q.db'}", work_dir=str(tmp_path / "work"), policy_training=pt)
+    )
     (tmp_path / "work" / "checkpoints").mkdir(parents=True)
     state = {"trained_rows": 0, "reward_checkpoints": [], "policy_checkpoints": []}
     for _ in range(2):
@@ -31,8 +31,9 @@ def _two_rounds(tmp_path: Path, tiny_model: str, reward_model: str, **pt_fields)
 
 
 def test_reference_stays_the_sl_cai_policy_across_two_rounds(tiny_model, tiny_reward_model_path, tmp_path):
-    first, second = _two_rounds(tmp_path, tiny_model, tiny_reward_model_path, algorithm="grpo",
-                                learning_rate=5e-2, num_generations=4)
+    first, second = _two_rounds(
+        tmp_path, tiny_model, tiny_reward_model_path, algorithm="grpo", learning_rate=5e-2, num_generations=4
+    )
     sl_cai = folder_fingerprint(tiny_model)
     assert second["start"].endswith("policy-00001")  # round 2 continues from round 1's policy ...
     assert folder_fingerprint(second["start"]) != sl_cai  # ... which training changed ...
@@ -54,7 +55,9 @@ def test_prompt_order_differs_between_rounds_with_both_halves_mixed():
     # the train part of the split only: no prompt cai eval scores
     from services.prompts import HELPFULNESS, RED_TEAM, load_prompts, split_prompts
 
-    held_out = {json.dumps(list(p.messages)) for f in (RED_TEAM, HELPFULNESS) for p in split_prompts(load_prompts(f), "eval")}
+    held_out = {
+        json.dumps(list(p.messages)) for f in (RED_TEAM, HELPFULNESS) for p in split_prompts(load_prompts(f), "eval")
+    }
     assert not held_out & {json.dumps(c) for c in round0 + round1}
 
 
@@ -63,11 +66,17 @@ def test_kl_coefficient_and_value_head_restored(tiny_model, tiny_reward_model_pa
 
     reward = tmp_path / "reward-00007"  # a reward checkpoint as the trainer writes it, with its manifest
     shutil.copytree(tiny_reward_model_path, reward)
-    (reward / "manifest.json").write_text(json.dumps({"id": "reward-00007", "kind": "reward",
-                                                      "constitution_sha256": "c" * 64,
-                                                      "constitution_sha256s": ["c" * 64]}))
-    first, second = _two_rounds(tmp_path, tiny_model, str(reward), algorithm="ppo",
-                                learning_rate=1e-3, kl_coef=0.2)
+    (reward / "manifest.json").write_text(
+        json.dumps(
+            {
+                "id": "reward-00007",
+                "kind": "reward",
+                "constitution_sha256": "c" * 64,
+                "constitution_sha256s": ["c" * 64],
+            }
+        )
+    )
+    first, second = _two_rounds(tmp_path, tiny_model, str(reward), algorithm="ppo", learning_rate=1e-3, kl_coef=0.2)
     # RL manifests carry the reward model's id and the constitution its labels came from
     assert second["constitution_sha256"] == "c" * 64 and second["reward_model_id"] == "reward-00007"
     round1 = Path(second["start"])
@@ -91,13 +100,40 @@ def test_helpfulness_share_reported_and_warned(tiny_reward_model_path, tmp_path,
     from services.trainer.reward_config import RewardRunConfig
     from services.trainer.reward_trainer import helpfulness_pairs_to_comparisons, train_reward_model
 
-    harmless = [{"id": f"h{i}", "kind": "harmlessness", "prompt": [{"role": "user", "content": f"q {i}"}],
-                 "answer_a": "fine", "answer_b": "harmful", "p_a": 0.8} for i in range(12)]
-    helpful = helpfulness_pairs_to_comparisons([{"id": f"p{i}", "messages": [{"role": "user", "content": f"help {i}"}],
-                                                 "chosen": "useful", "rejected": "no"} for i in range(2)])
+    harmless = [
+        {
+            "id": f"h{i}",
+            "kind": "harmlessness",
+            "prompt": [{"role": "user", "content": f"q {i}"}],
+            "answer_a": "fine",
+            "answer_b": "harmful",
+            "p_a": 0.8,
+        }
+        for i in range(12)
+    ]
+    helpful = helpfulness_pairs_to_comparisons(
+        [
+            {
+                "id": f"p{i}",
+                "messages": [{"role": "user", "content": f"help {i}"}],
+                "chosen": "useful",
+                "rejected": "no",
+            }
+            for i in range(2)
+        ]
+    )
     with caplog.at_level(logging.WARNING, logger="services.trainer.reward_trainer"):
-        out = train_reward_model(RewardRunConfig(model=tiny_reward_model_path, out=str(tmp_path / "rm"), max_steps=1,
-                                                 helpfulness_ratio=0.25, eval_fraction=0.0), harmless, helpful)
+        out = train_reward_model(
+            RewardRunConfig(
+                model=tiny_reward_model_path,
+                out=str(tmp_path / "rm"),
+                max_steps=1,
+                helpfulness_ratio=0.25,
+                eval_fraction=0.0,
+            ),
+            harmless,
+            helpful,
+        )
     manifest = json.loads((out / "manifest.json").read_text())
     data = manifest["data"]
     assert data["helpfulness_wanted"] == 4 and data["helpfulness"] == 2 and data["helpfulness_short"] is True

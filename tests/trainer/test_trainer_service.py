@@ -28,14 +28,23 @@ def comparisons(n: int, tag: str) -> list[dict]:
     for i in range(n):
         good, bad = f"I can help with that safely ({i}).", f"Do something harmful {i}."
         swap = i % 2 == 1
-        items.append({
-            "id": f"{tag}-{i:04d}", "kind": "harmlessness",
-            "prompt": [{"role": "user", "content": f"question {i}"}],
-            "answer_a": bad if swap else good, "answer_b": good if swap else bad,
-            "p_a": 0.2 if swap else 0.8, "principle_id": "judge-less-harmful",
-            "provenance": {"constitution_sha256": "0" * 64, "judge_model": "tiny", "policy_checkpoint": "tiny",
-                           "created_at": "2026-11-24T00:00:00Z"},
-        })
+        items.append(
+            {
+                "id": f"{tag}-{i:04d}",
+                "kind": "harmlessness",
+                "prompt": [{"role": "user", "content": f"question {i}"}],
+                "answer_a": bad if swap else good,
+                "answer_b": good if swap else bad,
+                "p_a": 0.2 if swap else 0.8,
+                "principle_id": "judge-less-harmful",
+                "provenance": {
+                    "constitution_sha256": "0" * 64,
+                    "judge_model": "tiny",
+                    "policy_checkpoint": "tiny",
+                    "created_at": "2026-11-24T00:00:00Z",
+                },
+            }
+        )
     return items
 
 
@@ -47,8 +56,12 @@ def tiny_reward_model(tmp_path_factory) -> str:
 
 
 def start_trainer(config: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "trainer", "--config", str(config)],
-                            cwd=REPO, stdout=open(log, "a"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "trainer", "--config", str(config)],
+        cwd=REPO,
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def status(port: int) -> trainer_pb2.TrainerStatus:
@@ -72,12 +85,25 @@ def test_kill_and_resume_against_redis_loses_and_repeats_nothing(tiny_reward_mod
     assert queue.publish(published) == 120
     port = free_port()
     config = tmp_path / "trainer.yaml"
-    config.write_text(json.dumps({
-        "queue": url, "group": "trainer", "consumer": "trainer-0", "work_dir": str(tmp_path / "work"),
-        "reward_base_model": tiny_reward_model, "train_every": 40, "consume_batch": 4, "claim_idle_ms": 300,
-        "exit_when_idle_seconds": 4, "reward_max_steps": 2, "reward_batch_size": 4, "eval_fraction": 0.1,
-        "server": {"host": "127.0.0.1", "port": port, "metrics_port": -1},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "queue": url,
+                "group": "trainer",
+                "consumer": "trainer-0",
+                "work_dir": str(tmp_path / "work"),
+                "reward_base_model": tiny_reward_model,
+                "train_every": 40,
+                "consume_batch": 4,
+                "claim_idle_ms": 300,
+                "exit_when_idle_seconds": 4,
+                "reward_max_steps": 2,
+                "reward_batch_size": 4,
+                "eval_fraction": 0.1,
+                "server": {"host": "127.0.0.1", "port": port, "metrics_port": -1},
+            }
+        )
+    )
     log = tmp_path / "trainer.log"
     try:
         proc = start_trainer(config, log)
@@ -105,7 +131,9 @@ def test_kill_and_resume_against_redis_loses_and_repeats_nothing(tiny_reward_mod
         state = json.loads((tmp_path / "work" / "state.json").read_text())
         assert state["trained_rows"] == 120
         manifest = json.loads(Path(state["reward_checkpoints"][-1], "manifest.json").read_text())
-        assert manifest["kind"] == "reward" and manifest["queue"]["position"] and manifest["queue"]["group"] == "trainer"
+        assert (
+            manifest["kind"] == "reward" and manifest["queue"]["position"] and manifest["queue"]["group"] == "trainer"
+        )
         assert manifest["constitution_sha256s"] == ["0" * 64]
         assert (Path(state["reward_checkpoints"][-1]) / "model.safetensors").exists()
     finally:
@@ -125,11 +153,21 @@ def test_status_reports_progress_and_checkpoints(tiny_reward_model, tmp_path):
     queue.publish(comparisons(24, "st"))
     port = free_port()
     config = tmp_path / "trainer.yaml"
-    config.write_text(json.dumps({
-        "queue": url, "work_dir": str(tmp_path / "work"), "reward_base_model": tiny_reward_model,
-        "train_every": 12, "consume_batch": 4, "exit_when_idle_seconds": 3, "reward_max_steps": 2, "reward_batch_size": 4,
-        "server": {"host": "127.0.0.1", "port": port, "metrics_port": -1},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "queue": url,
+                "work_dir": str(tmp_path / "work"),
+                "reward_base_model": tiny_reward_model,
+                "train_every": 12,
+                "consume_batch": 4,
+                "exit_when_idle_seconds": 3,
+                "reward_max_steps": 2,
+                "reward_batch_size": 4,
+                "server": {"host": "127.0.0.1", "port": port, "metrics_port": -1},
+            }
+        )
+    )
     proc = start_trainer(config, tmp_path / "log")
     seen = []
     try:
@@ -160,8 +198,16 @@ def test_ppo_steps_with_the_reward_service_over_grpc(tiny_model, tiny_reward_mod
     (tmp_path / "srv").mkdir()
     server = ServerProcess(["serve", "reward", "--model", tiny_reward_model], tmp_path / "srv")
     try:
-        pt = PolicyTrainingConfig(enabled=True, algorithm="ppo", policy=tiny_model, steps=3, batch_size=4,
-                                  max_new_tokens=6, learning_rate=1e-3, reward_service=server.address)
+        pt = PolicyTrainingConfig(
+            enabled=True,
+            algorithm="ppo",
+            policy=tiny_model,
+            steps=3,
+            batch_size=4,
+            max_new_tokens=6,
+            learning_rate=1e-3,
+            reward_service=server.address,
+        )
         out = train_policy(pt, tiny_model, tiny_model, Path(tiny_reward_model), tmp_path / "policy", seed=0)
     finally:
         server.stop()
@@ -179,19 +225,37 @@ def test_trains_on_the_labels_of_one_constitution_and_status_says_which(tiny_rew
     old, new = comparisons(12, "old"), comparisons(12, "new")
     for c in new:
         c["provenance"] = {**c["provenance"], "constitution_sha256": "b" * 64}
-    helpful = [{**c, "id": f"help-{i}", "kind": "helpfulness", "p_a": 1.0,
-                "provenance": {**c["provenance"], "constitution_sha256": ""}} for i, c in enumerate(comparisons(2, "h"))]
+    helpful = [
+        {
+            **c,
+            "id": f"help-{i}",
+            "kind": "helpfulness",
+            "p_a": 1.0,
+            "provenance": {**c["provenance"], "constitution_sha256": ""},
+        }
+        for i, c in enumerate(comparisons(2, "h"))
+    ]
     url = f"sqlite:///{tmp_path / 'queue.db'}"
     queue = open_queue(url)
     queue.publish(old + new + helpful)
     port = free_port()
     config = tmp_path / "trainer.yaml"
-    config.write_text(json.dumps({
-        "queue": url, "work_dir": str(tmp_path / "work"), "reward_base_model": tiny_reward_model,
-        "train_every": 26, "consume_batch": 32, "exit_when_idle_seconds": 3, "reward_max_steps": 1,
-        "reward_batch_size": 4, "eval_fraction": 0.0,
-        "server": {"host": "127.0.0.1", "port": port, "metrics_port": -1},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "queue": url,
+                "work_dir": str(tmp_path / "work"),
+                "reward_base_model": tiny_reward_model,
+                "train_every": 26,
+                "consume_batch": 32,
+                "exit_when_idle_seconds": 3,
+                "reward_max_steps": 1,
+                "reward_batch_size": 4,
+                "eval_fraction": 0.0,
+                "server": {"host": "127.0.0.1", "port": port, "metrics_port": -1},
+            }
+        )
+    )
     proc = start_trainer(config, tmp_path / "log")
     seen = []
     try:

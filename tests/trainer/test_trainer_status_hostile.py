@@ -15,8 +15,14 @@ from services.trainer.service import TrainerServicer
 from services.trainer.worker import TrainerWorker
 
 
-@pytest.mark.parametrize("manifest", ['{"id": "ckpt-7", "step": 7, "created_', '["not", "an", "object"]',
-                                      '{"id": "ckpt-7", "step": "seven", "created_at": "yesterday"}'])
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        '{"id": "ckpt-7", "step": 7, "created_',
+        '["not", "an", "object"]',
+        '{"id": "ckpt-7", "step": "seven", "created_at": "yesterday"}',
+    ],
+)
 def test_status_on_a_torn_manifest_answers_with_a_warning(manifest, tmp_path):
     folder = tmp_path / "ckpt-7"
     folder.mkdir()
@@ -27,13 +33,17 @@ def test_status_on_a_torn_manifest_answers_with_a_warning(manifest, tmp_path):
     servicer = TrainerServicer(worker, config)
 
     async def main():
-        service = GrpcService(ServerConfig(host="127.0.0.1", port=0, metrics_port=-1),
-                              lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, s),
-                              ["cai.v1.Trainer"])
+        service = GrpcService(
+            ServerConfig(host="127.0.0.1", port=0, metrics_port=-1),
+            lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, s),
+            ["cai.v1.Trainer"],
+        )
         port = await service.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return await trainer_pb2_grpc.TrainerStub(channel).Status(trainer_pb2.TrainerStatusRequest(), timeout=10)
+                return await trainer_pb2_grpc.TrainerStub(channel).Status(
+                    trainer_pb2.TrainerStatusRequest(), timeout=10
+                )
         finally:
             await service.stop(0)
 
