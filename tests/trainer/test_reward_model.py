@@ -179,6 +179,10 @@ def test_checkpoint_loads_and_scores_like_training(tmp_path):
         "train": 12,
         "eval": 4,
         "too_long": 0,
+        "helpfulness_wanted": 4,
+        "helpfulness_share": 0.25,
+        "helpfulness_share_target": 0.25,
+        "helpfulness_short": False,
     }
     assert not any("lora" in k or "modules_to_save" in k for k in load_file(out / "model.safetensors"))
 
