@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.constitution import Constitution, load_constitution
-from services.judge.validate import Pair, PairFileError, conversation, html_page, read_pair
+from services.judge.validate import Pair, PairFileError, conversation, html_page, read_lines, read_pair
 
 EXAMPLES = 3
 
@@ -32,12 +32,7 @@ EXAMPLES = 3
 def load_comparisons(path: str | Path) -> list[Pair]:
     """Comparison records (``answer_a``/``answer_b``) or TRL pairs (``chosen``/``rejected``), JSONL."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise PairFileError(f"{path}:1: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise PairFileError(f"{path}:1: not UTF-8 text ({exc.reason})") from None
+    lines = read_lines(path)
     pairs = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -107,15 +107,20 @@ def read_pair(record, where: str, line: int, answers=("chosen", "rejected")) -> 
     return Pair(pid, messages, _text(record[first], where, first), _text(record[second], where, second), line)
 
 
-def load_pairs(path: str | Path, answers=("chosen", "rejected")) -> list[Pair]:
-    """Reads a JSONL comparison file; raises ``PairFileError`` naming FILE:LINE on a bad row."""
-    path = Path(path)
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file; ``PairFileError`` naming FILE:1 when it cannot be read."""
     try:
-        lines = path.read_text().splitlines()
+        return path.read_text().splitlines()
     except OSError as exc:
         raise PairFileError(f"{path}:1: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise PairFileError(f"{path}:1: not UTF-8 text ({exc.reason})") from None
+
+
+def load_pairs(path: str | Path, answers=("chosen", "rejected")) -> list[Pair]:
+    """Reads a JSONL comparison file; raises ``PairFileError`` naming FILE:LINE on a bad row."""
+    path = Path(path)
+    lines = read_lines(path)
     pairs = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
