@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -25,6 +26,7 @@ from services.common import metrics, tls
 from services.errors import CaiError, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -427,6 +429,16 @@ class GrpcService:
                 for name in ["", *self._names]:
                     await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
                 return
+
+    async def bind_then(self, load: Callable[[], Awaitable[T]]) -> T:
+        """``bind()``, then awaits ``load()`` (the model): a port in use is found before the model
+        loads, and a model that fails to load gives the ports back."""
+        await self.bind()
+        try:
+            return await load()
+        except BaseException:
+            await self.release()
+            raise
 
     async def release(self) -> None:
         """Gives the ports back when the service was bound but will not start (its model failed

@@ -118,12 +118,11 @@ async def build_critique_service(config: CritiqueConfig, served: ServedModel | N
     service = GrpcService(
         config.server, None, [SERVICE], message_limits={"Revise": message_bytes_limit(config.limits, texts_per_item=2)}
     )
-    await service.bind()  # ports and the constitution first, then the model
-    try:
-        served = served or ServedModel(SERVICE, await start_engine(config.engine))
-    except BaseException:
-        await service.release()
-        raise
+
+    async def load() -> ServedModel:
+        return served or ServedModel(SERVICE, await start_engine(config.engine))
+
+    served = await service.bind_then(load)  # ports and the constitution first, then the model
     servicer = CritiqueServicer(served, constitution, config)
     return service.attach(
         lambda server: critique_pb2_grpc.add_CritiqueServicer_to_server(servicer, server),

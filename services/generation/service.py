@@ -173,12 +173,11 @@ async def build_generation_service(config: GenerationConfig, served: ServedModel
     """The generation service, ready to ``start()``. Starts its engine unless a served model is
     given (the embedded default shares one policy engine between generation and critique)."""
     service = GrpcService(config.server, None, [SERVICE], message_limits=generation_message_limits(config.limits))
-    await service.bind()  # ports first: a port in use is found before the model loads
-    try:
-        served = served or await start_served_policy(config)
-    except BaseException:
-        await service.release()
-        raise
+
+    async def load() -> ServedModel:
+        return served or await start_served_policy(config)
+
+    served = await service.bind_then(load)
     servicer = GenerationServicer(served, config)
     return service.attach(
         lambda server: generation_pb2_grpc.add_GenerationServicer_to_server(servicer, server),

@@ -146,12 +146,11 @@ async def build_judge_service(config: JudgeConfig, served: ServedModel | None = 
     service = GrpcService(
         config.server, None, [SERVICE], message_limits={"Compare": message_bytes_limit(config.limits, texts_per_item=3)}
     )
-    await service.bind()  # ports and the constitution first, then the model
-    try:
-        served = served or ServedModel(SERVICE, await start_engine(config.engine))
-    except BaseException:
-        await service.release()
-        raise
+
+    async def load() -> ServedModel:
+        return served or ServedModel(SERVICE, await start_engine(config.engine))
+
+    served = await service.bind_then(load)  # ports and the constitution first, then the model
     servicer = JudgeServicer(served, constitution, config)
     try:
         servicer.judge_for(served.engine)

@@ -103,6 +103,28 @@ def checkpoint_access(config: RewardConfig) -> CheckpointAccess:
     )
 
 
+async def served_reward_model(config: RewardConfig, served: ServedModel | None) -> ServedModel:
+    """``served``, or the reward model loaded: the promoted checkpoint recorded in the checkpoint
+    directory when there is one, else ``config.model``."""
+    if served is not None:
+        return served
+    promoted = await asyncio.to_thread(promoted_checkpoint, checkpoint_access(config))
+    model, checkpoint_id = promoted or (config.model, config.checkpoint_id)
+    if promoted:
+        log.info(
+            "serving the promoted checkpoint %s (%s) recorded in %s/promoted/reward.json",
+            checkpoint_id,
+            model,
+            config.checkpoint_dir,
+        )
+    scorer = await RewardScorer.load(
+        model, checkpoint_id, device=config.device, dtype=config.dtype, batch_size=config.batch_size
+    )
+    served = ServedModel(SERVICE, scorer)
+    served.promoted = promoted is not None
+    return served
+
+
 async def build_reward_service(config: RewardConfig, served: ServedModel | None = None) -> GrpcService:
     """The reward service, ready to ``start()``."""
     if served is None and not config.model:
@@ -110,26 +132,7 @@ async def build_reward_service(config: RewardConfig, served: ServedModel | None 
     service = GrpcService(
         config.server, None, [SERVICE], message_limits={"Score": message_bytes_limit(config.limits, texts_per_item=2)}
     )
-    await service.bind()  # ports first: a port in use is found before the model loads
-    if served is None:
-        try:
-            promoted = await asyncio.to_thread(promoted_checkpoint, checkpoint_access(config))
-            model, checkpoint_id = promoted or (config.model, config.checkpoint_id)
-            if promoted:
-                log.info(
-                    "serving the promoted checkpoint %s (%s) recorded in %s/promoted/reward.json",
-                    checkpoint_id,
-                    model,
-                    config.checkpoint_dir,
-                )
-            scorer = await RewardScorer.load(
-                model, checkpoint_id, device=config.device, dtype=config.dtype, batch_size=config.batch_size
-            )
-        except BaseException:
-            await service.release()
-            raise
-        served = ServedModel(SERVICE, scorer)
-        served.promoted = promoted is not None
+    served = await service.bind_then(lambda: served_reward_model(config, served))
     # Scoring imports the training library (TRL, ~2 s holding the GIL) on first use: import it
     # now, before serving, so the first Score does not stall health checks.
     import services.trainer.reward_trainer  # noqa: F401
