@@ -148,18 +148,26 @@ class TransformersEngine(Engine):
     async def reload_in_place(self, model_path: str, checkpoint_id: str) -> bool:
         """Reads the new weights off the event loop, then copies them into the loaded model
         between two requests (requests run one at a time under the engine's lock)."""
-        if not await asyncio.to_thread(same_shape, self.model, model_path):
-            return False
-        state = await asyncio.to_thread(read_weights, model_path)
-        if state is None:
-            return False
-        async with self._lock:
-            await asyncio.to_thread(load_weights, self._model, state, model_path)
-            self.model, self.checkpoint_id = model_path, checkpoint_id
-        return True
+        return await reload_weights_in_place(self, model_path, checkpoint_id)
 
     async def close(self) -> None:
         self._model = None
+
+
+async def reload_weights_in_place(holder, model_path: str, checkpoint_id: str) -> bool:
+    """Copies ``model_path``'s weights into ``holder._model`` (a loaded transformers model) and
+    records it as ``holder.model``/``holder.checkpoint_id``; the files are read off the event loop
+    and the copy is made under ``holder._lock``, between two requests. False (start a new engine
+    instead) when the checkpoint differs in shape or tokenizer or has no safetensors weights."""
+    if not await asyncio.to_thread(same_shape, holder.model, model_path):
+        return False
+    state = await asyncio.to_thread(read_weights, model_path)
+    if state is None:
+        return False
+    async with holder._lock:
+        await asyncio.to_thread(load_weights, holder._model, state, model_path)
+        holder.model, holder.checkpoint_id = model_path, checkpoint_id
+    return True
 
 
 def read_weights(model_path: str) -> dict | None:

@@ -65,18 +65,9 @@ class RewardScorer:
         """Reads the new weights off the event loop and copies them into the loaded model between
         two batches; False (start a new scorer instead) when the checkpoint differs in shape or
         tokenizer or has no safetensors weights."""
-        from services.engines.base import same_shape
-        from services.engines.hf_engine import load_weights, read_weights
+        from services.engines.hf_engine import reload_weights_in_place
 
-        if not await asyncio.to_thread(same_shape, self.model, model_path):
-            return False
-        state = await asyncio.to_thread(read_weights, model_path)
-        if state is None:
-            return False
-        async with self._lock:
-            await asyncio.to_thread(load_weights, self._model, state, model_path)
-            self.model, self.checkpoint_id = model_path, checkpoint_id
-        return True
+        return await reload_weights_in_place(self, model_path, checkpoint_id)
 
     async def close(self) -> None:
         self._model = None
