@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BASE_ENV = {
     # The process's own needs (an image sets these in its layers), not the manifests'.
@@ -40,12 +41,6 @@ BASE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "VLLM_CPU_KVCACHE_SPACE": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _expand(text: str, env: dict[str, str]) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,9 @@ import urllib.parse
 import urllib.request
 
 from tests.conftest import REPO, ServerProcess
+from tests.ports import free_port
 
 DASHBOARD = REPO / "k8s" / "monitoring" / "grafana-dashboard.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def first_panel_queries() -> list[str]:

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from services.queue import open_queue
+from tests.ports import free_port
 
 REDIS = "redis://127.0.0.1:6379/0"
 ROUNDS, PER_ROUND, BATCH = 5, 4000, 250
@@ -132,16 +133,13 @@ def test_redis_at_maxmemory_refuses_a_whole_publish_with_a_clear_error_and_the_t
     """Redis's --maxmemory (noeviction) is the cap while a group lags: a publish past it fails as a
     whole with an error naming the stream (nothing half-published, nothing dropped); the consumer
     can still acknowledge, which trims, and then publishing works again."""
-    import socket
     import subprocess
 
     import redis
 
     from services.queue import QueueError
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             "redis-server",

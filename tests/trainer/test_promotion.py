@@ -21,7 +21,8 @@ from services.queue import open_queue
 from services.trainer.config import TrainerConfig
 from services.trainer.worker import TrainerWorker, replica_addresses
 from tests.conftest import REPO, ServerProcess, metric, scrape
-from tests.trainer.test_trainer_service import comparisons, free_port
+from tests.ports import free_port
+from tests.trainer.test_trainer_service import comparisons
 
 REDIS_PORT = 6379
 

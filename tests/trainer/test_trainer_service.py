@@ -19,6 +19,7 @@ from services.api.cai.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common.jsonl import read_rows
 from services.queue import open_queue
 from tests.conftest import REPO
+from tests.ports import free_port
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -67,14 +68,6 @@ def start_trainer(config: Path, log: Path) -> subprocess.Popen:
 def status(port: int) -> trainer_pb2.TrainerStatus:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         return trainer_pb2_grpc.TrainerStub(channel).Status(trainer_pb2.TrainerStatusRequest(), timeout=5)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_kill_and_resume_against_redis_loses_and_repeats_nothing(tiny_reward_model, tmp_path):
