@@ -88,8 +88,8 @@ def ppo_step_rates(policy: str, reward_model: str, address: str, rounds: int, ma
 
     from services.prompts import RED_TEAM, load_prompts
     from services.reward.client import InProcessReward, RewardClient
-    from services.trainer.ppo_config import PPOConfig
-    from services.trainer.ppo_trainer import PPOTrainer
+    from services.training.ppo_config import PPOConfig
+    from services.training.ppo_trainer import PPOTrainer
 
     prompts = [list(p.messages) for p in load_prompts(RED_TEAM)]
     config = PPOConfig(batch_size=8, mini_batch_size=4, max_new_tokens=max_new_tokens, learning_rate=1e-4, seed=0)

@@ -83,7 +83,7 @@ SERVICES: dict[str, ServiceSpec] = {
         ),
         ServiceSpec(
             "reward",
-            "services.reward.config:RewardConfig",
+            "services.reward.config:RewardServiceConfig",
             "services.reward.service:build_reward_service",
             "cai.v1.Reward",
             50054,

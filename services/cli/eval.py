@@ -59,11 +59,13 @@ def cmd_eval(args) -> int:
         addresses = {"reward": args.reward or ""}
         if args.reward_model and not args.reward:
             from services.common.server import ServerConfig
-            from services.reward.config import RewardConfig
+            from services.reward.config import RewardServiceConfig
             from services.reward.service import build_reward_service
 
             reward_service = await build_reward_service(
-                RewardConfig(model=args.reward_model, server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1))
+                RewardServiceConfig(
+                    model=args.reward_model, server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)
+                )
             )
             await reward_service.start()
             addresses["reward"] = f"127.0.0.1:{reward_service.port}"

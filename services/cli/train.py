@@ -22,7 +22,7 @@ def _sft_rounds(text: str) -> int:
 
 def cmd_train_sft(args) -> int:
     from services.config import replace_config
-    from services.trainer.sft_config import SFTRunConfig
+    from services.training.sft_config import SFTRunConfig
 
     # a ConfigError reaches the CLI's error boundary
     cfg = replace_config(
@@ -36,7 +36,7 @@ def cmd_train_sft(args) -> int:
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
     )
-    from services.trainer.sft_trainer import train_sft
+    from services.training.sft_trainer import train_sft
 
     try:
         out = train_sft(cfg)

@@ -115,7 +115,7 @@ def _fmt(v) -> str:
 
 
 def write_report(out: Path, summary: dict, results: dict) -> Path:
-    from services.trainer.checkpoint import read_manifest
+    from services.training.checkpoint import read_manifest
 
     label = summary.get("label", {})
     reward_path = summary["checkpoints"]["reward"]

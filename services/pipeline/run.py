@@ -187,13 +187,13 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     from services.pipeline.sl_data import SLDataConfig, produce_sl_data
     from services.prompts import EVAL, TRAIN, split_prompts, split_record
     from services.queue import open_queue
-    from services.reward.config import RewardConfig
+    from services.reward.config import RewardServiceConfig
     from services.reward.service import build_reward_service
     from services.trainer.config import PolicyTrainingConfig, TrainerConfig
-    from services.trainer.policy import train_policy
-    from services.trainer.sft_config import SFTRunConfig
-    from services.trainer.sft_trainer import train_sft
     from services.trainer.worker import TrainerWorker
+    from services.training.policy import optimize_policy
+    from services.training.sft_config import SFTRunConfig
+    from services.training.sft_trainer import train_sft
 
     stages = Stages(8)
     starts_before = engine_starts()
@@ -329,7 +329,7 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
 
         promote(reward_addr, "reward", reward_path)
     else:
-        reward_service = await build_reward_service(RewardConfig(model=str(reward_path), server=loop_server))
+        reward_service = await build_reward_service(RewardServiceConfig(model=str(reward_path), server=loop_server))
         await reward_service.start()
         reward_addr = f"127.0.0.1:{reward_service.port}"
     try:
@@ -351,7 +351,13 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
             reward_service=reward_addr,
         )
         rl_policy = await asyncio.to_thread(
-            train_policy, pt, str(sl_policy), str(sl_policy), reward_path, out / "checkpoints" / "rl-cai", seed=cfg.seed
+            optimize_policy,
+            pt,
+            str(sl_policy),
+            str(sl_policy),
+            reward_path,
+            out / "checkpoints" / "rl-cai",
+            seed=cfg.seed,
         )
         stages.end("rl", str(rl_policy))
 

@@ -74,6 +74,6 @@ class InProcessReward:
         self.__name__ = "reward_model"
 
     def __call__(self, prompts: Sequence[Sequence[dict]], completions: Sequence, **_) -> list[float]:
-        from services.trainer.reward_trainer import score
+        from services.training.reward_trainer import score
 
         return score(self.model, self.tokenizer, prompts, [completion_text(c) for c in completions], self.batch_size)

@@ -9,7 +9,7 @@ from services.common.server import ServerConfig
 
 
 @dataclass(frozen=True)
-class RewardConfig:
+class RewardServiceConfig:
     """A YAML file with the sections below; every field optional but ``model``."""
 
     model: str = ""

@@ -56,7 +56,7 @@ class RewardScorer:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def score(self, prompts: Sequence[Sequence[dict]], answers: Sequence[str]) -> list[float]:
-        from services.trainer.reward_trainer import score
+        from services.training.reward_trainer import score
 
         async with self._lock:
             return await asyncio.to_thread(score, self._model, self.tokenizer, prompts, answers, self.batch_size)

@@ -24,7 +24,7 @@ from services.common.served_model import (
     promoted_checkpoint,
 )
 from services.common.server import GrpcService, within_deadline
-from services.reward.config import RewardConfig
+from services.reward.config import RewardServiceConfig
 from services.reward.scorer import RewardScorer
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ SCORES = metrics.Histogram(
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
-    def __init__(self, served: ServedModel, config: RewardConfig):
+    def __init__(self, served: ServedModel, config: RewardServiceConfig):
         self.served = served
         self.config = config
         self.limits = config.limits
@@ -92,7 +92,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         )
 
 
-def checkpoint_access(config: RewardConfig) -> CheckpointAccess:
+def checkpoint_access(config: RewardServiceConfig) -> CheckpointAccess:
     """Where LoadCheckpoint may load reward models from: sequence classifiers under ``checkpoint_dir``."""
     return CheckpointAccess(
         service="reward",
@@ -103,7 +103,7 @@ def checkpoint_access(config: RewardConfig) -> CheckpointAccess:
     )
 
 
-async def served_reward_model(config: RewardConfig, served: ServedModel | None) -> ServedModel:
+async def served_reward_model(config: RewardServiceConfig, served: ServedModel | None) -> ServedModel:
     """``served``, or the reward model loaded: the promoted checkpoint recorded in the checkpoint
     directory when there is one, else ``config.model``."""
     if served is not None:
@@ -125,7 +125,7 @@ async def served_reward_model(config: RewardConfig, served: ServedModel | None) 
     return served
 
 
-async def build_reward_service(config: RewardConfig, served: ServedModel | None = None) -> GrpcService:
+async def build_reward_service(config: RewardServiceConfig, served: ServedModel | None = None) -> GrpcService:
     """The reward service, ready to ``start()``."""
     if served is None and not config.model:
         raise ValueError("model: the reward service needs a reward-model folder (--model)")
@@ -135,7 +135,7 @@ async def build_reward_service(config: RewardConfig, served: ServedModel | None 
     served = await service.bind_then(lambda: served_reward_model(config, served))
     # Scoring imports the training library (TRL, ~2 s holding the GIL) on first use: import it
     # now, before serving, so the first Score does not stall health checks.
-    import services.trainer.reward_trainer  # noqa: F401
+    import services.training.reward_trainer  # noqa: F401
 
     servicer = RewardServicer(served, config)
     return service.attach(

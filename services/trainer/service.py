@@ -29,7 +29,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self.config = config
 
     async def Status(self, request, context):
-        from services.trainer.checkpoint import read_manifest
+        from services.training.checkpoint import read_manifest
 
         s = self.worker.status()
         response = trainer_pb2.TrainerStatus(

@@ -248,9 +248,9 @@ class TrainerWorker:
     # -- training ------------------------------------------------------------------------------
 
     def train(self, queue, state: dict) -> dict:
-        from services.trainer.checkpoint import read_manifest
-        from services.trainer.reward_config import RewardRunConfig
-        from services.trainer.reward_trainer import select_constitution, train_reward_model
+        from services.training.checkpoint import read_manifest
+        from services.training.reward_config import RewardRunConfig
+        from services.training.reward_trainer import select_constitution, train_reward_model
 
         cfg = self.cfg
         rows = read_rows(self.data_file)
@@ -319,7 +319,7 @@ class TrainerWorker:
         return state
 
     def train_policy(self, state: dict, reward_path: Path) -> dict:
-        from services.trainer.policy import train_policy
+        from services.training.policy import optimize_policy
 
         pt = self.cfg.policy_training
         number = len(state["policy_checkpoints"]) + 1
@@ -335,7 +335,7 @@ class TrainerWorker:
             self._set(step=step, metrics={k: v for k, v in m.items() if isinstance(v, (int, float))})
 
         # the reference stays the SL-CAI policy (pt.policy) in every round; the round advances the prompt order
-        path = train_policy(
+        path = optimize_policy(
             pt,
             start,
             pt.policy,

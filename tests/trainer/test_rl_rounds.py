@@ -13,8 +13,8 @@ import pytest
 from safetensors.torch import load_file
 
 from services.trainer.config import PolicyTrainingConfig, TrainerConfig
-from services.trainer.policy import folder_fingerprint, prompt_sets, rollout_prompts, weights_fingerprint
 from services.trainer.worker import TrainerWorker
+from services.training.policy import folder_fingerprint, prompt_sets, rollout_prompts, weights_fingerprint
 
 
 def _two_rounds(tmp_path: Path, tiny_model: str, reward_model: str, **pt_fields) -> list[dict]:
@@ -97,8 +97,8 @@ def test_kl_coefficient_and_value_head_restored(tiny_model, tiny_reward_model_pa
 
 
 def test_helpfulness_share_reported_and_warned(tiny_reward_model_path, tmp_path, caplog):
-    from services.trainer.reward_config import RewardRunConfig
-    from services.trainer.reward_trainer import helpfulness_pairs_to_comparisons, train_reward_model
+    from services.training.reward_config import RewardRunConfig
+    from services.training.reward_trainer import helpfulness_pairs_to_comparisons, train_reward_model
 
     harmless = [
         {
@@ -122,7 +122,7 @@ def test_helpfulness_share_reported_and_warned(tiny_reward_model_path, tmp_path,
             for i in range(2)
         ]
     )
-    with caplog.at_level(logging.WARNING, logger="services.trainer.reward_trainer"):
+    with caplog.at_level(logging.WARNING, logger="services.training.reward_trainer"):
         out = train_reward_model(
             RewardRunConfig(
                 model=tiny_reward_model_path,

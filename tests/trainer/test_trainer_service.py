@@ -185,7 +185,7 @@ def test_status_reports_progress_and_checkpoints(tiny_reward_model, tmp_path):
 def test_ppo_steps_with_the_reward_service_over_grpc(tiny_model, tiny_reward_model, tmp_path):
     """A few PPO steps scored by a `cai serve reward` process change the policy and log reward and KL."""
     from services.trainer.config import PolicyTrainingConfig
-    from services.trainer.policy import train_policy
+    from services.training.policy import optimize_policy
     from tests.conftest import ServerProcess
 
     (tmp_path / "srv").mkdir()
@@ -201,7 +201,7 @@ def test_ppo_steps_with_the_reward_service_over_grpc(tiny_model, tiny_reward_mod
             learning_rate=1e-3,
             reward_service=server.address,
         )
-        out = train_policy(pt, tiny_model, tiny_model, Path(tiny_reward_model), tmp_path / "policy", seed=0)
+        out = optimize_policy(pt, tiny_model, tiny_model, Path(tiny_reward_model), tmp_path / "policy", seed=0)
     finally:
         server.stop()
     manifest = json.loads((out / "manifest.json").read_text())

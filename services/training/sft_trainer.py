@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from services.trainer.checkpoint import run_args, write_manifest
-from services.trainer.sft_config import SFTRunConfig
+from services.training.checkpoint import run_args, write_manifest
+from services.training.sft_config import SFTRunConfig
 
 
 def train_sft(cfg: SFTRunConfig) -> Path:

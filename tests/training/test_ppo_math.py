@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from services.trainer.ppo import (
+from services.training.ppo import (
     AdaptiveKLController,
     FixedKLController,
     compute_gae,

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from services.config import ConfigError
-from services.trainer.ppo_config import PPOConfig
-from services.trainer.ppo_trainer import STATE_FILE, VALUE_HEAD_FILE, PPOTrainer
+from services.training.ppo_config import PPOConfig
+from services.training.ppo_trainer import STATE_FILE, VALUE_HEAD_FILE, PPOTrainer
 
 PROMPTS = [[{"role": "user", "content": f"question {i}"}] for i in range(16)]
 

@@ -29,8 +29,8 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from services.config import ConfigError
-from services.trainer.checkpoint import run_args, write_manifest
-from services.trainer.reward_config import RewardRunConfig
+from services.training.checkpoint import run_args, write_manifest
+from services.training.reward_config import RewardRunConfig
 
 log = logging.getLogger(__name__)
 

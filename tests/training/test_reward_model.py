@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from services.prompts import HELPFULNESS_PAIRS
-from services.trainer.checkpoint import read_manifest
-from services.trainer.reward_config import RewardRunConfig
-from services.trainer.reward_trainer import (
+from services.training.checkpoint import read_manifest
+from services.training.reward_config import RewardRunConfig
+from services.training.reward_trainer import (
     comparisons_to_dataset,
     helpfulness_pairs_to_comparisons,
     mix_helpfulness,

@@ -3,7 +3,7 @@
 One ``step`` is one PPO iteration: sample completions for a batch of chat prompts with the policy,
 score them with ``reward_fn``, turn scores and the KL to the reference into per-token rewards, estimate
 advantages with GAE, then run ``ppo_epochs`` epochs of clipped policy and value updates on shuffled
-minibatches. The formulas live in ``services.trainer.ppo``.
+minibatches. The formulas live in ``services.training.ppo``.
 
 The policy is a Hugging Face causal LM with a scalar value head on its last hidden state
 (``PolicyWithValueHead``). The reference is a frozen copy of the starting policy, or the model at
@@ -45,7 +45,7 @@ from trl.trainer.utils import (
 )
 
 from services.config import ConfigError
-from services.trainer.ppo import (
+from services.training.ppo import (
     AdaptiveKLController,
     FixedKLController,
     compute_gae,
@@ -56,7 +56,7 @@ from services.trainer.ppo import (
     value_loss,
     whiten,
 )
-from services.trainer.ppo_config import PPOConfig
+from services.training.ppo_config import PPOConfig
 
 log = logging.getLogger(__name__)
 

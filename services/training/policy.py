@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.config import ConfigError
-from services.trainer.checkpoint import training_args, write_manifest
 from services.trainer.config import PolicyTrainingConfig
+from services.training.checkpoint import training_args, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def reward_function(pt: PolicyTrainingConfig, reward_path: Path):
 
 def _reward_provenance(reward_path: Path) -> dict:
     """The reward model's id and the constitution hash(es) its labels came from (its manifest)."""
-    from services.trainer.checkpoint import read_manifest
+    from services.training.checkpoint import read_manifest
 
     try:
         m = read_manifest(reward_path)
@@ -121,7 +121,7 @@ def _reward_provenance(reward_path: Path) -> dict:
     }
 
 
-def train_policy(
+def optimize_policy(
     pt: PolicyTrainingConfig,
     start: str,
     reference: str,
@@ -206,8 +206,8 @@ def _check(pt: PolicyTrainingConfig):
 
 
 def _ppo(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> list[dict]:
-    from services.trainer.ppo_config import PPOConfig
-    from services.trainer.ppo_trainer import STATE_FILE, PPOTrainer
+    from services.training.ppo_config import PPOConfig
+    from services.training.ppo_trainer import STATE_FILE, PPOTrainer
 
     config = PPOConfig(
         learning_rate=pt.learning_rate,

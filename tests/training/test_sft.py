@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 
 from services.api.cai.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from services.pipeline.sl_data import SLDataConfig, produce_sl_data
-from services.trainer.checkpoint import read_manifest
-from services.trainer.sft_config import SFTRunConfig
-from services.trainer.sft_trainer import train_sft
+from services.training.checkpoint import read_manifest
+from services.training.sft_config import SFTRunConfig
+from services.training.sft_trainer import train_sft
 
 
 @pytest.fixture(scope="module")
