@@ -50,7 +50,8 @@ def serve_config(args):
     elif args.service == "reward":
         changes.update(model=args.model, checkpoint_id=args.checkpoint_id)
     elif args.service == "trainer":
-        changes.update(queue=_queue_url(args), work_dir=args.work_dir, reward_base_model=args.model)
+        changes.update(queue=_queue_url(args), work_dir=args.work_dir)
+        changes["reward"] = dataclasses.replace(config.reward, **_set({"model": args.model}))
     changes["server"] = dataclasses.replace(config.server, **_set(_server_overrides(args)))
     if getattr(args, "constitution", None):
         changes["constitution"] = args.constitution

@@ -27,6 +27,7 @@ fatal. Any other failure of the loop ends the process non-zero (Kubernetes resta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -249,7 +250,6 @@ class TrainerWorker:
 
     def train(self, queue, state: dict) -> dict:
         from services.training.checkpoint import read_manifest
-        from services.training.reward_config import RewardRunConfig
         from services.training.reward_trainer import select_constitution, train_reward_model
 
         cfg = self.cfg
@@ -275,17 +275,7 @@ class TrainerWorker:
             self._save_state(state)
             return state
         path = train_reward_model(
-            RewardRunConfig(
-                model=cfg.reward_base_model,
-                out=str(out),
-                epochs=cfg.reward_epochs,
-                max_steps=cfg.reward_max_steps,
-                learning_rate=cfg.reward_learning_rate,
-                batch_size=cfg.reward_batch_size,
-                helpfulness_ratio=cfg.helpfulness_ratio,
-                eval_fraction=cfg.eval_fraction,
-                seed=cfg.seed,
-            ),
+            dataclasses.replace(cfg.reward, out=str(out), seed=cfg.seed),
             harmless,
             helpfulness=helpful,
         )

@@ -7,6 +7,7 @@ the generation service loads with ``LoadCheckpoint``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -47,13 +48,13 @@ def rollout_prompts(
     n: int | None = None,
     sets: dict[str, list[list[dict]]] | None = None,
 ) -> list[list[dict]]:
-    """``n`` rollout prompts (default: ``pt.steps * pt.batch_size``), red-team and helpfulness
-    prompts interleaved so that every ``pt.batch_size`` consecutive prompts hold
+    """``n`` rollout prompts (default: ``pt.ppo.steps * pt.ppo.batch_size``), red-team and helpfulness
+    prompts interleaved so that every ``pt.ppo.batch_size`` consecutive prompts hold
     ``round(batch_size * helpfulness_share)`` helpfulness prompts (a running quota, so any window
     holds the share up to one prompt). Each kind is shuffled with ``(seed, round_index)`` and
     cycled: the order advances from one trainer round to the next."""
     sets = prompt_sets(pt) if sets is None else sets
-    n = pt.steps * pt.batch_size if n is None else n
+    n = pt.ppo.steps * pt.ppo.batch_size if n is None else n
     share = pt.helpfulness_share if "helpfulness" in sets else 0.0
     rng = random.Random(f"rollouts/{seed}/{round_index}")
     cycles = {}
@@ -133,16 +134,16 @@ def optimize_policy(
     on_step: Callable[[int, dict], None] | None = None,
 ) -> Path:
     """Trains the policy from ``start`` (KL-anchored to ``reference``, the SL-CAI policy, whatever
-    ``start`` is) for ``pt.steps`` steps. ``round_index`` counts the trainer's RL rounds: it advances
+    ``start`` is) for ``pt.ppo.steps`` steps. ``round_index`` counts the trainer's RL rounds: it advances
     the prompt order and the sampling seed. A PPO ``start`` saved by an earlier round carries its
     value head and KL coefficient, which this round continues from."""
-    if problem := _check(pt):
+    if problem := pt.validate():
         raise ConfigError(f"policy_training: {problem[0]}: {problem[1]}")
     sets = prompt_sets(pt)
     if pt.algorithm == "ppo":
-        n = pt.steps * pt.batch_size
+        n = pt.ppo.steps * pt.ppo.batch_size
     else:  # a step takes batch_size / num_generations distinct prompts, each sampled num_generations times
-        n = max(pt.steps, 1) * (pt.batch_size // pt.num_generations)
+        n = max(pt.ppo.steps, 1) * (pt.ppo.batch_size // pt.num_generations)
     prompts = rollout_prompts(pt, seed, round_index, n=n, sets=sets)
     reward_fn = reward_function(pt, reward_path)
     started = time.perf_counter()
@@ -193,32 +194,12 @@ def optimize_policy(
     return out
 
 
-def _check(pt: PolicyTrainingConfig):
-    if not 0 <= pt.helpfulness_share <= 1:
-        return "helpfulness_share", "must be in [0, 1]"
-    if pt.prompt_split not in ("train", "eval", "all"):
-        return "prompt_split", "must be train, eval or all"
-    if pt.num_generations < 2:
-        return "num_generations", "must be at least 2"
-    if pt.algorithm in ("grpo", "rloo") and pt.batch_size % pt.num_generations:
-        return "batch_size", f"must be a multiple of num_generations ({pt.num_generations})"
-    return None
-
-
 def _ppo(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> list[dict]:
-    from services.training.ppo_config import PPOConfig
     from services.training.ppo_trainer import STATE_FILE, PPOTrainer
 
-    config = PPOConfig(
-        learning_rate=pt.learning_rate,
-        batch_size=pt.batch_size,
-        mini_batch_size=max(1, pt.batch_size // 2),
-        max_new_tokens=pt.max_new_tokens,
-        kl_coef=pt.kl_coef,
-        lora=pt.lora,
-        seed=seed,
-        steps=pt.steps,
-    )
+    config = dataclasses.replace(pt.ppo, seed=seed)
+    if problem := config.validate():
+        raise ConfigError(f"policy_training.ppo: {problem[0]}: {problem[1]}")
     trainer = PPOTrainer(config, start, reward_fn, ref_path=reference)
     info["resumed_ppo_state"] = (Path(start) / STATE_FILE).is_file()
     if info["resumed_ppo_state"]:  # an earlier round's value head and KL coefficient
@@ -232,9 +213,9 @@ def _ppo(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> 
     )
     if trainer.ref_model is not None:
         info["reference_fingerprint"] = weights_fingerprint(trainer.ref_model)
-    batches = (prompts[i : i + pt.batch_size] for i in range(0, len(prompts), pt.batch_size))
+    batches = (prompts[i : i + pt.ppo.batch_size] for i in range(0, len(prompts), pt.ppo.batch_size))
     try:
-        history = trainer.train(batches, pt.steps, callback=on_step)
+        history = trainer.train(batches, pt.ppo.steps, callback=on_step)
         trainer.save(out)
     finally:
         trainer.close()
@@ -256,12 +237,12 @@ def _trl(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> 
 
     common = dict(
         output_dir=str(out.with_name(out.name + ".work")),
-        per_device_train_batch_size=pt.batch_size,
+        per_device_train_batch_size=pt.ppo.batch_size,
         num_generations=pt.num_generations,
-        max_completion_length=pt.max_new_tokens,
-        learning_rate=pt.learning_rate,
-        max_steps=pt.steps,
-        beta=pt.kl_coef,
+        max_completion_length=pt.ppo.max_new_tokens,
+        learning_rate=pt.ppo.learning_rate,
+        max_steps=pt.ppo.steps,
+        beta=pt.ppo.kl_coef,
         seed=seed,
         disable_tqdm=True,
         **training_args(),
@@ -284,10 +265,12 @@ def _trl(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> 
 
     dataset = datasets.Dataset.from_list([{"prompt": p} for p in prompts])
     peft_config = None
-    if pt.lora:
+    if pt.ppo.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=pt.ppo.lora_r, lora_alpha=pt.ppo.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
     model.config._name_or_path = str(reference)  # TRL builds its reference model from this path
     tokenizer = AutoTokenizer.from_pretrained(start, padding_side="left", truncation_side="left")
@@ -304,7 +287,7 @@ def _trl(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> 
     if ref is not None:
         info["reference_fingerprint"] = weights_fingerprint(trainer.accelerator.unwrap_model(ref))
     trainer.train()
-    model = trainer.model.merge_and_unload() if pt.lora else trainer.model
+    model = trainer.model.merge_and_unload() if pt.ppo.lora else trainer.model
     model.config._name_or_path = str(out)
     model.save_pretrained(out, safe_serialization=True)
     trainer.processing_class.save_pretrained(out)
