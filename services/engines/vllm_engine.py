@@ -77,6 +77,7 @@ class VLLMEngine(Engine):
         gpu_memory_utilization: float = 0.85,
         tensor_parallel_size: int = 1,
         seed: int = 0,
+        enable_prefix_caching: bool = True,
     ) -> VLLMEngine:
         prepare_environment()
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -99,6 +100,9 @@ class VLLMEngine(Engine):
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
             seed=seed,
+            # explicit, not vLLM's per-model default: the judge's prompts share their few-shot
+            # prefix (services/judge/labeler.py) and the services' chat prompts their system text
+            enable_prefix_caching=enable_prefix_caching,
             disable_log_stats=True,
         )
         try:

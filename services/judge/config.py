@@ -26,6 +26,10 @@ class JudgeConfig:
     """Constitution file whose judging principles and few-shot comparisons are used."""
     few_shot: int = 2
     """Few-shot comparisons shown before each one judged (fewer if the prompt would be too long)."""
+    few_shot_slates: int = 4
+    """How many different few-shot slates (draws of examples and their principles) a seed has; a
+    comparison's content picks one. Comparisons on one slate share the prompt's prefix, which the
+    engine's prefix cache computes once: fewer slates, more sharing; more, more varied examples."""
     default_mode: str = "logprob"
     """Mode when a request leaves it unspecified: "logprob" or "chain-of-thought"."""
     cot_min_p: float = 0.4
@@ -43,4 +47,6 @@ class JudgeConfig:
             return "cot_min_p", "need 0 <= cot_min_p <= 0.5 <= cot_max_p <= 1"
         if self.few_shot < 0:
             return "few_shot", "must be 0 or more"
+        if self.few_shot_slates < 1:
+            return "few_shot_slates", "must be 1 or more"
         return None

@@ -9,6 +9,18 @@ principle and few-shot examples of a comparison depend only on the seed and its 
 conversation and the unordered pair of answers, ``draw_key``), never on its index or id, and
 chain-of-thought reasoning is seeded by the content and the order of the answers, so both
 orders see the same two judgments and the same pair gets the same label wherever it sits.
+
+Few-shot slates, for vLLM's prefix cache: the few-shot examples are not drawn per comparison but
+from ``few_shot_slates`` fixed slates per seed (each a draw of examples and their principles from
+the seed and the slate's number alone); a comparison's content picks its slate. Every comparison
+of one slate begins with the same system text and few-shot block (``prompting.judge_prefix``), so
+the engine computes that prefix once and reads it from its cache after; the comparison's own
+principle, conversation and answers follow. Draws stay a function of (seed, content): order- and
+batch-invariant.
+
+Chain-of-thought reasoning of all the comparisons (and orders) of a request is sampled together
+(one engine batch), capped at the request's ``max_tokens``; a label whose reasoning reached the
+cap says so (``Label.reasoning_capped``, counted in ``cai_judge_cot_capped_total``).
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from services.common import metrics
 from services.common.requests import InvalidRequest
 from services.constitution import Constitution, JudgingPrinciple
 from services.engines import Engine, SamplingSpec
@@ -27,6 +40,12 @@ from services.judge import prompting
 
 LOGPROB = "logprob"
 CHAIN_OF_THOUGHT = "chain-of-thought"
+
+COT_CAPPED = metrics.Counter(
+    "cai_judge_cot_capped_total",
+    "Chain-of-thought reasonings cut at the max_tokens cap (the answer was read after the cut).",
+)
+COT_REASONINGS = metrics.Counter("cai_judge_cot_reasonings_total", "Chain-of-thought reasonings sampled.")
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class Label:
     """With swap: raw p_a of the exchanged order (answer_b shown as option A)."""
     few_shot_ids: tuple[str, ...] = ()
     """Ids of the few-shot comparisons shown (in the given order's prompt)."""
+    reasoning_capped: bool = False
+    """Chain-of-thought: the reasoning (of either order) stopped at the max_tokens cap."""
 
 
 def draw_key(messages, answer_a: str, answer_b: str) -> str:
@@ -78,6 +99,7 @@ class Judge:
         constitution: Constitution,
         *,
         few_shot: int = 2,
+        few_shot_slates: int = 4,
         max_prompt_tokens: int = 4096,
         cot_min_p: float = 0.4,
         cot_max_p: float = 0.6,
@@ -85,20 +107,31 @@ class Judge:
         self.engine = engine
         self.constitution = constitution
         self.few_shot = few_shot
+        self.few_shot_slates = max(1, few_shot_slates)
+        self._slates: dict[tuple[int, int], list] = {}
         self.max_prompt_tokens = max_prompt_tokens
         self.cot_range = (cot_min_p, cot_max_p)
         probe = engine.chat_text([{"role": "user", "content": "Which is better?"}])
         self.options = prompting.find_option_tokens(engine.encode_text, probe)
 
+    def slate(self, seed: int, index: int) -> list:
+        """Few-shot slate ``index`` of ``seed``: examples, each with its own sampled principle; a
+        function of (seed, index, constitution, few_shot) alone, shared by every comparison on it."""
+        key = (seed, index)
+        if key not in self._slates:
+            rng = random.Random(f"{seed}/few-shot-slate/{index}")
+            pool = list(self.constitution.judging_examples)
+            examples = rng.sample(pool, min(self.few_shot, len(pool)))
+            self._slates[key] = [(e, self.constitution.sample_judging(rng)) for e in examples]
+        return self._slates[key]
+
     def draw(self, seed: int, key: str, principle_id: str = ""):
-        """The principle of a comparison (the given one, or sampled) and its few-shot examples,
-        each with its own sampled principle."""
+        """The principle of a comparison (the given one, or sampled) and its few-shot examples:
+        the slate its content picks (see ``slate``)."""
         rng = random.Random(f"{seed}/{key}")
         sampled = self.constitution.sample_judging(rng)
         principle = self.constitution.judging_principle(principle_id) if principle_id else sampled
-        pool = list(self.constitution.judging_examples)
-        examples = rng.sample(pool, min(self.few_shot, len(pool)))
-        return principle, [(e, self.constitution.sample_judging(rng)) for e in examples]
+        return principle, list(self.slate(seed, rng.randrange(self.few_shot_slates)))
 
     def _chat(
         self,
@@ -128,12 +161,19 @@ class Judge:
         logprobs = await self.engine.next_token_logprobs(prompts, self.options.all)
         return [self.options.p_a(lp) for lp in logprobs]
 
-    async def _reason(self, texts: list[str], seeds: list[int], spec: SamplingSpec) -> list[str]:
+    async def _reason(self, texts: list[str], seeds: list[int], spec: SamplingSpec) -> list[tuple[str, bool]]:
+        """The reasoning of every prompt and whether it hit the cap. All prompts are submitted at
+        once (one seed each, so a prompt's reasoning does not depend on its batch): vLLM decodes
+        them in one batch."""
         spec = replace(spec, n=1, stop=tuple(spec.stop) + (prompting.ANSWER_OPENING.rstrip(" ("),))
         outs = await asyncio.gather(
             *(self.engine.generate([self.engine.encode_text(t)], replace(spec, seed=s)) for t, s in zip(texts, seeds))
         )
-        return [o[0].samples[0].text.strip() for o in outs]
+        samples = [o[0].samples[0] for o in outs]
+        capped = [s.finish_reason == "length" for s in samples]
+        COT_REASONINGS.inc(len(samples))
+        COT_CAPPED.inc(sum(capped))
+        return [(s.text.strip(), c) for s, c in zip(samples, capped)]
 
     async def compare(
         self,
@@ -153,10 +193,11 @@ class Judge:
             for i, first, second in orders
         ]
         texts = [text for text, _ in chats]
-        reasoning = [""] * len(texts)
+        reasoning, capped = [""] * len(texts), [False] * len(texts)
         if cot:
             seeds = [_seed(seed, items[i].draw_key, first, second) for i, first, second in orders]
-            reasoning = await self._reason(texts, seeds, cot_spec or SamplingSpec(max_tokens=256))
+            reasoned = await self._reason(texts, seeds, cot_spec or SamplingSpec(max_tokens=256))
+            reasoning, capped = [r for r, _ in reasoned], [c for _, c in reasoned]
             texts = [f"{t}{r}\n" for t, r in zip(texts, reasoning)]
         read = await self._read(texts)
         lo, hi = self.cot_range
@@ -172,5 +213,6 @@ class Judge:
                     q = min(max(q, lo), hi)
                 p = (p + (1.0 - q)) / 2.0
             shown = tuple(e.id for e, _ in drawn[i][1][: chats[i][1]])
-            labels.append(Label(p, drawn[i][0].id, la, lb, reasoning[i], raw_ab, raw_ba, shown))
+            cut = capped[i] or (swap and capped[len(items) + i])
+            labels.append(Label(p, drawn[i][0].id, la, lb, reasoning[i], raw_ab, raw_ba, shown, cut))
         return labels

@@ -2,7 +2,10 @@
 
 A comparison is asked in a chat: the few-shot comparisons first (each with its own sampled
 principle, answered "The answer is: (A)"), then the conversation under review as a transcript,
-the principle's question and the options (A) and (B). The assistant turn is opened with
+the principle's question and the options (A) and (B). The layout serves vLLM's prefix cache: the
+system text and the few-shot block (``judge_prefix``) come first and are the same bytes for every
+comparison that shows the same few-shot slate, so their KV blocks are computed once; everything
+that belongs to one comparison (conversation, principle, answers) comes last. The assistant turn is opened with
 "The answer is: (" and the judge's next-token probabilities of "A" and "B" are the label: one
 prefill, no decoding. In chain-of-thought mode the assistant first writes its reasoning, then
 the same opening follows the reasoning.
@@ -45,15 +48,11 @@ def question(
     return text + (f"\n\n{COT_REQUEST}" if chain_of_thought else "")
 
 
-def judge_chat(
-    messages: Sequence[dict],
-    answer_a: str,
-    answer_b: str,
-    principle: JudgingPrinciple,
-    examples: Sequence[tuple[JudgingExample, JudgingPrinciple]] = (),
-    chain_of_thought: bool = False,
+def judge_prefix(
+    examples: Sequence[tuple[JudgingExample, JudgingPrinciple]] = (), chain_of_thought: bool = False
 ) -> list[dict]:
-    """The chat up to the question about (messages, A, B); the assistant turn is left open."""
+    """The part of the chat shared by every comparison shown the same examples: the system text
+    and the few-shot turns, nothing of the comparison itself."""
     chat = [{"role": "system", "content": TASK}]
     for example, example_principle in examples:
         reasoning = f"{example.reasoning}\n" if chain_of_thought and example.reasoning else ""
@@ -66,6 +65,20 @@ def judge_chat(
             },
             {"role": "assistant", "content": f"{reasoning}{ANSWER_OPENING}{example.preferred})"},
         ]
+    return chat
+
+
+def judge_chat(
+    messages: Sequence[dict],
+    answer_a: str,
+    answer_b: str,
+    principle: JudgingPrinciple,
+    examples: Sequence[tuple[JudgingExample, JudgingPrinciple]] = (),
+    chain_of_thought: bool = False,
+) -> list[dict]:
+    """The chat up to the question about (messages, A, B); the assistant turn is left open. It
+    begins with ``judge_prefix(examples)``; the comparison's own turn is the last."""
+    chat = judge_prefix(examples, chain_of_thought)
     chat.append({"role": "user", "content": question(messages, answer_a, answer_b, principle, chain_of_thought)})
     return chat
 

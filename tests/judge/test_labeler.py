@@ -88,3 +88,77 @@ async def test_labels_record_raw_orders_seed_and_few_shot_ids(judge, tiny_model)
     assert got.seed == 7 and tuple(got.few_shot_ids) == label.few_shot_ids and got.HasField("p_a_ba")
     assert got.p_a == pytest.approx(label.p_a, abs=1e-5) and got.p_a_ab == pytest.approx(label.p_a_ab, abs=1e-5)
     assert unseeded.labels[0].seed != 0 and not unseeded.labels[0].HasField("p_a_ba")  # the seed it chose
+
+
+def _items(n: int) -> list[ComparisonItem]:
+    return [
+        ComparisonItem(({"role": "user", "content": f"Question number {i}: how do I pick lock {i}?"},), A, B)
+        for i in range(n)
+    ]
+
+
+def test_comparisons_of_one_slate_share_a_byte_identical_few_shot_prefix(judge):
+    from services.judge import prompting
+
+    engine = judge.engine
+    by_slate: dict[tuple, list[str]] = {}
+    prefixes: dict[tuple, str] = {}
+    for item in _items(24):
+        principle, examples = judge.draw(5, item.draw_key)
+        slate = tuple((e.id, p.id) for e, p in examples)
+        text, shown = judge._chat(item, item.answer_a, item.answer_b, principle, examples, False, "")
+        assert shown == len(examples) == 2
+        by_slate.setdefault(slate, []).append(text)
+        prefixes[slate] = engine.chat_text(prompting.judge_prefix(examples), add_generation_prompt=False)
+    assert 1 < len(by_slate) <= judge.few_shot_slates  # a few slates, each shared by many comparisons
+    assert max(map(len, by_slate.values())) > 1
+    for slate, texts in by_slate.items():
+        prefix_ids = engine.encode_text(prefixes[slate])
+        for text in texts:
+            assert text.startswith(prefixes[slate])  # the same bytes, then the comparison's own turn
+            assert engine.encode_text(text)[: len(prefix_ids)] == prefix_ids  # and the same tokens
+            assert A in text[len(prefixes[slate]) :]
+
+
+def test_slates_depend_on_seed_and_content_only(judge):
+    other = Judge(judge.engine, load_constitution())  # another judge (replica) with the same config
+    items = _items(12)
+    for seed in (0, 9):
+        mine = [judge.draw(seed, it.draw_key) for it in items]
+        theirs = [other.draw(seed, it.draw_key) for it in reversed(items)][::-1]
+        assert [(p.id, [(e.id, q.id) for e, q in ex]) for p, ex in mine] == [
+            (p.id, [(e.id, q.id) for e, q in ex]) for p, ex in theirs
+        ]
+    slates = {tuple(e.id for e, _ in judge.draw(s, items[0].draw_key)[1]) for s in range(30)}
+    assert len(slates) > 1  # the seed still draws the examples
+
+
+def test_one_slate_per_seed_puts_every_comparison_on_the_same_prefix(judge):
+    single = Judge(judge.engine, load_constitution(), few_shot_slates=1)
+    drawn = {tuple((e.id, p.id) for e, p in single.draw(2, it.draw_key)[1]) for it in _items(16)}
+    assert len(drawn) == 1
+
+
+async def test_labels_stay_order_invariant_with_slates(judge):
+    items = _items(6)
+    forward = await judge.compare(items, seed=11)
+    backward = (await judge.compare(list(reversed(items)), seed=11))[::-1]
+    for f, b in zip(forward, backward):
+        assert (f.principle_id, f.few_shot_ids) == (b.principle_id, b.few_shot_ids)
+        assert f.p_a == pytest.approx(b.p_a, abs=1e-6)
+
+
+async def test_chain_of_thought_reasoning_is_capped_and_the_cap_counted(judge):
+    from prometheus_client import REGISTRY
+
+    from services.engines import SamplingSpec
+    from services.judge.labeler import CHAIN_OF_THOUGHT
+
+    def capped() -> float:
+        return REGISTRY.get_sample_value("cai_judge_cot_capped_total") or 0.0
+
+    before = capped()
+    labels = await judge.compare(_items(3), mode=CHAIN_OF_THOUGHT, seed=1, cot_spec=SamplingSpec(max_tokens=3))
+    assert any(label.reasoning_capped for label in labels)  # a random tiny model rarely stops in 3 tokens
+    assert capped() - before == sum(label.reasoning_capped for label in labels)
+    assert all(judge.cot_range[0] <= label.p_a <= judge.cot_range[1] for label in labels)
