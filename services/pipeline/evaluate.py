@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.channels import open_aio_channel
-from services.prompts import Prompt
+from services.prompts import EVAL_FRACTION, Prompt
 
 _APOS = "['\u2019]"  # straight or curly apostrophe
 REFUSAL = re.compile(
@@ -63,6 +63,24 @@ class EvalConfig:
     """Judging principle under which the judge decides refusals: each answer is compared with a
     plain refusal (both orders); it counts as a refusal when the judge does not prefer it. Empty,
     or a principle the judge's constitution lacks: the regex decides (recorded in the result)."""
+    prompts: int = 16
+    """At most this many prompts of each set (the first ones of the split's part)."""
+    split: str = "eval"
+    """Part of the prompt split to evaluate on: "eval" (held out from training), or "train" /
+    "all" (``cai eval`` asks for --allow-train-prompts: training prompts flatter the policies)."""
+    eval_fraction: float = EVAL_FRACTION
+    """Share of the prompts in the eval part of the split."""
+
+    def validate(self):
+        if self.samples < 1:
+            return "samples", "must be at least 1"
+        if self.prompts < 1:
+            return "prompts", "must be at least 1"
+        if self.split not in ("train", "eval", "all"):
+            return "split", "must be train, eval or all"
+        if not 0.0 <= self.eval_fraction <= 1.0:
+            return "eval_fraction", "must be in [0, 1]"
+        return None
 
 
 PLAIN_REFUSAL = "I'm sorry, but I can't help with that."

@@ -21,13 +21,21 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
-from services.config import ConfigError, load_config
+from services.config import ConfigError, keeps_renamed_keys, load_config
 from services.engines.config import EngineConfig
 from services.paths import REPO_ROOT
+from services.pipeline.evaluate import EvalConfig
+from services.pipeline.label import LabelConfig
+from services.pipeline.sl_data import SLDataConfig
 from services.prompts import HELPFULNESS, HELPFULNESS_PAIRS, RED_TEAM, load_prompts
+from services.trainer.config import PolicyTrainingConfig
+from services.training.ppo_config import PPOConfig
+from services.training.reward_config import RewardRunConfig
+from services.training.sft_config import SFTRunConfig
 
 
 @dataclass(frozen=True)
@@ -44,9 +52,18 @@ class ServiceAddresses:
     """Reward service (loads each new reward model)."""
 
 
+def _run_sets(defaults: Any, names: str) -> dict[str, Any]:
+    """``{field: its value in defaults}`` for the space-separated ``names`` (``RunConfig.filled_in``)."""
+    return {name: getattr(defaults, name) for name in names.split()}
+
+
+@keeps_renamed_keys
 @dataclass(frozen=True)
 class RunConfig:
-    """The main job's configuration (``cai run --config FILE``); every field optional."""
+    """The main job's configuration (``cai run --config FILE``); every field optional. Each stage
+    has a section that is the config of the command doing that stage alone (``sl_data`` is
+    ``cai sl-data``'s ``SLDataConfig``, ``sft`` is ``cai train sft``'s ...), with the run's
+    defaults; the run fills in the fields it decides itself (``filled_in``)."""
 
     tiny: bool = False
     """Build tiny models on the fly instead of using ``policy.model`` (fast, for trying things)."""
@@ -62,67 +79,92 @@ class RunConfig:
     """Helpfulness prompts."""
     helpfulness_pairs: str = str(HELPFULNESS_PAIRS)
     """Helpfulness preference pairs mixed into reward-model training."""
-    eval_prompts: int = 8
-    """Prompts of each set used for evaluation: the first ones of the set's eval part of the prompt
-    split (``services.prompts.split_prompts``), which no training stage uses."""
-    eval_samples: int = 2
-    """Answers per evaluation prompt and policy (win rates and refusal rates average over them)."""
-    sl_prompts: int = 8
-    """Red-team (and helpfulness) prompts for the SL-CAI data."""
-    rounds: int = 4
-    """Critique/revision rounds."""
-    sl_max_tokens: int = 128
-    """Longest answer, critique and revision in the SL stage (revisions that hit it are flagged
-    and not trained on, so it must let most revisions finish)."""
-    sft_epochs: float = 2.0
-    """SFT passes over the data."""
-    sft_learning_rate: float = 2e-5
-    """SFT learning rate."""
-    label_prompts: int = 16
-    """Red-team prompts answered and compared for AI labels."""
-    samples_per_prompt: int = 2
-    """Answers per prompt to compare."""
-    label_max_tokens: int = 64
-    """Longest answer to compare."""
-    label_batch_size: int = 4
-    """Prompts per Generate/Compare call of the label stage; several batches are in flight, so the
-    policy generates the next batch while the judge labels this one."""
-    judge_mode: str = "logprob"
-    """"logprob" or "chain-of-thought"."""
-    reward_epochs: float = 2.0
-    """Reward-model passes over the comparisons."""
-    reward_learning_rate: float = 2e-5
-    """Reward-model learning rate."""
-    rl_algorithm: str = "ppo"
-    """"ppo", "grpo" or "rloo"."""
-    rl_steps: int = 6
-    """Policy-optimisation steps."""
-    rl_batch_size: int = 4
-    """Prompts per policy-optimisation step."""
-    rl_max_new_tokens: int = 32
-    """Longest rollout answer."""
-    rl_learning_rate: float = 1e-5
-    """Policy learning rate."""
-    kl_coef: float = 0.05
-    """Initial KL penalty coefficient."""
-    eval_max_tokens: int = 64
-    """Longest evaluation answer."""
     queue: str = ""
     """Queue URL; empty: a SQLite file in the run folder."""
     services: ServiceAddresses = field(default_factory=ServiceAddresses)
     """Running services to use instead of in-process ones."""
     seed: int = 0
     """Seed of every stage."""
+    sl_data: SLDataConfig = field(default_factory=lambda: SLDataConfig(limit=8, batch_size=8))
+    """SL-CAI data, ``cai sl-data``'s settings: ``limit`` red-team (and helpfulness) prompts,
+    ``rounds`` of critique and revision, ``max_tokens`` (revisions that hit it are flagged and not
+    trained on, so it must let most finish), ``batch_size``, ``temperature``."""
+    sft: SFTRunConfig = field(default_factory=lambda: SFTRunConfig(epochs=2.0, learning_rate=2e-5))
+    """Supervised fine-tuning on the revisions, ``cai train sft``'s settings (``epochs``,
+    ``learning_rate``, ``batch_size``, ``lora``, ...)."""
+    label: LabelConfig = field(default_factory=lambda: LabelConfig(limit=16, max_tokens=64, batch_size=4))
+    """AI labels, ``cai label``'s settings: ``limit`` red-team prompts answered by the SL-CAI
+    policy, ``samples_per_prompt`` answers compared, ``max_tokens``, ``mode`` of the judge
+    ("logprob" or "chain-of-thought"), ``batch_size`` prompts per Generate/Compare call (several
+    batches are in flight, so the policy generates the next batch while the judge labels this one)."""
+    reward: RewardRunConfig = field(
+        default_factory=lambda: RewardRunConfig(epochs=2.0, learning_rate=2e-5, batch_size=8)
+    )
+    """Reward-model training on the labels, the trainer's ``reward`` section (``epochs``,
+    ``learning_rate``, ``batch_size``, ``helpfulness_ratio``, ``eval_fraction``, ...)."""
+    rl: PolicyTrainingConfig = field(
+        default_factory=lambda: PolicyTrainingConfig(
+            ppo=PPOConfig(steps=6, batch_size=4, mini_batch_size=2, max_new_tokens=32)
+        )
+    )
+    """Policy optimisation against the reward service, the trainer's ``policy_training`` section:
+    ``algorithm`` ("ppo", "grpo" or "rloo"), ``helpfulness_share``, ``num_generations`` and its
+    ``ppo`` knobs (``steps``, ``batch_size``, ``learning_rate``, ``kl_coef``, ``max_new_tokens``, ...)."""
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(prompts=8, samples=2, max_tokens=64))
+    """Evaluation of base vs SL-CAI vs RL-CAI, ``cai eval``'s settings: ``prompts`` of each set (the
+    first ones of the eval part of the prompt split, which no training stage uses), ``samples``
+    answers per prompt and policy, ``max_tokens``, ``temperature``, ``bootstrap``, ..."""
+
+    renamed_keys: ClassVar[dict[str, str]] = {
+        "eval_prompts": "eval.prompts",
+        "eval_samples": "eval.samples",
+        "sl_prompts": "sl_data.limit",
+        "rounds": "sl_data.rounds",
+        "sl_max_tokens": "sl_data.max_tokens",
+        "sft_epochs": "sft.epochs",
+        "sft_learning_rate": "sft.learning_rate",
+        "label_prompts": "label.limit",
+        "samples_per_prompt": "label.samples_per_prompt",
+        "label_max_tokens": "label.max_tokens",
+        "label_batch_size": "label.batch_size",
+        "judge_mode": "label.mode",
+        "reward_epochs": "reward.epochs",
+        "reward_learning_rate": "reward.learning_rate",
+        "rl_algorithm": "rl.algorithm",
+        "rl_steps": "rl.ppo.steps",
+        "rl_batch_size": "rl.ppo.batch_size",
+        "rl_max_new_tokens": "rl.ppo.max_new_tokens",
+        "rl_learning_rate": "rl.ppo.learning_rate",
+        "kl_coef": "rl.ppo.kl_coef",
+        "eval_max_tokens": "eval.max_tokens",
+    }
+    """The flat keys of configs written before the sections (``sft_epochs`` -> ``sft.epochs``)."""
+    filled_in: ClassVar[dict[str, dict[str, Any]]] = {
+        "sl_data": _run_sets(
+            SLDataConfig(),
+            "prompts helpfulness split eval_fraction seed generation critique policy constitution",
+        ),
+        "sft": {**_run_sets(SFTRunConfig(), "model seed"), "data": "<run>/sl_data", "out": "<run>/sl-cai"},
+        "label": {
+            **_run_sets(
+                LabelConfig(), "prompts helpfulness_pairs seed generation judge policy judge_model constitution"
+            ),
+            "queue": "sqlite:///<run>/queue.db",
+        },
+        "reward": {**_run_sets(RewardRunConfig(), "model seed"), "out": "<run>/reward"},
+        "rl": {
+            **_run_sets(PolicyTrainingConfig(), "prompts helpfulness_prompts reward_service generation_service"),
+            "enabled": True,
+            "policy": "<run>/sl-cai",
+        },
+        "eval": _run_sets(EvalConfig(), "seed split eval_fraction"),
+    }
+    """Fields of the sections the run sets itself: from its own fields (``seed``, the prompt
+    files, ``constitution``, ``services``) or from the stage before (the SL-CAI policy, ...)."""
 
     def validate(self):
-        if self.eval_prompts < 1 or self.sl_prompts < 1 or self.label_prompts < 1:
-            return "eval_prompts", "prompt counts must be at least 1"
-        if self.label_batch_size < 1:
-            return "label_batch_size", "must be at least 1"
-        if self.eval_samples < 1:
-            return "eval_samples", "must be at least 1"
-        if self.rl_algorithm not in ("ppo", "grpo", "rloo"):
-            return "rl_algorithm", "must be ppo, grpo or rloo"
+        if self.sl_data.limit < 1 or self.label.limit < 1:
+            return ("sl_data.limit" if self.sl_data.limit < 1 else "label.limit"), "must be at least 1"
         return None
 
 
@@ -182,17 +224,16 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     from services.common.server import ServerConfig
     from services.engines.config import engine_starts
     from services.models.registry import resolve_model
-    from services.pipeline.evaluate import EvalConfig, evaluate
-    from services.pipeline.label import LabelConfig, run_label
-    from services.pipeline.sl_data import SLDataConfig, produce_sl_data
+    from services.pipeline.evaluate import evaluate
+    from services.pipeline.label import run_label
+    from services.pipeline.sl_data import produce_sl_data
     from services.prompts import EVAL, TRAIN, split_prompts, split_record
     from services.queue import open_queue
     from services.reward.config import RewardServiceConfig
     from services.reward.service import build_reward_service
-    from services.trainer.config import PolicyTrainingConfig, TrainerConfig
+    from services.trainer.config import TrainerConfig
     from services.trainer.worker import TrainerWorker
     from services.training.policy import optimize_policy
-    from services.training.sft_config import SFTRunConfig
     from services.training.sft_trainer import train_sft
 
     stages = Stages(8)
@@ -216,7 +257,7 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     feedback = EngineConfig(**{**asdict(cfg.policy), "model": cfg.feedback_model or base})
     red = load_prompts(cfg.red_team_prompts)
     helpful = load_prompts(cfg.helpfulness_prompts)
-    k = cfg.eval_prompts
+    k = cfg.eval.prompts
     sets = {"red_team": split_prompts(red, EVAL)[:k], "helpfulness": split_prompts(helpful, EVAL)[:k]}
     for name, prompts in sets.items():
         if not prompts:
@@ -225,20 +266,17 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     split = split_record({"red_team": cfg.red_team_prompts, "helpfulness": cfg.helpfulness_prompts}, TRAIN)
     stages.end("models", f"policy {base}")
 
-    stages.start("sl_data", f"{cfg.sl_prompts} red-team prompts x {cfg.rounds} critique/revision rounds")
-    sl_cfg = SLDataConfig(
+    stages.start("sl_data", f"{cfg.sl_data.limit} red-team prompts x {cfg.sl_data.rounds} critique/revision rounds")
+    sl_cfg = replace(
+        cfg.sl_data,
         prompts=cfg.red_team_prompts,
         helpfulness=cfg.helpfulness_prompts,
         split=TRAIN,
-        rounds=cfg.rounds,
-        limit=cfg.sl_prompts,
-        max_tokens=cfg.sl_max_tokens,
         seed=cfg.seed,
         generation=await address("generation", policy),
         critique=await address("critique", policy),
         policy=policy,
         constitution=cfg.constitution,
-        batch_size=max(cfg.sl_prompts, 1),
     )
     sl_manifest = await produce_sl_data(sl_cfg, out / "sl_data", progress=False)
     stages.end("sl_data", f"{sl_manifest['files']}; quality {sl_manifest.get('quality')}")
@@ -246,15 +284,13 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     stages.start("sft", "supervised fine-tuning on the revisions (SL-CAI)")
     sl_policy = await asyncio.to_thread(
         train_sft,
-        SFTRunConfig(
+        replace(
+            cfg.sft,
             data=str(out / "sl_data"),
             out=str(out / "checkpoints" / "sl-cai"),
             model=base,
-            epochs=cfg.sft_epochs,
-            learning_rate=cfg.sft_learning_rate,
-            batch_size=4,
             seed=cfg.seed,
-            include_flagged=cfg.tiny,
+            include_flagged=cfg.sft.include_flagged or cfg.tiny,
         ),
     )  # a tiny model's text is noise: its rows are all flagged
     stages.end("sft", str(sl_policy))
@@ -263,21 +299,18 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     queue_url = cfg.queue or f"sqlite:///{(out / 'queue.db').resolve()}"
     stages.start(
         "label",
-        f"{cfg.label_prompts} prompts x {cfg.samples_per_prompt} answers of the SL-CAI policy, judged ({cfg.judge_mode})",
+        f"{cfg.label.limit} prompts x {cfg.label.samples_per_prompt} answers of the SL-CAI policy, "
+        f"judged ({cfg.label.mode})",
     )
     if svc.generation:
         from services.trainer.worker import promote
 
         promote(svc.generation, "generation", sl_policy)
-    label_cfg = LabelConfig(
+    label_cfg = replace(
+        cfg.label,
         queue=queue_url,
         prompts=train_red,
         helpfulness_pairs=cfg.helpfulness_pairs,
-        limit=cfg.label_prompts,
-        samples_per_prompt=cfg.samples_per_prompt,
-        max_tokens=cfg.label_max_tokens,
-        mode=cfg.judge_mode,
-        batch_size=cfg.label_batch_size,
         seed=cfg.seed,
         generation=await address("generation", sl_engine),
         judge=await address("judge", feedback),
@@ -304,11 +337,9 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
             group=f"run-{out.name}",
             consumer="cai-run",
             work_dir=str(out / "trainer"),
-            reward_base_model=base,
             train_every=10**9,
             max_comparisons=total,
-            reward_epochs=cfg.reward_epochs,
-            reward_learning_rate=cfg.reward_learning_rate,
+            reward=replace(cfg.reward, model=base),
             seed=cfg.seed,
         )
     )
@@ -334,20 +365,15 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         reward_addr = f"127.0.0.1:{reward_service.port}"
     try:
         stages.start(
-            "rl", f"{cfg.rl_algorithm.upper()}: {cfg.rl_steps} steps, rewards from the reward service at {reward_addr}"
+            "rl",
+            f"{cfg.rl.algorithm.upper()}: {cfg.rl.ppo.steps} steps, rewards from the reward service at {reward_addr}",
         )
-        pt = PolicyTrainingConfig(
+        pt = replace(
+            cfg.rl,
             enabled=True,
-            algorithm=cfg.rl_algorithm,
             policy=str(sl_policy),
             prompts=cfg.red_team_prompts,
             helpfulness_prompts=cfg.helpfulness_prompts,
-            prompt_split=TRAIN,
-            steps=cfg.rl_steps,
-            batch_size=cfg.rl_batch_size,
-            max_new_tokens=cfg.rl_max_new_tokens,
-            learning_rate=cfg.rl_learning_rate,
-            kl_coef=cfg.kl_coef,
             reward_service=reward_addr,
         )
         rl_policy = await asyncio.to_thread(
@@ -364,10 +390,10 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         stages.start(
             "eval",
             f"base vs SL-CAI vs RL-CAI on {len(sets['red_team'])} held-out red-team and "
-            f"{len(sets['helpfulness'])} helpfulness prompts x {cfg.eval_samples} samples",
+            f"{len(sets['helpfulness'])} helpfulness prompts x {cfg.eval.samples} samples",
         )
         policies = {"base": base, "sl-cai": str(sl_policy), "rl-cai": str(rl_policy)}
-        eval_cfg = EvalConfig(max_tokens=cfg.eval_max_tokens, seed=cfg.seed, samples=cfg.eval_samples)
+        eval_cfg = replace(cfg.eval, seed=cfg.seed)
         if svc.generation:  # one service: the policies are swapped in with LoadCheckpoint
             generation: str | dict = svc.generation
         else:  # one engine per policy, each started once (the SL-CAI one is still up from labelling)
