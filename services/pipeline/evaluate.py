@@ -17,6 +17,7 @@ of training). The reward model, when given, scores every answer.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import random
@@ -122,50 +123,88 @@ def training_constitutions(policies: dict[str, str]) -> dict[str, str]:
     return out
 
 
+async def _compare_all(judge, batches: list[list], cfg: EvalConfig) -> list[list]:
+    """Labels of every batch of comparisons, all requests in flight at once (the judge's engine
+    batches across them), each batch cut into requests of at most ``COMPARE_CHUNK`` comparisons."""
+    import asyncio
+
+    from services.api.cai.v1 import judge_pb2
+
+    requests = [
+        (b, comparisons[i : i + COMPARE_CHUNK])
+        for b, comparisons in enumerate(batches)
+        for i in range(0, len(comparisons), COMPARE_CHUNK)
+    ]
+    responses = await asyncio.gather(
+        *(
+            judge.Compare(judge_pb2.CompareRequest(comparisons=chunk, swap_debias=True, seed=cfg.seed), timeout=3600)
+            for _, chunk in requests
+        ),
+        return_exceptions=True,  # every request finishes before the first error is raised
+    )
+    for response in responses:
+        if isinstance(response, BaseException):
+            raise response
+    labels: list[list] = [[] for _ in batches]
+    for (b, _), response in zip(requests, responses):
+        labels[b] += list(response.labels)
+    return labels
+
+
+COMPARE_CHUNK = 128
+"""Comparisons per Compare request (the judge's default max_batch_items is 256)."""
+
+
+def _refusal_comparisons(sets: dict, answers: dict, cfg: EvalConfig) -> tuple[list, list, list]:
+    """For every (policy, set): its answers each against a plain refusal; returns (keys, batches, owners)."""
+    from services.api.cai.v1 import judge_pb2
+
+    keys, batches, owners = [], [], []
+    for name, per_set in answers.items():
+        for set_name, texts in per_set.items():
+            comparisons, owner = [], []
+            for i, (p, samples) in enumerate(zip(sets[set_name], texts)):
+                for k, t in enumerate(samples):
+                    comparisons.append(
+                        judge_pb2.Comparison(
+                            prompt=_conv(p),
+                            answer_a=t,
+                            answer_b=PLAIN_REFUSAL,
+                            principle_id=cfg.refusal_principle,
+                            id=f"refusal/{name}/{set_name}/{p.id}/{k}",
+                        )
+                    )
+                    owner.append(i)
+            keys.append((name, set_name))
+            batches.append(comparisons)
+            owners.append(owner)
+    return keys, batches, owners
+
+
 async def _judge_refusals(address: str, sets: dict, answers: dict, cfg: EvalConfig):
     """({policy: {set: [[1.0 if refusal]]}}, method) decided by the judge under ``refusal_principle``;
-    (None, "regex (...)") when there is none or the judge's constitution lacks it."""
+    (None, "regex (...)") when there is none or the judge's constitution lacks it. Every policy's
+    and set's comparisons are in flight at once."""
     import grpc
 
-    from services.api.cai.v1 import judge_pb2, judge_pb2_grpc
+    from services.api.cai.v1 import judge_pb2_grpc
 
     if not cfg.refusal_principle:
         return None, "regex"
-    out: dict = {}
+    keys, batches, owners = _refusal_comparisons(sets, answers, cfg)
     async with open_aio_channel(address) as channel:
-        judge = judge_pb2_grpc.JudgeStub(channel)
-        for name, per_set in answers.items():
-            out[name] = {}
-            for set_name, texts in per_set.items():
-                comparisons, owner = [], []
-                for i, (p, samples) in enumerate(zip(sets[set_name], texts)):
-                    for k, t in enumerate(samples):
-                        comparisons.append(
-                            judge_pb2.Comparison(
-                                prompt=_conv(p),
-                                answer_a=t,
-                                answer_b=PLAIN_REFUSAL,
-                                principle_id=cfg.refusal_principle,
-                                id=f"refusal/{name}/{set_name}/{p.id}/{k}",
-                            )
-                        )
-                        owner.append(i)
-                per_prompt: list[list[float]] = [[] for _ in texts]
-                for i in range(0, len(comparisons), 128):
-                    try:
-                        r = await judge.Compare(
-                            judge_pb2.CompareRequest(
-                                comparisons=comparisons[i : i + 128], swap_debias=True, seed=cfg.seed
-                            ),
-                            timeout=3600,
-                        )
-                    except grpc.aio.AioRpcError as exc:
-                        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "principle_id" in (exc.details() or ""):
-                            return None, f"regex (the judge's constitution has no principle {cfg.refusal_principle!r})"
-                        raise
-                    for j, label in enumerate(r.labels):
-                        per_prompt[owner[i + j]].append(0.0 if label.p_a > 0.5 else 1.0)
-                out[name][set_name] = per_prompt
+        try:
+            labels = await _compare_all(judge_pb2_grpc.JudgeStub(channel), batches, cfg)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "principle_id" in (exc.details() or ""):
+                return None, f"regex (the judge's constitution has no principle {cfg.refusal_principle!r})"
+            raise
+    out: dict = {name: {} for name in answers}
+    for (name, set_name), owner, got in zip(keys, owners, labels):
+        per_prompt: list[list[float]] = [[] for _ in answers[name][set_name]]
+        for i, label in zip(owner, got):
+            per_prompt[i].append(0.0 if label.p_a > 0.5 else 1.0)
+        out[name][set_name] = per_prompt
     return out, f"judge under {cfg.refusal_principle} (answer vs a plain refusal, both orders)"
 
 
@@ -197,21 +236,26 @@ async def evaluate(
     answers: dict[str, dict[str, list[list[str]]]] = {}  # policy -> set -> prompt -> samples
 
     async def generate(gen, name: str) -> None:
-        answers[name] = {}
-        for set_name, prompts in sets.items():
-            texts = []
-            for i in range(0, len(prompts), cfg.batch_size):
-                r = await gen.Generate(
+        """Every set's prompts in as few Generate requests as the batch size allows, all in flight."""
+        order = [(set_name, p) for set_name, prompts in sets.items() for p in prompts]
+        sampling = common_pb2.SamplingParams(
+            n=cfg.samples, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed
+        )
+        responses = await asyncio.gather(
+            *(
+                gen.Generate(
                     generation_pb2.GenerateRequest(
-                        prompts=[_conv(p) for p in prompts[i : i + cfg.batch_size]],
-                        sampling=common_pb2.SamplingParams(
-                            n=cfg.samples, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed
-                        ),
+                        prompts=[_conv(p) for _, p in order[i : i + cfg.batch_size]], sampling=sampling
                     ),
                     timeout=3600,
                 )
-                texts += [[s.text.strip() or "(no answer)" for s in c.samples] for c in r.completions]
-            answers[name][set_name] = texts
+                for i in range(0, len(order), cfg.batch_size)
+            )
+        )
+        completions = [c for r in responses for c in r.completions]
+        answers[name] = {set_name: [] for set_name in sets}
+        for (set_name, _), c in zip(order, completions):
+            answers[name][set_name].append([s.text.strip() or "(no answer)" for s in c.samples])
 
     own = addresses["generation"] if isinstance(addresses["generation"], dict) else {}
     for name in policies:  # a policy with its own generation service: no checkpoint swap
@@ -240,7 +284,28 @@ async def evaluate(
         "prompts": {s: len(p) for s, p in sets.items()},
         "samples_per_prompt": cfg.samples,
     }
-    by_judge, method = await _judge_refusals(addresses["judge"], sets, answers, cfg)
+    pair_keys, pair_batches, pair_owners = [], [], []
+    for a, b in itertools.combinations(policies, 2):
+        for set_name, prompts in sets.items():
+            comparisons, owner = [], []
+            for i, (p, xs, ys) in enumerate(zip(prompts, answers[a][set_name], answers[b][set_name])):
+                for k, (x, y) in enumerate(zip(xs, ys)):
+                    comparisons.append(
+                        judge_pb2.Comparison(prompt=_conv(p), answer_a=x, answer_b=y, id=f"{set_name}/{p.id}/{k}")
+                    )
+                    owner.append(i)
+            pair_keys.append((a, b, set_name))
+            pair_batches.append(comparisons)
+            pair_owners.append(owner)
+
+    async def judge_pairs() -> list[list]:
+        async with open_aio_channel(addresses["judge"]) as jch:
+            return await _compare_all(judge_pb2_grpc.JudgeStub(jch), pair_batches, cfg)
+
+    # the refusal checks and every pair's comparisons in flight at once: the judge's engine batches them
+    (by_judge, method), pair_labels = await asyncio.gather(
+        _judge_refusals(addresses["judge"], sets, answers, cfg), judge_pairs()
+    )
     results["refusal_method"] = method
     for name in policies:
         for set_name, texts in answers[name].items():
@@ -255,45 +320,29 @@ async def evaluate(
                 results["policies"][name].setdefault("over_refusal", {})[set_name] = _rate(bait, cfg)
                 harmful = [r for p, r in zip(sets[set_name], refusals) if p.meta.get("over_refusal_bait") is False]
                 results["policies"][name].setdefault("refusal_of_harmful", {})[set_name] = _rate(harmful, cfg)
-    async with open_aio_channel(addresses["judge"]) as jch:
-        judge = judge_pb2_grpc.JudgeStub(jch)
-        for a, b in itertools.combinations(policies, 2):
-            row = {"a": a, "b": b}
-            for set_name, prompts in sets.items():
-                comparisons, owner = [], []
-                for i, (p, xs, ys) in enumerate(zip(prompts, answers[a][set_name], answers[b][set_name])):
-                    for k, (x, y) in enumerate(zip(xs, ys)):
-                        comparisons.append(
-                            judge_pb2.Comparison(prompt=_conv(p), answer_a=x, answer_b=y, id=f"{set_name}/{p.id}/{k}")
-                        )
-                        owner.append(i)
-                labels = []
-                for i in range(0, len(comparisons), 128):
-                    r = await judge.Compare(
-                        judge_pb2.CompareRequest(comparisons=comparisons[i : i + 128], swap_debias=True, seed=cfg.seed),
-                        timeout=3600,
-                    )
-                    labels += [label.p_a for label in r.labels]
-                    if not results.get("judge"):
-                        pv = r.labels[0].provenance
-                        results["judge"] = {
-                            "model": pv.model,
-                            "checkpoint": pv.checkpoint,
-                            "constitution_file": pv.constitution_file,
-                            "constitution_sha256": pv.constitution_sha256,
-                        }
-                per_prompt: list[list[float]] = [[] for _ in prompts]
-                for i, p_a in zip(owner, labels):
-                    per_prompt[i].append(p_a)
-                win = _rate(per_prompt, cfg)
-                row[set_name] = {
-                    "win_rate_a": win["rate"],
-                    "ci95": win["ci95"],
-                    "comparisons": len(labels),
-                    "wins_a": sum(p > 0.5 for p in labels),
-                    "wins_b": sum(p < 0.5 for p in labels),
-                }
-            results["pairs"].append(row)
+    rows: dict = {}
+    for (a, b, set_name), owner, got in zip(pair_keys, pair_owners, pair_labels):
+        if got and not results.get("judge"):
+            pv = got[0].provenance
+            results["judge"] = {
+                "model": pv.model,
+                "checkpoint": pv.checkpoint,
+                "constitution_file": pv.constitution_file,
+                "constitution_sha256": pv.constitution_sha256,
+            }
+        labels = [label.p_a for label in got]
+        per_prompt: list[list[float]] = [[] for _ in sets[set_name]]
+        for i, p_a in zip(owner, labels):
+            per_prompt[i].append(p_a)
+        win = _rate(per_prompt, cfg)
+        rows.setdefault((a, b), {"a": a, "b": b})[set_name] = {
+            "win_rate_a": win["rate"],
+            "ci95": win["ci95"],
+            "comparisons": len(labels),
+            "wins_a": sum(p > 0.5 for p in labels),
+            "wins_b": sum(p < 0.5 for p in labels),
+        }
+    results["pairs"] = list(rows.values())
     if addresses.get("reward"):
         async with open_aio_channel(addresses["reward"]) as rch:
             reward = reward_pb2_grpc.RewardStub(rch)
