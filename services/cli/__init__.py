@@ -64,10 +64,11 @@ def run_command(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services.cli._common import _setup_logging
+    from services.cli._common import _setup_logging, _show_config_deprecations
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    _show_config_deprecations()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return run_command(args)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -13,6 +14,21 @@ def _setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "urllib3", "filelock", "transformers", "vllm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _show_config_deprecations() -> None:
+    """A deprecated config key prints one line, ``cai: warning: FILE: old is deprecated, use new``."""
+    from services.config import ConfigDeprecationWarning
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigDeprecationWarning):
+            print(f"cai: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
 
 
 QUEUE_FILE_HELP = (

@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 
 from services.cli._common import _fail
+from services.cli._config_flags import add_config_flags, load_with_flags
+from services.pipeline.evaluate import EvalConfig
 
 
 def cmd_eval(args) -> int:
 
     from services.engines.config import EngineConfig
     from services.pipeline.embedded import EmbeddedServices
-    from services.pipeline.evaluate import EvalConfig, evaluate
+    from services.pipeline.evaluate import evaluate
     from services.prompts import EVAL, HELPFULNESS, RED_TEAM, load_prompts, split_prompts, split_record
 
     policies = {}
@@ -24,17 +26,16 @@ def cmd_eval(args) -> int:
         policies[name] = path
     if len(policies) < 2:
         return _fail("give at least two --policy NAME=PATH to compare")
-    if args.split != EVAL and not args.allow_train_prompts:
+    cfg = load_with_flags(EvalConfig, args, args.config)  # a ConfigError reaches the CLI's error boundary
+    if cfg.split != EVAL and not args.allow_train_prompts:
         return _fail(
-            f"--split {args.split} includes prompts the training commands use by default; evaluating on "
+            f"--split {cfg.split} includes prompts the training commands use by default; evaluating on "
             "them flatters the policies (pass --allow-train-prompts to do it anyway)"
         )
-    if args.samples < 1:
-        return _fail("--samples must be at least 1")
     files = {"red_team": args.red_team or str(RED_TEAM), "helpfulness": args.helpfulness or str(HELPFULNESS)}
     try:
         sets = {
-            name: split_prompts(load_prompts(path), args.split, args.eval_fraction)[: args.prompts]
+            name: split_prompts(load_prompts(path), cfg.split, cfg.eval_fraction)[: cfg.prompts]
             for name, path in files.items()
         }
     except ValueError as exc:  # a PromptFileError too (it is a ValueError)
@@ -42,15 +43,8 @@ def cmd_eval(args) -> int:
     for name, prompts in sets.items():
         if not prompts:
             return _fail(
-                f"{files[name]}: no prompts in the {args.split} part of the split (eval fraction {args.eval_fraction})"
+                f"{files[name]}: no prompts in the {cfg.split} part of the split (eval fraction {cfg.eval_fraction})"
             )
-    cfg = EvalConfig(
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        samples=args.samples,
-        bootstrap=args.bootstrap,
-        refusal_principle=args.refusal_principle,
-    )
     judge_model = args.eval_judge_model
     constitution = args.eval_constitution or ""
 
@@ -90,7 +84,7 @@ def cmd_eval(args) -> int:
     if bool(args.generation) != bool(args.judge):
         return _fail("give both --generation and --judge addresses, or neither")
     results = asyncio.run(main())
-    results["split"] = split_record(files, args.split, args.eval_fraction)
+    results["split"] = split_record(files, cfg.split, cfg.eval_fraction)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     ci = lambda x: f"[{x[0]:.2f}, {x[1]:.2f}]"  # noqa: E731
     for pair in results["pairs"]:
@@ -149,28 +143,14 @@ def add_parser(sub) -> None:
     ev.add_argument("--red-team", help="harmlessness prompts (JSONL; its eval part is used)")
     ev.add_argument("--helpfulness", help="helpfulness prompts (JSONL; its eval part is used)")
     ev.add_argument(
-        "--split",
-        choices=["eval", "train", "all"],
-        default="eval",
-        help="part of the prompt split to evaluate on (train/all need --allow-train-prompts)",
-    )
-    ev.add_argument("--eval-fraction", type=float, default=0.2, help="share of prompts in the eval part")
-    ev.add_argument(
         "--allow-train-prompts",
         action="store_true",
         help="evaluate on prompts the training commands use (results flatter the policies)",
     )
-    ev.add_argument("--prompts", type=int, default=16, help="at most this many held-out prompts per set")
-    ev.add_argument("--samples", type=int, default=4, help="answers per prompt and policy")
-    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% intervals")
-    ev.add_argument(
-        "--refusal-principle",
-        default="judge-no-needless-refusal",
-        help="judging principle under which the judge decides refusals ('' for the regex)",
-    )
-    ev.add_argument("--max-tokens", type=int, default=64)
-    ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="eval.json")
+    ev.add_argument("--config", help="YAML with the evaluation settings below")
+    # One flag per EvalConfig field (help: the field's docstring): --prompts, --samples, --max-tokens, ...
+    add_config_flags(ev, EvalConfig, choices={"split": ["eval", "train", "all"]})
     ev.set_defaults(func=cmd_eval)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from services.cli._common import _fail
+from services.cli._config_flags import add_config_flags, load_with_flags
+from services.training.sft_config import SFTRunConfig
 
 
 def _sft_rounds(text: str) -> int:
@@ -20,24 +22,15 @@ def _sft_rounds(text: str) -> int:
     return n
 
 
-def cmd_train_sft(args) -> int:
-    from services.config import replace_config
-    from services.training.sft_config import SFTRunConfig
+def sft_config(args) -> SFTRunConfig:
+    """The --config file (or the defaults) with the given flags laid over it (flags win)."""
+    return load_with_flags(SFTRunConfig, args, args.config)
 
-    # a ConfigError reaches the CLI's error boundary
-    cfg = replace_config(
-        SFTRunConfig(data=args.data, out=args.out),
-        model=args.model,
-        rounds=args.rounds,
-        include_flagged=args.include_flagged or None,
-        lora=args.lora or None,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-    )
+
+def cmd_train_sft(args) -> int:
     from services.training.sft_trainer import train_sft
 
+    cfg = sft_config(args)  # a ConfigError reaches the CLI's error boundary
     try:
         out = train_sft(cfg)
     except (ValueError, OSError) as exc:
@@ -50,25 +43,9 @@ def add_parser(sub) -> None:
     """Registers the command on the ``cai`` parser's subparsers."""
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="train_command", required=True)
     sft = train.add_parser("sft", help="supervised fine-tuning on SL-CAI data (TRL)")
-    sft.add_argument("--data", required=True, help="folder written by cai sl-data")
-    sft.add_argument("--model", help="policy to fine-tune (default smollm2-135m-instruct)")
-    sft.add_argument("--out", required=True, help="checkpoint folder")
-    sft.add_argument(
-        "--rounds",
-        type=_sft_rounds,
-        metavar="N|all",
-        help="SL-CAI-n: the revisions of rounds 1..N, or all (default: all)",
-    )
-    sft.add_argument(
-        "--include-flagged",
-        action="store_true",
-        help="also train on rows cai sl-data marked (truncated, scaffold leaks, failed rounds)",
-    )
-    sft.add_argument("--lora", action="store_true", help="train LoRA adapters (merged on save)")
-    sft.add_argument("--epochs", type=float)
-    sft.add_argument("--max-steps", type=int)
-    sft.add_argument("--learning-rate", type=float)
-    sft.add_argument("--batch-size", type=int)
+    sft.add_argument("--config", help="YAML with the same settings")
+    # One flag per SFTRunConfig field (help: the field's docstring): --data, --out, --epochs, ...
+    add_config_flags(sft, SFTRunConfig, options={"rounds": {"type": _sft_rounds, "metavar": "N|all"}})
     sft.set_defaults(func=cmd_train_sft)
 
 

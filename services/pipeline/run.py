@@ -450,9 +450,10 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
     return summary
 
 
-def run_main(config_path: str | None, out_dir: str | None) -> int:
+def run_main(config: RunConfig | str | None, out_dir: str | None) -> int:
+    """Runs the pipeline with ``config`` (a RunConfig, or the path of its YAML file) into ``out_dir``."""
     try:
-        cfg = load_config(RunConfig, config_path) if config_path else RunConfig()
+        cfg = config if isinstance(config, RunConfig) else load_config(RunConfig, config) if config else RunConfig()
     except ConfigError as exc:
         print(f"cai run: {exc}", file=sys.stderr)
         return 2
