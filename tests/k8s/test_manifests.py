@@ -21,7 +21,7 @@ import yaml
 
 from services.cli import build_parser, serve_config
 from services.k8s import manifests
-from services.k8s.manifests import DeployConfig, K8sError, kustomize, render
+from services.k8s.manifests import check, kustomize
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -82,18 +82,37 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
 LABEL_THROUGHPUT = 'sum(rate(cai_judge_labels_total{namespace=~"$namespace"}[$__rate_interval]))'
 
 
+def user_overlay(root: Path, *resources: str, components=(), **fields) -> Path:
+    """A user's kustomization in ``root`` over folders of k8s/ (kustomize wants relative paths)."""
+    root.mkdir(parents=True, exist_ok=True)
+    kust = {
+        "resources": [os.path.relpath(K8S / r, root) for r in resources],
+        "components": [os.path.relpath(K8S / "components" / c, root) for c in components],
+        **fields,
+    }
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(kust, sort_keys=False))
+    return root
+
+
 @pytest.fixture(scope="module")
-def renders() -> dict[str, list[dict]]:
-    """What `kubectl apply -k` would apply for each kustomization, and `cai k8s render` combinations."""
+def renders(tmp_path_factory) -> dict[str, list[dict]]:
+    """What `kubectl apply -k` would apply for each kustomization, and user overlays combining them."""
+    tmp = tmp_path_factory.mktemp("overlays")
+    everything = user_overlay(
+        tmp / "all",
+        "overlays/gpu",
+        "monitoring",
+        components=("tls", "external-redis"),
+        namespace="exp1",
+    )
     return {
         "base": kustomize(K8S / "base"),
         "gpu": kustomize(K8S / "overlays" / "gpu"),
         "cpu-small": kustomize(K8S / "overlays" / "cpu-small"),
         "monitoring": kustomize(K8S / "monitoring"),
-        "gpu+tls+external-redis+monitoring": render(
-            DeployConfig(overlay="gpu", namespace="exp1", tls=True, external_redis=True, monitoring=True)
-        ),
-        "cpu-small+tls": render(DeployConfig(overlay="cpu-small", tls=True)),
+        "deploy.example": kustomize(K8S / "deploy.example"),
+        "gpu+tls+external-redis+monitoring": kustomize(everything),
+        "cpu-small+tls": kustomize(user_overlay(tmp / "tls", "overlays/cpu-small", components=("tls",))),
     }
 
 
@@ -270,23 +289,22 @@ def test_tls_component_serves_tls_and_probes_over_tls(renders, name):
             probe = container[kind]
             assert "grpc" not in probe
             command = probe["exec"]["command"]
-            assert command[:4] == ["python", "-m", "services.k8s.cli", "probe"]
+            assert command[:3] == ["python", "-m", "services.common.probe"]
             assert "--tls-dir" in command
 
 
 def test_the_tls_probe_command_parses():
     import argparse
 
-    from services.k8s.cli import add_parser
+    from services.common.probe import add_arguments
 
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
+    parser = add_arguments(argparse.ArgumentParser())
     tls = yaml.safe_load((K8S / "components" / "tls" / "tls.yaml").read_text())
     commands = [op["value"]["command"] for op in tls if op["op"] == "add" and op["path"].endswith("Probe/exec")]
     assert len(commands) == 3
     for command in commands:
-        args = parser.parse_args(["k8s", *command[3:]])
-        assert args.func.__name__ == "cmd_probe" and args.port == 50051 and args.tls_dir == "/etc/cai/tls"
+        args = parser.parse_args(command[3:])
+        assert args.port == 50051 and args.tls_dir == "/etc/cai/tls"
 
 
 def _assert_requests_and_limits(container: dict, who: str) -> None:
@@ -680,66 +698,104 @@ def test_render_writes_one_file_per_object_in_apply_order(tmp_path):
     assert [d for d in yaml.safe_load_all(stdout.stdout) if d] == objects
 
 
-def test_deploy_config_example_renders():
-    config, base_dir = manifests.load_deploy_config(K8S / "deploy.example.yaml")
-    objects = render(config, base_dir)
-    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {config.namespace}
+def test_the_deploy_example_overlay_renders_and_checks(renders):
+    objects = renders["deploy.example"]
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"cai-exp1"}
+    assert _get(objects, "Namespace", "cai-exp1")
     assert _get(objects, "Deployment", "generation")["spec"]["replicas"] == 2
+    assert _get(objects, "Deployment", "judge")["spec"]["replicas"] == 2
     images = {c["image"] for w in _cai_workloads(objects) for c in _pod(w)["containers"]}
-    assert images == {config.image}
+    assert images == {"registry.example.com/ml/cai:0.1.0-gpu"}
     assert _of(objects, "PrometheusRule")
+    trainer = _get(objects, "StatefulSet", "trainer")
+    assert trainer["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "cephfs"
+    assert _config_of(objects, "generation")["engine"]["tensor_parallel_size"] == 2
+    problems, notes = check(objects)
+    assert problems == []
+    assert any(n.startswith("constitution sha256 ") and n.endswith("= constitutions/default.yaml") for n in notes)
+    done = _cai_k8s("check", str(K8S / "deploy.example"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"{K8S / 'deploy.example'}: ok ({len(objects)} objects)")
 
 
 @pytest.mark.parametrize(
-    "text, field",
+    "file, text, words",
     [
-        ("overlay: tpu\n", "overlay"),
-        ("replicas: {trainer: 2}\n", "replicas.trainer"),
-        ("services: {judge: judge.yaml}\n", "engine.max_model_len"),
-        ("namespace: Not_A_Name\n", "namespace"),
-        ("tls: maybe\n", "tls"),
+        (
+            "judge.yaml",
+            "engine: {kind: vllm, max_model_len: 2}\n",
+            ["Deployment judge", "key judge.yaml", "engine.max_model_len"],
+        ),
+        ("judge.yaml", "engine: {kind: vllm}\nnot_a_field: 1\n", ["Deployment judge", "not_a_field"]),
+        (
+            "trainer.yaml",
+            "constitution_sha256: deadbeefdeadbeef\n",
+            ["StatefulSet trainer", "key trainer.yaml", "constitution_sha256"],
+        ),
+        ("constitution.yaml", "format: nope\n", ["constitution", "ConfigMap constitution-"]),
     ],
 )
-def test_bad_deploy_configs_are_refused_naming_the_field(tmp_path, text, field):
-    (tmp_path / "judge.yaml").write_text("engine: {kind: vllm, max_model_len: 2}\n")
-    (tmp_path / "deploy.yaml").write_text(text)
-    done = _cai_k8s("render", "--config", str(tmp_path / "deploy.yaml"))
-    _assert_clear_failure(done, field)
+def test_check_names_the_configmap_key_and_field(tmp_path, file, text, words):
+    """A user overlay replacing one ConfigMap's file: `cai k8s check` exits 2, one line per problem
+    naming the workload, the ConfigMap and its key, and the field."""
+    (tmp_path / "config").mkdir()
+    source = K8S / "overlays" / "cpu-small" / "config" / file
+    if file == "trainer.yaml":  # the overlay's trainer config, expecting another constitution
+        text = source.read_text() + text
+    (tmp_path / "config" / file).write_text(text)
+    name, key = ("constitution", "default.yaml") if file == "constitution.yaml" else (f"{file[:-5]}-config", file)
+    generator = {"name": name, "behavior": "replace", "files": [f"{key}=config/{file}"]}
+    user_overlay(tmp_path, "overlays/cpu-small", configMapGenerator=[generator])
+    done = _cai_k8s("check", str(tmp_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert all(line.startswith("cai: error: ") for line in lines), done.stderr
+    assert any(all(w in line for w in words) for line in lines), done.stderr
 
 
-def test_storage_class_and_constitution_overrides(tmp_path):
-    constitution = tmp_path / "mine.yaml"
-    constitution.write_bytes((REPO / "constitutions" / "default.yaml").read_bytes() + b"\n# ours\n")
-    objects = render(DeployConfig(overlay="gpu", storage_class="cephfs", constitution=str(constitution)))
-    trainer = _get(objects, "StatefulSet", "trainer")
-    assert trainer["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "cephfs"
-    (cm,) = [o for o in _of(objects, "ConfigMap") if o["metadata"]["name"].startswith("constitution")]
-    assert cm["data"]["default.yaml"].endswith("# ours\n")
-    with pytest.raises(K8sError, match="constitution"):
-        bad = tmp_path / "bad.yaml"
-        bad.write_text("format: nope\n")
-        render(DeployConfig(overlay="gpu", constitution=str(bad)))
+def test_check_reports_the_served_constitution_and_critique_and_judge_must_agree(tmp_path):
+    ours = (REPO / "constitutions" / "default.yaml").read_bytes() + b"\n# ours\n"
+    (tmp_path / "constitution.yaml").write_bytes(ours)
+    generator = {"name": "constitution", "behavior": "replace", "files": ["default.yaml=constitution.yaml"]}
+    objects = kustomize(user_overlay(tmp_path, "overlays/gpu", configMapGenerator=[generator]))
+    problems, notes = check(objects)
+    assert problems == []
+    assert f"constitution sha256 {__import__('hashlib').sha256(ours).hexdigest()} " in notes[-1]
+    assert "= constitutions/default.yaml" not in notes[-1]
+    # judge reading another ConfigMap than critique: two hashes served
+    judge = _get(objects, "Deployment", "judge")
+    volume = next(v for v in _pod(judge)["volumes"] if v["name"] == "constitution")
+    original = _get(renders_gpu := kustomize(K8S / "overlays" / "gpu"), "Deployment", "judge")
+    volume["configMap"]["name"] = next(v for v in _pod(original)["volumes"] if v["name"] == "constitution")[
+        "configMap"
+    ]["name"]
+    objects += [o for o in renders_gpu if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("constitution")]
+    problems, _ = check(objects)
+    assert any("critique and judge serve different constitutions" in p for p in problems), problems
 
 
-def test_queue_status_from_trainer_metrics():
-    body = (
-        "# HELP cai_queue_lag Entries a consumer group has not acknowledged yet.\n"
-        "# TYPE cai_queue_lag gauge\n"
-        'cai_queue_lag{backend="redis",group="trainer"} 1234.0\n'
-        "# TYPE cai_queue_depth gauge\n"
-        'cai_queue_depth{backend="redis"} 5000.0\n'
-        "# TYPE cai_comparisons_consumed_total counter\n"
-        "cai_comparisons_consumed_total 3766.0\n"
-    )
-    response = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body.encode()
-    status = manifests.queue_status_from_http(response, "trainer-0 /metrics")
-    assert status.lag == {"trainer": 1234.0} and status.depth == 5000.0 and status.consumed == 3766.0
-    assert status.line().startswith("queue: lag 1234 (group trainer); depth 5000; 3766 comparisons consumed")
-    assert "unknown" in manifests.queue_status_from_http(b"HTTP/1.0 404 Not Found\r\n\r\n", "x").line()
-    assert manifests.queue_status_from_metrics("", "x").error
+def test_render_with_a_deploy_config_file_is_a_clear_error_naming_the_overlay(tmp_path):
+    (tmp_path / "deploy.yaml").write_text("overlay: gpu\nnamespace: cai-exp1\n")
+    for command in ("render", "apply", "check"):
+        done = _cai_k8s(command, "--config", str(tmp_path / "deploy.yaml"))
+        _assert_clear_failure(done, "k8s/deploy.example/", "kubectl apply --server-side -k")
 
 
-def test_probe_reports_serving_and_not_serving():
+def test_deprecated_render_flags_still_compose_the_overlay(renders, tmp_path):
+    done = _cai_k8s("render", "--overlay", "gpu", "--namespace", "exp1", "--tls", "--external-redis", "--monitoring")
+    assert done.returncode == 0, done.stderr
+    assert "deprecated" in done.stderr and "k8s/deploy.example/" in done.stderr
+    objects = [d for d in yaml.safe_load_all(done.stdout) if d]
+    ours = manifests.sort_objects(renders["gpu+tls+external-redis+monitoring"])
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [(o["kind"], o["metadata"]["name"]) for o in ours]
+    done = _cai_k8s("render", "--overlay", "cpu-small", "--image", "registry.example.com/cai:1.2@sha256:" + "a" * 64)
+    images = {c["image"] for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "Deployment"
+              for c in d["spec"]["template"]["spec"]["containers"]}  # fmt: skip
+    assert images == {"registry.example.com/cai@sha256:" + "a" * 64}
+
+
+def test_the_probe_keeps_its_old_name_and_reports_serving_and_not_serving():
+    """Manifests rendered before the probe moved to services.common.probe run `services.k8s.cli probe`."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -760,11 +816,11 @@ def test_probe_reports_serving_and_not_serving():
         server.stop(0)
 
 
-# --- apply and status against a stand-in API server ---------------------------------------------
+# --- status against a stand-in API server -----------------------------------------------------
 
 
 class _FakeApiServer:
-    """Just enough of the Kubernetes API for discovery, server-side apply and the status lists."""
+    """Just enough of the Kubernetes API for kubectl's discovery, get and rollout status."""
 
     CORE = [
         ("namespaces", "Namespace", False),
@@ -936,117 +992,18 @@ def fake_api(tmp_path, monkeypatch):
     fake.close()
 
 
-def test_apply_is_a_server_side_apply_of_every_object_in_order(fake_api, renders):
-    cluster = manifests.Cluster.connect()
-    assert cluster.context == "fake"
-    objects = [o for o in renders["cpu-small"] if o["kind"] not in CUSTOM_KINDS]
-    cluster.apply(objects, dry_run=True, report=lambda line: None)
-    assert len(fake_api.patches) == len(objects)
-    first = fake_api.patches[0]
-    assert first["path"] == "/api/v1/namespaces/cai" and first["body"]["kind"] == "Namespace"
-    for patch, obj in zip(fake_api.patches, objects):
-        assert patch["content_type"].startswith("application/apply-patch+yaml")
-        assert patch["query"]["fieldManager"] == ["cai"] and patch["query"]["dryRun"] == ["All"]
-        assert "force" not in patch["query"]
-        assert patch["body"]["metadata"]["name"] == obj["metadata"]["name"]
-    paths = {p["path"] for p in fake_api.patches}
-    assert "/apis/apps/v1/namespaces/cai/statefulsets/trainer" in paths
-    assert "/apis/networking.k8s.io/v1/namespaces/cai/networkpolicies/cai-default-deny-ingress" in paths
-
-
-def test_apply_without_the_prometheus_operator_says_so(fake_api, renders):
-    cluster = manifests.Cluster.connect()
-    monitor = _get(renders["monitoring"], "ServiceMonitor", "cai-services")
-    with pytest.raises(K8sError, match="Prometheus Operator"):
-        cluster.apply([monitor], report=lambda line: None)
-
-
 def test_status_lists_pods_why_they_wait_and_the_queue(fake_api, capsys):
+    """kubectl's own tables and rollout status against a stand-in API server, the scheduler's
+    reason for a Pending pod, and the trainer's queue over gRPC."""
     from services.k8s.cli import main
 
     assert main(["status", "--trainer", "127.0.0.1:1", "--timeout", "2"]) == 1  # not ready
     out = capsys.readouterr().out
-    assert "judge-abc" in out and "Pending" in out and "0/1" in out
-    assert "Insufficient nvidia.com/gpu" in out
-    assert "judge 0/1 (not ready)" in out
-    assert "volumes not bound: cai-models" in out
+    assert "judge-abc" in out
+    assert "pending: judge-abc" in out and "Insufficient nvidia.com/gpu" in out
+    assert 'Waiting for deployment "judge" rollout to finish' in out
     # unreachable trainer: UNAVAILABLE, or DEADLINE_EXCEEDED once channels retry UNAVAILABLE
     assert re.search(r"queue: unknown \((UNAVAILABLE|DEADLINE_EXCEEDED)", out), out
-
-
-def test_trainer_metrics_are_read_over_a_socket_that_stays_open():
-    """What `status` does through a port-forward: HTTP/1.0 to a prometheus_client endpoint, read up
-    to Content-Length (a port-forward does not always pass the close on)."""
-    import socket
-
-    from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
-    registry = CollectorRegistry()
-    Gauge("cai_queue_lag", "lag", ["backend", "group"], registry=registry).labels("redis", "trainer").set(42)
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    try:
-        with socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as upstream:
-            upstream.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n")
-            response = manifests._read_http_response(upstream)
-    finally:
-        server.shutdown()
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        theirs.sendall(response)  # and keep it open
-        ours.settimeout(5)
-        replayed = manifests._read_http_response(ours)
-    assert replayed == response
-    assert manifests.queue_status_from_http(replayed, "x").lag == {"trainer": 42.0}
-
-
-@pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="needs the openssl command")
-def test_probe_checks_health_over_tls_with_the_service_name(tmp_path, monkeypatch):
-    """The tls component's exec probe: a certificate for <service>.<namespace>.svc, checked on
-    127.0.0.1 with the name from $CAI_TLS_SERVER_NAME."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-    from services.k8s.cli import main
-
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=judge.cai.svc",
-            "-addext",
-            "subjectAltName=DNS:judge,DNS:judge.cai.svc",
-            "-keyout",
-            str(tmp_path / "tls.key"),
-            "-out",
-            str(tmp_path / "tls.crt"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    server = grpc.server(ThreadPoolExecutor(2))
-    servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    creds = grpc.ssl_server_credentials([((tmp_path / "tls.key").read_bytes(), (tmp_path / "tls.crt").read_bytes())])
-    port = server.add_secure_port("127.0.0.1:0", creds)
-    server.start()
-    try:
-        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        monkeypatch.setenv("CAI_TLS_SERVER_NAME", "judge.cai.svc")
-        assert main(["probe", "--port", str(port), "--tls-dir", str(tmp_path)]) == 0
-        monkeypatch.setenv("CAI_TLS_SERVER_NAME", "reward.cai.svc")  # not on the certificate
-        assert main(["probe", "--port", str(port), "--tls-dir", str(tmp_path), "--timeout", "3"]) == 1
-        assert main(["probe", "--port", str(port), "--timeout", "3"]) == 1  # plaintext to a TLS port
-    finally:
-        server.stop(0)
 
 
 def _bytes(quantity: str) -> int:
@@ -1115,21 +1072,15 @@ def test_tls_reaches_the_trainer_and_jobs_and_mutual_tls_is_an_option(tmp_path):
     presents the Secret's certificate."""
     job_text = (K8S / "examples" / "label-job.yaml").read_text().replace("generateName: cai-label-", "name: cai-label")
     for mtls in (False, True):
-        config = DeployConfig(overlay="cpu-small", tls=True, mtls=mtls)
-        objects = render(config)
         root = tmp_path / f"with-job-{mtls}"  # a user overlay listing the Job beside the deployment
-        root.mkdir()
+        components = ("tls", "mtls") if mtls else ("tls",)
+        user_overlay(root, "overlays/cpu-small", components=components)
         (root / "job.yaml").write_text(job_text)
-        components = ["components/tls"] + (["components/mtls"] if mtls else [])
+        kust = yaml.safe_load((root / "kustomization.yaml").read_text())
         (root / "kustomization.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "resources": [os.path.relpath(K8S / "overlays" / "cpu-small", root), "job.yaml"],
-                    "components": [os.path.relpath(K8S / c, root) for c in components],
-                }
-            )
+            yaml.safe_dump({**kust, "resources": [*kust["resources"], "job.yaml"]})
         )
-        objects += [o for o in kustomize(root) if o["kind"] == "Job"]
+        objects = kustomize(root)
         trainer = _pod(_get(objects, "StatefulSet", "trainer"))["containers"][0]
         (job,) = _of(objects, "Job")
         for client in (trainer, _pod(job)["containers"][0]):
