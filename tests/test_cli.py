@@ -131,3 +131,61 @@ def test_old_flag_names_keep_working_and_flags_win_over_the_config_file(tmp_path
     out = _cai("label", "--queue", "sqlite:///x.db", "--samples", "1", "--helpfulness-pairs", "")
     assert out.returncode == 2 and out.stderr.startswith("cai: error: ") and "samples_per_prompt" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_run_flags_are_generated_from_the_run_config_and_its_sections_and_win_over_the_file(tmp_path):
+    """Every field of RunConfig and of its sections is a flag named by its dotted path, with the
+    field's docstring and the run's default as help; flags win over --config, which wins over the
+    defaults; fields the run fills in itself have no flag."""
+    from services.cli import build_parser
+    from services.cli._config_flags import field_docs, flag_fields
+    from services.cli.run import run_config
+    from services.pipeline.run import RunConfig
+    from services.training.ppo_config import PPOConfig
+
+    sub = build_parser()._subparsers._group_actions[0].choices["run"]
+    flags = {a.dest: a for a in sub._actions}
+    paths = [path for path, *_ in flag_fields(RunConfig, nested=True)]
+    assert {"sft.epochs", "rl.ppo.kl_coef", "label.mode", "eval.samples", "sl_data.rounds", "seed"} <= set(paths)
+    assert not {"sft.data", "sl_data.seed", "label.queue", "rl.policy", "rl.ppo.seed"} & set(paths)
+    for path in paths:
+        assert "--" + path.replace("_", "-") in flags[path].option_strings, path
+    assert flags["rl.ppo.kl_coef"].help.startswith(field_docs(PPOConfig)["kl_coef"].replace("%", "%%"))
+    assert flags["sft.epochs"].help.endswith("(default: 2.0)")  # the run's default, not SFTRunConfig's 1.0
+    file = tmp_path / "run.yaml"
+    file.write_text("sft_epochs: 5\nsft: {learning_rate: 1.0e-3}\nrl: {ppo: {steps: 3}}\n")  # an old key too
+    parse = build_parser().parse_args
+    with pytest.warns(FutureWarning, match="sft_epochs is deprecated, use sft.epochs"):
+        cfg = run_config(parse(["run", "--config", str(file), "--sft.epochs", "4", "--rl.ppo.kl-coef", "0.3"]))
+    assert (cfg.sft.epochs, cfg.rl.ppo.kl_coef) == (4.0, 0.3)  # the flags
+    assert (cfg.sft.learning_rate, cfg.rl.ppo.steps) == (1e-3, 3)  # the file
+    assert (cfg.sft.batch_size, cfg.rl.ppo.batch_size) == (4, 4)  # the run's defaults
+    assert run_config(parse(["run", "--no-label.swap-debias", "--sft.rounds", "all"])).label.swap_debias is False
+
+
+def test_train_sft_and_eval_flags_keep_their_names_and_come_from_the_config_fields(tmp_path):
+    from services.cli import build_parser
+    from services.cli.train import sft_config
+
+    parse = build_parser().parse_args
+    cfg = sft_config(
+        parse(["train", "sft", "--data", "d", "--out", "o", "--rounds", "all", "--include-flagged", "--lora"])
+    )
+    assert (cfg.data, cfg.out, cfg.rounds, cfg.include_flagged, cfg.lora) == ("d", "o", 0, True, True)
+    file = tmp_path / "sft.yaml"
+    file.write_text("data: d\nout: o\nepochs: 3\nlearning_rate: 1.0e-4\n")
+    cfg = sft_config(parse(["train", "sft", "--config", str(file), "--epochs", "2", "--lora-r", "4"]))
+    assert (cfg.epochs, cfg.learning_rate, cfg.lora_r) == (2.0, 1e-4, 4)
+    args = parse(["eval", "--policy", "a=x", "--policy", "b=y", "--prompts", "3", "--samples", "2", "--split", "all"])
+    assert (args.prompts, args.samples, args.split) == (3, 2, "all")
+    out = _cai("train", "sft", "--out", "o")
+    assert out.returncode == 2 and "cai: error: command line: data: is required" in out.stderr, out.stderr
+
+
+def test_a_deprecated_config_key_prints_one_warning_line_naming_the_new_key(tmp_path):
+    file = tmp_path / "old.yaml"
+    file.write_text("sft_epochs: 2\nrl_algorithm: dpo\n")
+    out = _cai("run", "--config", str(file), "--out", str(tmp_path / "run"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"cai: warning: {file}: sft_epochs is deprecated, use sft.epochs\n" in out.stderr
+    assert f"cai: error: {file}: rl.algorithm: must be ppo, grpo or rloo" in out.stderr
