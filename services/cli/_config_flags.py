@@ -113,14 +113,16 @@ def add_config_flags(
     choices: Mapping[str, Iterable[str]] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     nested: bool = False,
+    defaults: Any = None,
 ) -> None:
     """One flag per scalar field of ``config_type`` (with ``nested``, of its sections too):
     ``--field-name`` / ``--section.field-name`` (and the old names in ``renames[path]``), of the
     field's type, help from its docstring and default; ``options[path]`` adds argparse keywords
-    (a ``type`` that parses ``all``, a ``metavar``)."""
+    (a ``type`` that parses ``all``, a ``metavar``); ``defaults`` is the instance whose values the
+    help shows (default: ``config_type()``)."""
     renames, choices, options = renames or {}, choices or {}, options or {}
     group = parser.add_argument_group(f"settings ({config_type.__name__}; flags win over --config)")
-    for path, kind, default, doc in flag_fields(config_type, exclude, nested):
+    for path, kind, default, doc in flag_fields(config_type, exclude, nested, defaults):
         old = renames.get(path, ())
         names = [_flag(path), *([old] if isinstance(old, str) else old)]
         help_text = f"{doc} (default: {default!r})".replace("%", "%%").strip()

@@ -9,19 +9,16 @@ from pathlib import Path
 
 from services import registry
 from services.cli._common import QUEUE_FILE_HELP, _fail, _queue_url, _set
+from services.cli._config_flags import add_config_flags, config_overrides
+from services.common.server import ServerConfig
 from services.registry import SERVICES
+
+SERVER_EXCLUDE = ("tls_allowed_client_names",)  # --tls-allowed-client-name, repeated (below)
 
 
 def _server_overrides(args) -> dict:
-    return {
-        "host": args.host,
-        "port": args.port,
-        "metrics_port": args.metrics_port,
-        "tls_cert_file": args.tls_cert_file,
-        "tls_key_file": args.tls_key_file,
-        "tls_client_ca_file": args.tls_client_ca_file,
-        "tls_allowed_client_names": tuple(args.tls_allowed_client_name) if args.tls_allowed_client_name else None,
-    }
+    names = tuple(args.tls_allowed_client_name) if args.tls_allowed_client_name else None
+    return {**config_overrides(args, ServerConfig, SERVER_EXCLUDE), "tls_allowed_client_names": names}
 
 
 def _engine_overrides(args) -> dict:
@@ -102,15 +99,8 @@ def add_parser(sub) -> None:
             p.add_argument("--engine", choices=["vllm", "transformers"], help="inference engine (default vllm)")
         if name in ("critique", "judge"):
             p.add_argument("--constitution", help="constitution file (default constitutions/default.yaml)")
-        p.add_argument("--host", help="listen address (default 0.0.0.0)")
-        p.add_argument("--port", type=int, help="gRPC port (0 picks one)")
-        p.add_argument("--metrics-port", type=int, help="Prometheus port (-1 off, 0 picks one)")
-        p.add_argument("--tls-cert-file", help="PEM certificate chain: serve gRPC over TLS")
-        p.add_argument("--tls-key-file", help="PEM private key (with --tls-cert-file)")
-        p.add_argument(
-            "--tls-client-ca-file",
-            help="PEM CA bundle: require client certificates signed by it (mutual TLS; with --tls-cert-file)",
-        )
+        # One flag per ServerConfig field (--host, --port, --metrics-port, --grace-seconds, --tls-cert-file, ...)
+        add_config_flags(p, ServerConfig, exclude=SERVER_EXCLUDE, defaults=SERVICES[name].config_type()().server)
         p.add_argument(
             "--tls-allowed-client-name",
             action="append",
