@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.common.channels import open_aio_channel
+from services.comparison import Comparison
 from services.engines.config import EngineConfig
 from services.prompts import HELPFULNESS_PAIRS, RED_TEAM, Prompt, load_prompts
 
@@ -194,23 +195,23 @@ def helpfulness_comparisons(pairs: list[Prompt], seed: int, source: str) -> list
             raise ValueError(f"{source}: pair {p.id!r}: needs non-empty `chosen` and `rejected` texts")
         swap = rng.random() < 0.5
         out.append(
-            {
-                "id": comparison_id("helpfulness", source, p.id),
-                "kind": "helpfulness",
-                "prompt": list(p.messages),
-                "answer_a": rejected if swap else chosen,
-                "answer_b": chosen if swap else rejected,
-                "p_a": 0.0 if swap else 1.0,
-                "principle_id": "",
-                "prompt_id": p.id,
-                "provenance": {
+            Comparison(
+                id=comparison_id("helpfulness", source, p.id),
+                kind="helpfulness",
+                prompt=list(p.messages),
+                answer_a=rejected if swap else chosen,
+                answer_b=chosen if swap else rejected,
+                p_a=0.0 if swap else 1.0,
+                principle_id="",
+                prompt_id=p.id,
+                provenance={
                     "constitution_sha256": "",
                     "judge_model": f"preference-file:{source}",
                     "policy_checkpoint": "",
                     "created_at": created,
                     "source": source,
                 },
-            }
+            ).to_dict()
         )
     return out
 
@@ -316,19 +317,19 @@ async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge,
         prov = label.provenance
         key = judge_key(label)
         items.append(
-            {
-                "id": harmlessness_id(cfg, p, i, j, answers.model, answers.checkpoint_id, key),
-                "kind": "harmlessness",
-                "prompt": list(p.messages),
-                "answer_a": c.answer_a,
-                "answer_b": c.answer_b,
-                "p_a": label.p_a,
-                "principle_id": label.principle_id,
-                "prompt_id": p.id,
-                "category": p.category,
-                "reasoning": label.reasoning,
-                "sample_indices": [i, j],
-                "provenance": {
+            Comparison(
+                id=harmlessness_id(cfg, p, i, j, answers.model, answers.checkpoint_id, key),
+                kind="harmlessness",
+                prompt=list(p.messages),
+                answer_a=c.answer_a,
+                answer_b=c.answer_b,
+                p_a=label.p_a,
+                principle_id=label.principle_id,
+                prompt_id=p.id,
+                category=p.category,
+                reasoning=label.reasoning,
+                sample_indices=[i, j],
+                provenance={
                     "constitution_file": prov.constitution_file,
                     "constitution_sha256": prov.constitution_sha256,
                     "principle_id": prov.principle_id,
@@ -345,7 +346,7 @@ async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge,
                     "prompts_sha256": _prompts_sha256(cfg.prompts),
                     "created_at": prov.created_at.ToJsonString(),
                 },
-            }
+            ).to_dict()
         )
     return items
 

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from services.queue.base import (
     RETENTION_PARAMS,
+    Comparison,
     ComparisonQueue,
     Delivery,
     MalformedItem,
@@ -23,6 +24,7 @@ from services.queue.base import (
 )
 
 __all__ = [
+    "Comparison",
     "ComparisonQueue",
     "Delivery",
     "MalformedItem",

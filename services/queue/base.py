@@ -2,7 +2,8 @@
 
 Semantics (the same on every backend; ``tests/queue/test_queue_contract.py`` checks them on each):
 
-* **Items.** A labeled comparison is a JSON object (see :func:`validate_comparison`). Its ``id`` is
+* **Items.** A labeled comparison is a JSON object (a :class:`services.comparison.Comparison`'s
+  ``to_dict()``; see :func:`validate_comparison`). Its ``id`` is
   the idempotent comparison id: :meth:`ComparisonQueue.publish` drops an id published on the stream
   within the last :attr:`Retention.dedup_window_s` (W) of its first publish, so a producer that
   restarts and publishes a batch again adds nothing. The id sets are bounded by that window: an id
@@ -69,6 +70,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from services.comparison import KINDS, PROVENANCE_KEYS, Comparison  # noqa: F401 (re-exported: the queue's item)
+from services.comparison import check as check_comparison
 from services.errors import Unavailable
 
 PUBLISHED = Counter("cai_queue_published_total", "Labeled comparisons newly appended to the queue.", ["backend"])
@@ -91,11 +94,6 @@ LAG = Gauge(
     ["backend", "group"],
 )
 
-KINDS = ("harmlessness", "helpfulness")
-"""Allowed values of an item's optional ``kind`` (default ``harmlessness``)."""
-
-PROVENANCE_KEYS = ("constitution_sha256", "judge_model", "policy_checkpoint", "created_at")
-"""Keys an item's ``provenance`` must carry (strings; more keys are kept)."""
 
 log = logging.getLogger(__name__)
 
@@ -187,50 +185,7 @@ class Delivery:
 
 def _check(item: Any) -> tuple[str, str] | None:
     """(field, reason) for the first problem with ``item``, or None when it is a valid comparison."""
-    if not isinstance(item, dict):
-        return "item", f"must be a JSON object, got {type(item).__name__}"
-    cid = item.get("id")
-    if not isinstance(cid, str) or not cid:
-        return (
-            "id",
-            "is required (a non-empty string)" if cid is None else f"must be a non-empty string, got {cid!r:.80}",
-        )
-    prompt = item.get("prompt")
-    if not isinstance(prompt, list) or not prompt:
-        return "prompt", "is required (a non-empty list of {role, content} messages)"
-    for i, m in enumerate(prompt):
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("role"), str)
-            or not m.get("role")
-            or not isinstance(m.get("content"), str)
-        ):
-            return f"prompt[{i}]", "must be a {role, content} message with string role and content"
-    if prompt[-1]["role"] != "user":
-        return "prompt", f"last message must have role 'user', got {prompt[-1]['role']!r:.40}"
-    for key in ("answer_a", "answer_b"):
-        if not isinstance(item.get(key), str):
-            return (
-                key,
-                "is required (a string)" if key not in item else f"must be a string, got {type(item[key]).__name__}",
-            )
-    p_a = item.get("p_a")
-    if "p_a" not in item:
-        return "p_a", "is required (a number in [0, 1])"
-    if isinstance(p_a, bool) or not isinstance(p_a, (int, float)) or math.isnan(p_a) or not 0.0 <= p_a <= 1.0:
-        return "p_a", f"must be a number in [0, 1], got {p_a!r:.40}"
-    if not isinstance(item.get("principle_id"), str):
-        return "principle_id", "is required (a string)" if "principle_id" not in item else "must be a string"
-    prov = item.get("provenance")
-    if not isinstance(prov, dict):
-        return "provenance", "is required (an object)" if prov is None else "must be an object"
-    for key in PROVENANCE_KEYS:
-        if not isinstance(prov.get(key), str):
-            return f"provenance.{key}", "is required (a string)" if key not in prov else "must be a string"
-    kind = item.get("kind", "harmlessness")
-    if kind not in KINDS:
-        return "kind", f"must be one of {', '.join(KINDS)}, got {kind!r:.40}"
-    return None
+    return check_comparison(item, queued=True)
 
 
 def validate_comparison(item: Any) -> str | None:

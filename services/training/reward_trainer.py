@@ -28,14 +28,12 @@ from datasets import Dataset
 from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
+from services.comparison import HARMLESSNESS, HELPFULNESS, Comparison, ComparisonError
 from services.config import ConfigError
 from services.training.checkpoint import run_args, write_manifest
 from services.training.reward_config import RewardRunConfig
 
 log = logging.getLogger(__name__)
-
-HARMLESSNESS = "harmlessness"
-HELPFULNESS = "helpfulness"
 
 
 def soft_bradley_terry_loss(r_a: torch.Tensor, r_b: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
@@ -115,26 +113,15 @@ def comparisons_to_dataset(comparisons: Sequence[dict]) -> Dataset:
     rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "p_a": []}
     for i, c in enumerate(comparisons):
         where = f"comparison {i} ({c.get('id', 'no id')})" if isinstance(c, dict) else f"comparison {i}"
-        if not isinstance(c, dict):
-            raise ValueError(f"{where}: must be a dict, got {type(c).__name__}")
-        prompt = c.get("prompt")
-        if not isinstance(prompt, (list, tuple)) or not prompt:
-            raise ValueError(f"{where}: prompt: must be a non-empty list of messages")
-        messages = []
-        for j, m in enumerate(prompt):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise ValueError(f"{where}: prompt[{j}]: must be {{'role': text, 'content': text}}")
-            messages.append({"role": m["role"], "content": m["content"]})
-        for key in ("answer_a", "answer_b"):
-            if not isinstance(c.get(key), str):
-                raise ValueError(f"{where}: {key}: must be text")
-        p_a = c.get("p_a")
-        if isinstance(p_a, bool) or not isinstance(p_a, (int, float)) or not 0 <= p_a <= 1:
-            raise ValueError(f"{where}: p_a: must be a number in [0, 1], got {p_a!r}")
+        try:
+            c = Comparison.from_dict(c, queued=False)
+        except ComparisonError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        messages = [{"role": m["role"], "content": m["content"]} for m in c.prompt]
         rows["prompt"].append(messages)
-        rows["chosen"].append([{"role": "assistant", "content": c["answer_a"]}])
-        rows["rejected"].append([{"role": "assistant", "content": c["answer_b"]}])
-        rows["p_a"].append(float(p_a))
+        rows["chosen"].append([{"role": "assistant", "content": c.answer_a}])
+        rows["rejected"].append([{"role": "assistant", "content": c.answer_b}])
+        rows["p_a"].append(float(c.p_a))
     return Dataset.from_dict(rows)
 
 
@@ -152,14 +139,14 @@ def helpfulness_pairs_to_comparisons(pairs: Iterable[dict], seed: int = 0) -> li
         swap = rng.random() < 0.5
         chosen, rejected = pair["chosen"], pair["rejected"]
         out.append(
-            {
-                "id": pair.get("id", f"helpfulness-{i}"),
-                "kind": HELPFULNESS,
-                "prompt": [{"role": m["role"], "content": m["content"]} for m in pair["messages"]],
-                "answer_a": rejected if swap else chosen,
-                "answer_b": chosen if swap else rejected,
-                "p_a": 0.0 if swap else 1.0,
-            }
+            Comparison(
+                id=pair.get("id", f"helpfulness-{i}"),
+                kind=HELPFULNESS,
+                prompt=[{"role": m["role"], "content": m["content"]} for m in pair["messages"]],
+                answer_a=rejected if swap else chosen,
+                answer_b=chosen if swap else rejected,
+                p_a=0.0 if swap else 1.0,
+            ).to_dict()
         )
     return out
 
