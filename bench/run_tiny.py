@@ -39,8 +39,8 @@ def main() -> None:
             "labels_per_second_labelling": summary["label"]["comparisons_per_second"],
             "sl_rows": summary["sl_data"]["files"],
             "sl_quality": summary["sl_data"].get("quality"),
-            "eval_prompts": summary["config"]["eval_prompts"],
-            "eval_samples": summary["config"]["eval_samples"],
+            "eval_prompts": summary["config"]["eval"]["prompts"],
+            "eval_samples": summary["config"]["eval"]["samples"],
             "time_table": summary["time_table"],
         },
     )

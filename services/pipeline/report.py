@@ -139,7 +139,7 @@ def write_report(out: Path, summary: dict, results: dict) -> Path:
         (
             "RL: reward and KL",
             plot_rl(history),
-            f"{len(history)} steps of {summary['config']['rl_algorithm'].upper()}.",
+            f"{len(history)} steps of {summary['config']['rl']['algorithm'].upper()}.",
         ),
         ("Before / after", plot_before_after(results), ""),
     ]
