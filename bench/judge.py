@@ -11,12 +11,14 @@ One vLLM engine on a ~25M-parameter local model (``--model`` for another, e.g. S
   1.5x of it (``ratio_bare_prefill_over_logprob``).
 - ``chain_of_thought``: ``Judge.compare`` in CoT mode: the reasoning of all comparisons of the
   request is sampled in one batch (capped at ``--cot-tokens``, default the judge service's
-  ``cot_max_tokens``), then one prefill reads the answer.
+  ``cot_max_tokens``), then one prefill reads the answer; ``cot_capped`` counts the reasonings
+  that reached the cap.
 - ``text``: decoding the judge's answer as text (``--text-tokens``) instead of reading log-probs.
 - ``service`` vs ``in_process``: the same log-prob labels through the gRPC service.
 
 ``logprob_prefix_cache_hit_ratio``: share of the log-prob passes' prompt tokens vLLM found in its
-prefix cache (``cai_engine_prefix_cache_*``).
+prefix cache (``cai_engine_prefix_cache_*``). The few-shot examples come from ``few_shot_slates``
+slates per seed (``services/judge/labeler.py``), so the comparisons of a slate share their prefix.
 
 Every timed pass uses fresh answers, so no pass profits from another's cached prompts (the
 few-shot prefix is shared by design). Run: ``.venv/bin/python -m bench.judge``.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 from bench._common import Timer, report, small_model
 from services.api.cai.v1 import common_pb2, judge_pb2, judge_pb2_grpc
@@ -52,13 +55,22 @@ def _prefix_cache() -> tuple[float, float]:
 
 
 async def main(args) -> None:
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     model = args.model or small_model()
+    if args.model:
+        from services.models.registry import resolve_model
+
+        model = resolve_model(args.model)
     engine = await create_engine("vllm", model, options={"max_model_len": 4096})
-    judge = Judge(engine, load_constitution())
+    judge = Judge(engine, load_constitution(), few_shot_slates=args.slates)
     prompts = load_prompts(RED_TEAM)[: args.comparisons]
     served = ServedModel(SERVICE, engine)
     service = await build_judge_service(
-        JudgeConfig(engine=EngineConfig(model=model), server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)),
+        JudgeConfig(
+            engine=EngineConfig(model=model),
+            server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1),
+            few_shot_slates=args.slates,
+        ),
         served,
     )
     await service.start()
@@ -78,8 +90,8 @@ async def main(args) -> None:
         out = []
         for it in items(tag):
             principle, examples = judge.draw(0, it.draw_key)
-            text, _ = judge._chat(it, it.answer_a, it.answer_b, principle, examples if few_shot else [], False, "")
-            out.append(engine.encode_text(text + prompting.ANSWER_OPENING))
+            prompt, _ = judge._chat(it, it.answer_a, it.answer_b, principle, examples if few_shot else [], False, "")
+            out.append(engine.encode_text(prompt.text + prompting.ANSWER_OPENING))
         tokens["with_few_shot" if few_shot else "own"].append(sum(map(len, out)) / len(out))
         return out
 
@@ -92,10 +104,14 @@ async def main(args) -> None:
             await engine.next_token_logprobs(encoded, judge.options.all)
         return t.seconds  # the encoding is not the engine's prefill
 
+    cot = {"labels": 0, "capped": 0}
+
     async def chain_of_thought(tag):
-        await judge.compare(
+        labels = await judge.compare(
             items(tag), mode=CHAIN_OF_THOUGHT, seed=0, cot_spec=SamplingSpec(max_tokens=args.cot_tokens)
         )
+        cot["labels"] += len(labels)
+        cot["capped"] += sum(label.reasoning_capped for label in labels)
 
     async def text(tag):
         encoded = texts(tag, few_shot=True)
@@ -155,9 +171,12 @@ async def main(args) -> None:
         "tokens_per_comparison_with_few_shot": sum(tokens["with_few_shot"]) / len(tokens["with_few_shot"]),
         "ratio_bare_prefill_over_logprob": seconds["logprob"] / seconds["bare_prefill"],
         "goal_ratio_at_most": 1.5,
+        "few_shot_slates": args.slates,
         "logprob_prefix_cache_hit_ratio": cache["hits"] / cache["queries"] if cache["queries"] else None,
         "chain_of_thought_labels_per_s": rate["chain_of_thought"],
         "cot_max_tokens": args.cot_tokens,
+        "cot_capped": cot["capped"],
+        "cot_labels": cot["labels"],
         "ratio_logprob_over_chain_of_thought": seconds["chain_of_thought"] / seconds["logprob"],
         "text_labels_per_s": rate["text"],
         "text_max_tokens": args.text_tokens,
@@ -167,6 +186,7 @@ async def main(args) -> None:
         "ratio_service_over_in_process": seconds["in_process"] / seconds["service"],
         "option_tokens": [list(judge.options.a), list(judge.options.b)],
         "answer_opening": prompting.ANSWER_OPENING,
+        "load_average_at_start": load_at_start,
     }
     report("judge" + (f"-{args.name}" if args.name else ""), figures)
 
@@ -178,6 +198,12 @@ if __name__ == "__main__":
     parser.add_argument("--comparisons", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--text-tokens", type=int, default=32)
+    parser.add_argument(
+        "--slates",
+        type=int,
+        default=JudgeConfig().few_shot_slates,
+        help="few-shot slates per seed (default: the judge service's few_shot_slates)",
+    )
     parser.add_argument(
         "--cot-tokens",
         type=int,

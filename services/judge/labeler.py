@@ -30,7 +30,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from services.common import metrics
 from services.common.requests import InvalidRequest
@@ -82,6 +82,27 @@ class Label:
     """Chain-of-thought: the reasoning (of either order) stopped at the max_tokens cap."""
 
 
+@dataclass
+class _Prompt:
+    """A judging prompt as the cached ids of its shared prefix and the text of the rest."""
+
+    engine: Engine
+    prefix: str
+    prefix_ids: list[int]
+    rest: str
+    _encoded: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.rest
+
+    def ids(self, more: str = "") -> list[int]:
+        """Token ids of the prompt followed by ``more`` (encoded with the rest, never alone)."""
+        if more not in self._encoded:
+            self._encoded[more] = self.prefix_ids + self.engine.encode_text(self.rest + more)
+        return self._encoded[more]
+
+
 def draw_key(messages, answer_a: str, answer_b: str) -> str:
     """A content key of a comparison, independent of the order of its answers."""
     content = json.dumps([list(messages), sorted((answer_a, answer_b))], sort_keys=True, ensure_ascii=False)
@@ -109,6 +130,9 @@ class Judge:
         self.few_shot = few_shot
         self.few_shot_slates = max(1, few_shot_slates)
         self._slates: dict[tuple[int, int], list] = {}
+        self._prefix_cache: dict[str, list[int]] = {}
+        added = getattr(engine.tokenizer, "added_tokens_decoder", {}) or {}
+        self._special = tuple(t.content for t in added.values() if getattr(t, "special", False) and t.content)
         self.max_prompt_tokens = max_prompt_tokens
         self.cot_range = (cot_min_p, cot_max_p)
         probe = engine.chat_text([{"role": "user", "content": "Which is better?"}])
@@ -133,6 +157,23 @@ class Judge:
         principle = self.constitution.judging_principle(principle_id) if principle_id else sampled
         return principle, list(self.slate(seed, rng.randrange(self.few_shot_slates)))
 
+    def _prefix_ids(self, prefix: str) -> list[int]:
+        """Token ids of a shared prefix (system text and few-shot block), encoded once."""
+        if prefix not in self._prefix_cache:
+            if len(self._prefix_cache) >= 256:
+                self._prefix_cache.clear()
+            self._prefix_cache[prefix] = self.engine.encode_text(prefix)
+        return self._prefix_cache[prefix]
+
+    def _split(self, text: str, prefix: str) -> _Prompt:
+        """``text`` as its shared prefix's cached ids and the rest, where that is exact: the rest
+        begins with a special token (the template's next turn), which the tokenizer never merges
+        with what comes before. Otherwise the whole text is the rest."""
+        rest = text[len(prefix) :]
+        if prefix and text.startswith(prefix) and rest.startswith(self._special):
+            return _Prompt(self.engine, prefix, self._prefix_ids(prefix), rest)
+        return _Prompt(self.engine, "", [], text)
+
     def _chat(
         self,
         item: ComparisonItem,
@@ -142,32 +183,35 @@ class Judge:
         examples,
         cot: bool,
         field: str,
-    ) -> tuple[str, int]:
-        """The prompt text (template applied, assistant turn open) with as many examples as fit,
-        and how many examples it holds."""
+    ) -> tuple[_Prompt, int]:
+        """The prompt (template applied, assistant turn open) with as many examples as fit, and
+        how many examples it holds."""
         for k in range(len(examples), -1, -1):
             text = self.engine.chat_text(
                 prompting.judge_chat(item.messages, first, second, principle, examples[:k], cot)
             )
-            n = len(self.engine.encode_text(text))
-            if n <= self.max_prompt_tokens:
-                return text, k
+            prefix = self.engine.chat_text(prompting.judge_prefix(examples[:k], cot), add_generation_prompt=False)
+            prompt = self._split(text, prefix)
+            # the prompt as read (with the answer opening) fits: so does the text alone, no second encoding
+            n = len(prompt.ids(prompting.ANSWER_OPENING))
+            if n <= self.max_prompt_tokens or (n := len(prompt.ids())) <= self.max_prompt_tokens:
+                return prompt, k
         raise InvalidRequest(
             field, f"{n} tokens with the judging question exceeds max_prompt_tokens={self.max_prompt_tokens}"
         )
 
-    async def _read(self, texts: list[str]) -> list[tuple[float, float, float]]:
-        prompts = [self.engine.encode_text(t + prompting.ANSWER_OPENING) for t in texts]
-        logprobs = await self.engine.next_token_logprobs(prompts, self.options.all)
+    async def _read(self, prompts: list[_Prompt], after: list[str]) -> list[tuple[float, float, float]]:
+        ids = [p.ids(a + prompting.ANSWER_OPENING) for p, a in zip(prompts, after)]
+        logprobs = await self.engine.next_token_logprobs(ids, self.options.all)
         return [self.options.p_a(lp) for lp in logprobs]
 
-    async def _reason(self, texts: list[str], seeds: list[int], spec: SamplingSpec) -> list[tuple[str, bool]]:
+    async def _reason(self, prompts: list[_Prompt], seeds: list[int], spec: SamplingSpec) -> list[tuple[str, bool]]:
         """The reasoning of every prompt and whether it hit the cap. All prompts are submitted at
         once (one seed each, so a prompt's reasoning does not depend on its batch): vLLM decodes
         them in one batch."""
         spec = replace(spec, n=1, stop=tuple(spec.stop) + (prompting.ANSWER_OPENING.rstrip(" ("),))
         outs = await asyncio.gather(
-            *(self.engine.generate([self.engine.encode_text(t)], replace(spec, seed=s)) for t, s in zip(texts, seeds))
+            *(self.engine.generate([p.ids()], replace(spec, seed=s)) for p, s in zip(prompts, seeds))
         )
         samples = [o[0].samples[0] for o in outs]
         capped = [s.finish_reason == "length" for s in samples]
@@ -192,14 +236,13 @@ class Judge:
             self._chat(items[i], first, second, drawn[i][0], drawn[i][1], cot, f"comparisons[{i}]")
             for i, first, second in orders
         ]
-        texts = [text for text, _ in chats]
-        reasoning, capped = [""] * len(texts), [False] * len(texts)
+        prompts = [prompt for prompt, _ in chats]
+        reasoning, capped = [""] * len(prompts), [False] * len(prompts)
         if cot:
             seeds = [_seed(seed, items[i].draw_key, first, second) for i, first, second in orders]
-            reasoned = await self._reason(texts, seeds, cot_spec or SamplingSpec(max_tokens=256))
+            reasoned = await self._reason(prompts, seeds, cot_spec or SamplingSpec(max_tokens=256))
             reasoning, capped = [r for r, _ in reasoned], [c for _, c in reasoned]
-            texts = [f"{t}{r}\n" for t, r in zip(texts, reasoning)]
-        read = await self._read(texts)
+        read = await self._read(prompts, [f"{r}\n" if cot else "" for r in reasoning])
         lo, hi = self.cot_range
         labels = []
         for i, _item in enumerate(items):

@@ -106,9 +106,9 @@ def test_comparisons_of_one_slate_share_a_byte_identical_few_shot_prefix(judge):
     for item in _items(24):
         principle, examples = judge.draw(5, item.draw_key)
         slate = tuple((e.id, p.id) for e, p in examples)
-        text, shown = judge._chat(item, item.answer_a, item.answer_b, principle, examples, False, "")
+        prompt, shown = judge._chat(item, item.answer_a, item.answer_b, principle, examples, False, "")
         assert shown == len(examples) == 2
-        by_slate.setdefault(slate, []).append(text)
+        by_slate.setdefault(slate, []).append(prompt.text)
         prefixes[slate] = engine.chat_text(prompting.judge_prefix(examples), add_generation_prompt=False)
     assert 1 < len(by_slate) <= judge.few_shot_slates  # a few slates, each shared by many comparisons
     assert max(map(len, by_slate.values())) > 1
@@ -162,3 +162,16 @@ async def test_chain_of_thought_reasoning_is_capped_and_the_cap_counted(judge):
     assert any(label.reasoning_capped for label in labels)  # a random tiny model rarely stops in 3 tokens
     assert capped() - before == sum(label.reasoning_capped for label in labels)
     assert all(judge.cot_range[0] <= label.p_a <= judge.cot_range[1] for label in labels)
+
+
+def test_prompts_encoded_as_cached_prefix_plus_rest_are_the_tokens_of_the_whole_text(judge):
+    from services.judge import prompting
+
+    for cot in (False, True):
+        for item in _items(6):
+            principle, examples = judge.draw(8, item.draw_key)
+            prompt, _ = judge._chat(item, item.answer_a, item.answer_b, principle, examples, cot, "")
+            assert prompt.prefix_ids  # the few-shot block's ids come from the cache
+            whole = judge.engine.encode_text(prompt.text + prompting.ANSWER_OPENING)
+            assert prompt.ids(prompting.ANSWER_OPENING) == whole
+            assert prompt.ids() == judge.engine.encode_text(prompt.text)
