@@ -16,8 +16,13 @@ from services.constitution import CritiqueExample, CritiquePrinciple
 SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}
 TASK = (
     "You review an AI assistant's reply to a human. First you critique the reply as asked; then "
-    "you rewrite it as asked. Write only the critique or only the rewritten reply, nothing else."
+    "you rewrite it as asked. Write only the critique or only the rewritten reply, nothing else. "
+    "Keep the critique to two or three sentences. Keep the rewritten reply short, at most a few "
+    "sentences, and finish it: a rewrite that stops mid-sentence is no use."
 )
+"""The system turn of every critique chat. It asks for short critiques and short, finished
+rewrites: a small model left to its own length runs into the token limit on most revisions
+(SmolLM2-135M at 128 tokens: 29 of 32), and a revision cut off there is flagged and not trained on."""
 
 
 def transcript(messages: Sequence[dict], answer: str) -> str:

@@ -85,7 +85,9 @@ class RunConfig:
     """Running services to use instead of in-process ones."""
     seed: int = 0
     """Seed of every stage."""
-    sl_data: SLDataConfig = field(default_factory=lambda: SLDataConfig(limit=8, batch_size=8))
+    sl_data: SLDataConfig = field(
+        default_factory=lambda: SLDataConfig(limit=8, batch_size=8, max_tokens=192, temperature=0.7)
+    )
     """SL-CAI data, ``cai sl-data``'s settings: ``limit`` red-team (and helpfulness) prompts,
     ``rounds`` of critique and revision, ``max_tokens`` (revisions that hit it are flagged and not
     trained on, so it must let most finish), ``batch_size``, ``temperature``."""

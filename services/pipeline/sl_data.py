@@ -27,6 +27,7 @@ files and their hashes, policy model, constitution hash) and refuses to mix data
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -253,20 +254,35 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
             unit="prompt",
             disable=not progress,
         )
-        for i in range(0, len(todo_h), cfg.batch_size):
-            batch = todo_h[i : i + cfg.batch_size]
-            rows = await _harmless_batch(gen, crit, batch, cfg)
-            _check_constitution(out, rows, expected_sha)
-            expected_sha = expected_sha or (rows[0]["provenance"]["constitution_sha256"] if rows else "")
-            append_rows(out / HARMLESS_FILE, rows)
-            written += len(rows)
-            bar.update(len(batch))
-        for i in range(0, len(todo_p), cfg.batch_size):
-            batch = todo_p[i : i + cfg.batch_size]
-            rows = await _helpful_batch(gen, batch, cfg)
-            append_rows(out / HELPFUL_FILE, rows)
-            written += len(rows)
-            bar.update(len(batch))
+
+        async def harmless() -> None:
+            nonlocal expected_sha, written
+            for i in range(0, len(todo_h), cfg.batch_size):
+                batch = todo_h[i : i + cfg.batch_size]
+                rows = await _harmless_batch(gen, crit, batch, cfg)
+                _check_constitution(out, rows, expected_sha)
+                expected_sha = expected_sha or (rows[0]["provenance"]["constitution_sha256"] if rows else "")
+                append_rows(out / HARMLESS_FILE, rows)
+                written += len(rows)
+                bar.update(len(batch))
+
+        async def helpful() -> None:
+            nonlocal written
+            for i in range(0, len(todo_p), cfg.batch_size):
+                batch = todo_p[i : i + cfg.batch_size]
+                rows = await _helpful_batch(gen, batch, cfg)
+                append_rows(out / HELPFUL_FILE, rows)
+                written += len(rows)
+                bar.update(len(batch))
+
+        # both in flight: the helpfulness answers share the engine's batches with the red-team answers
+        tasks = [asyncio.ensure_future(harmless()), asyncio.ensure_future(helpful())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # one failed: the other stops too (its error, if any, is the first one's consequence)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
     seconds = time.perf_counter() - started
     return {
