@@ -8,10 +8,10 @@ field; nothing is skipped silently.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.jsonl import jsonl_records
 from services.errors import InvalidArgument
 from services.paths import data_dir
 
@@ -75,21 +75,8 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     path = Path(path)
     if path.is_dir():
         return _load_dataset_folder(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise PromptFileError(f"{path}:1: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise PromptFileError(f"{path}:1: not UTF-8 text ({exc.reason})") from None
     prompts, seen = [], {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PromptFileError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+    for where, number, record in jsonl_records(path, PromptFileError):
         prompt = _from_record(record, where, f"{path.stem}-{number}")
         if prompt.id in seen:
             raise PromptFileError(f"{where}: id: {prompt.id!r} already used on line {seen[prompt.id]}")

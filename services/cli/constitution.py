@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from services.cli._common import _fail
-from services.cli.judge import _rpc_failure
+from services.cli.judge import _judged
 
 
 def cmd_constitution_check(args) -> int:
@@ -53,14 +52,9 @@ def cmd_constitution_diff(args) -> int:
         async with judges_in_process(args.model or "", args.engine or "vllm", args.old, args.new) as (old, new):
             return await run(old, new)
 
-    try:
-        result = asyncio.run(main())
-    except (ValueError, OSError) as exc:
-        return _fail(str(exc))
-    except Exception as exc:
-        if (message := _rpc_failure(exc)) is None:
-            raise
-        return _fail(message)
+    result, code = _judged(main())
+    if result is None:
+        return code
     files = write_report(result, args.out)
     o = result["overall"]
     print(

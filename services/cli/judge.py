@@ -9,18 +9,16 @@ from services.cli._common import _fail
 
 async def _with_judge(args, work):
     """Runs ``work(address)`` against --judge ADDR, or an in-process judge on --model."""
-    if args.judge:
-        return await work(args.judge)
     from services.engines.config import EngineConfig
-    from services.pipeline.embedded import EmbeddedSpec, embedded_services
+    from services.pipeline.embedded import EmbeddedSpec, services_at
 
     kwargs = {"model": args.model} if args.model else {}
     spec = EmbeddedSpec(
         policy=EngineConfig(kind=args.engine or "vllm", **kwargs),
         constitution=getattr(args, "constitution", None) or "",
     )
-    async with embedded_services(spec, ("judge",)) as started:
-        return await work(started["judge"])
+    async with services_at({"judge": args.judge or ""}, spec) as addresses:
+        return await work(addresses["judge"])
 
 
 def _rpc_failure(exc) -> str | None:
@@ -31,32 +29,39 @@ def _rpc_failure(exc) -> str | None:
     return None
 
 
+def _judged(coro):
+    """``asyncio.run(coro)``: ``(result, 0)``, or ``(None, 2)`` once the input or judge failure is said."""
+    try:
+        return asyncio.run(coro), 0
+    except (ValueError, OSError) as exc:
+        return None, _fail(str(exc))
+    except Exception as exc:
+        if (message := _rpc_failure(exc)) is None:
+            raise
+        return None, _fail(message)
+
+
 def cmd_judge_validate(args) -> int:
     from services.judge.validate import load_pairs, validate, write_report
 
     load_pairs(args.pairs)  # a PairFileError reaches the CLI's error boundary
     name = args.judge or (args.model or "smollm2-135m-instruct")
-    try:
-        result = asyncio.run(
-            _with_judge(
-                args,
-                lambda address: validate(
-                    args.pairs,
-                    address,
-                    judge=name,
-                    seed=args.seed,
-                    limit=args.limit,
-                    batch_size=args.batch_size,
-                    principle_id=args.principle or "",
-                ),
-            )
+    result, code = _judged(
+        _with_judge(
+            args,
+            lambda address: validate(
+                args.pairs,
+                address,
+                judge=name,
+                seed=args.seed,
+                limit=args.limit,
+                batch_size=args.batch_size,
+                principle_id=args.principle or "",
+            ),
         )
-    except (ValueError, OSError) as exc:
-        return _fail(str(exc))
-    except Exception as exc:
-        if (message := _rpc_failure(exc)) is None:
-            raise
-        return _fail(message)
+    )
+    if result is None:
+        return code
     files = write_report(result, args.out)
     s, pb = result["summary"], result["summary"]["position_bias"]
     print(

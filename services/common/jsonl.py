@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -29,3 +29,24 @@ def append_rows(path: Path, rows: Iterable[dict]) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def jsonl_records(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, int, object]]:
+    """``(where, line number, record)`` for each non-blank line of the JSONL file ``path``, where
+    is ``FILE:LINE``; ``error`` naming ``FILE:1`` when the file cannot be read as text and
+    ``FILE:LINE`` when a line is not JSON."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise error(f"{path}:1: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}:1: not UTF-8 text ({exc.reason})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+        yield where, number, record

@@ -306,3 +306,103 @@ async def load_checkpoint(
     return common_pb2.LoadCheckpointResponse(
         checkpoint_id=checkpoint_id, previous_checkpoint_id=previous, load_seconds=seconds
     )
+
+
+def checkpoint_access_of(service: str, task: str, config) -> CheckpointAccess:
+    """The ``CheckpointAccess`` of a service config with ``checkpoint_dir`` and ``server`` fields."""
+    return CheckpointAccess(
+        service=service,
+        task=task,
+        checkpoint_dir=config.checkpoint_dir,
+        loopback_only=is_loopback(config.server.host),
+        allowed_clients=tuple(config.server.tls_allowed_client_names),
+    )
+
+
+async def start_promoted(
+    name: str,
+    access: CheckpointAccess,
+    start: Callable[[str | None, str], Awaitable[Engine]],
+    model: str | None = None,
+    checkpoint_id: str = "",
+) -> ServedModel:
+    """The served model ``name``: ``start(path, checkpoint_id)`` on the checkpoint last promoted to
+    this service when one is recorded in its checkpoint directory, else on ``model``."""
+    promoted = await asyncio.to_thread(promoted_checkpoint, access)
+    if promoted is not None:
+        log.info("serving the promoted checkpoint %s (%s) recorded in %s", promoted[1], promoted[0], access.record_file)
+    served = ServedModel(name, await start(*(promoted or (model, checkpoint_id))))
+    served.promoted = promoted is not None
+    return served
+
+
+def model_info(served: ServedModel, limits, **extra) -> common_pb2.ModelInfo:
+    """``GetModelInfo``'s answer: what ``served`` serves now and the request limits (``extra``:
+    limits only some services have, such as ``max_n``)."""
+    engine = served.engine
+    return common_pb2.ModelInfo(
+        model=engine.model,
+        checkpoint_id=engine.checkpoint_id,
+        engine=engine.name,
+        max_prompt_tokens=limits.max_prompt_tokens,
+        max_batch_items=limits.max_batch_items,
+        promoted=served.promoted,
+        **extra,
+    )
+
+
+class ModelServicer:
+    """What the servicers of model-serving services share: ``served``, ``config`` and ``limits``,
+    and, for those that set ``checkpoint`` (``(service, task)`` of ``checkpoint_access_of``) and
+    ``start_checkpoint``, ``LoadCheckpoint`` and ``GetModelInfo``. List it before the generated
+    servicer base so its methods answer."""
+
+    checkpoint: tuple[str, str] = ("", "")
+    info_limits: tuple[str, ...] = ()
+    """Limits ``GetModelInfo`` reports besides the common ones (``max_n``...)."""
+
+    def __init__(self, served: ServedModel, config):
+        self.served = served
+        self.config = config
+        self.limits = config.limits
+
+    def start_checkpoint(self, path: str | None, checkpoint_id: str) -> Awaitable[Engine]:
+        raise NotImplementedError
+
+    async def LoadCheckpoint(self, request, context):
+        from services.common.requests import check_path
+
+        check_path(request.path)
+        access = checkpoint_access_of(*self.checkpoint, self.config)
+        return await load_checkpoint(self.served, request, context, self.start_checkpoint, access)
+
+    async def GetModelInfo(self, request, context):
+        return model_info(self.served, self.limits, **{k: getattr(self.limits, k) for k in self.info_limits})
+
+
+async def serve_model(service, served: ServedModel | None, load, make_servicer, register, *, watch_health: bool = True):
+    """``service`` (a bound-later ``GrpcService``) serving a model: binds the ports, then takes
+    ``served`` or awaits ``load()``, builds ``make_servicer(served)`` (an error there closes the
+    model and gives the ports back) and registers it with ``register(servicer, server)``; the
+    model closes when the service stops, and with ``watch_health`` its engine's health is the
+    service's."""
+
+    async def model() -> ServedModel:
+        return served or await load()
+
+    served = await service.bind_then(model)
+    try:
+        servicer = make_servicer(served)
+    except BaseException:
+        await served.close()
+        await service.release()
+        raise
+    hooks = {"healthy": lambda: served.engine.healthy} if watch_health else {}
+    return service.attach(lambda server: register(servicer, server), on_stop=served.close, **hooks)
+
+
+async def start_served(name: str, engine_config) -> ServedModel:
+    """A served model of service ``name`` on a new engine started from ``engine_config``."""
+    from services.engines.config import start_engine
+
+    return ServedModel(name, await start_engine(engine_config))

@@ -13,7 +13,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -82,6 +82,10 @@ class ServerConfig:
             return "tls_allowed_client_names", "client names can only be checked with mutual TLS (tls_client_ca_file)"
         return None
 
+
+LOOPBACK = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=5)
+"""A server only this machine reaches, on a free port, without its own /metrics: the embedded
+services, benchmarks and tests."""
 
 KEEPALIVE_SERVER_OPTIONS = [
     # Clients (services/common/channels.py) ping after 30 s idle, with or without calls: allow it,
@@ -235,58 +239,42 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             metrics.RPC_IN_FLIGHT.labels(service, method).dec()
 
         @asynccontextmanager
-        async def admitted():
-            if limiter is None:
-                yield
-            else:
-                async with limiter.slot(method):
-                    yield
+        async def handled(request, context):
+            """Counts and times the call, refuses a bad message, waits for a work slot and
+            answers an exception of the handler with its status."""
+            started, exc = time.perf_counter(), None
+            metrics.RPC_IN_FLIGHT.labels(service, method).inc()
+            try:
+                if isinstance(request, _BadMessage):
+                    await context.abort(request.code, request.message)
+                try:
+                    async with limiter.slot(method) if limiter is not None else nullcontext():
+                        yield
+                except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as e:
+                    await self._answer(context, method, e)
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                finish(context, started, exc)
 
         if handler.unary_unary:
             inner = handler.unary_unary
 
             async def unary(request, context):
-                started, exc = time.perf_counter(), None
-                metrics.RPC_IN_FLIGHT.labels(service, method).inc()
-                try:
-                    if isinstance(request, _BadMessage):
-                        await context.abort(request.code, request.message)
-                    try:
-                        async with admitted():
-                            return await inner(request, context)
-                    except (grpc.aio.AbortError, asyncio.CancelledError):
-                        raise
-                    except Exception as e:
-                        await self._answer(context, method, e)
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    finish(context, started, exc)
+                async with handled(request, context):
+                    return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, deserializer, handler.response_serializer)
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
             async def stream(request, context):
-                started, exc = time.perf_counter(), None
-                metrics.RPC_IN_FLIGHT.labels(service, method).inc()
-                try:
-                    if isinstance(request, _BadMessage):
-                        await context.abort(request.code, request.message)
-                    try:
-                        async with admitted():
-                            async for item in inner_stream(request, context):
-                                yield item
-                    except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
-                        raise
-                    except Exception as e:
-                        await self._answer(context, method, e)
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    finish(context, started, exc)
+                async with handled(request, context):
+                    async for item in inner_stream(request, context):
+                        yield item
 
             return grpc.unary_stream_rpc_method_handler(stream, deserializer, handler.response_serializer)
         return handler

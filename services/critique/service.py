@@ -17,12 +17,11 @@ from services.common.requests import (
     sampling_spec,
     seed_at,
 )
-from services.common.served_model import ServedModel
+from services.common.served_model import ServedModel, serve_model, start_served
 from services.common.server import GrpcService, within_deadline
 from services.constitution import Constitution, load_constitution
 from services.critique.config import CritiqueConfig
 from services.critique.reviser import ReviseItem, Reviser
-from services.engines.config import start_engine
 
 SERVICE = critique_pb2.DESCRIPTOR.services_by_name["Critique"].full_name
 
@@ -118,14 +117,10 @@ async def build_critique_service(config: CritiqueConfig, served: ServedModel | N
     service = GrpcService(
         config.server, None, [SERVICE], message_limits={"Revise": message_bytes_limit(config.limits, texts_per_item=2)}
     )
-
-    async def load() -> ServedModel:
-        return served or ServedModel(SERVICE, await start_engine(config.engine))
-
-    served = await service.bind_then(load)  # ports and the constitution first, then the model
-    servicer = CritiqueServicer(served, constitution, config)
-    return service.attach(
-        lambda server: critique_pb2_grpc.add_CritiqueServicer_to_server(servicer, server),
-        on_stop=served.close,
-        healthy=lambda: served.engine.healthy,
+    return await serve_model(  # ports and the constitution first, then the model
+        service,
+        served,
+        lambda: start_served(SERVICE, config.engine),
+        lambda served: CritiqueServicer(served, constitution, config),
+        critique_pb2_grpc.add_CritiqueServicer_to_server,
     )

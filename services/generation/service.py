@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -13,20 +12,13 @@ from services.common import metrics
 from services.common.requests import (
     RequestLimits,
     check_count,
-    check_path,
     check_prompt_tokens,
     conversation_messages,
     message_bytes_limit,
     off_loop,
     sampling_spec,
 )
-from services.common.served_model import (
-    CheckpointAccess,
-    ServedModel,
-    is_loopback,
-    load_checkpoint,
-    promoted_checkpoint,
-)
+from services.common.served_model import ModelServicer, ServedModel, checkpoint_access_of, serve_model, start_promoted
 from services.common.server import GrpcService, within_deadline
 from services.engines import Engine
 from services.engines.config import start_engine
@@ -54,11 +46,13 @@ SAMPLES_PER_REQUEST = metrics.Histogram(
 )
 
 
-class GenerationServicer(generation_pb2_grpc.GenerationServicer):
-    def __init__(self, served: ServedModel, config: GenerationConfig):
-        self.served = served
-        self.config = config
-        self.limits: RequestLimits = config.limits
+class GenerationServicer(ModelServicer, generation_pb2_grpc.GenerationServicer):
+    checkpoint = ("generation", "causal-lm")
+    """LoadCheckpoint loads causal LMs from under ``checkpoint_dir``."""
+    info_limits = ("max_n", "max_new_tokens")
+
+    def start_checkpoint(self, path: str | None, checkpoint_id: str):
+        return start_engine(self.config.engine, path, checkpoint_id)
 
     async def _prompts(self, request, engine: Engine) -> tuple[list[list[int]], object]:
         """Checks the request (cheap checks first), then tokenizes off the event loop."""
@@ -116,73 +110,25 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                 )
         self._count(prompts, len(prompts) * spec.n, tokens)
 
-    async def LoadCheckpoint(self, request, context):
-        check_path(request.path)
-        return await load_checkpoint(
-            self.served,
-            request,
-            context,
-            lambda path, cid: start_engine(self.config.engine, path, cid),
-            checkpoint_access(self.config),
-        )
-
-    async def GetModelInfo(self, request, context):
-        engine = self.served.engine
-        return common_pb2.ModelInfo(
-            model=engine.model,
-            checkpoint_id=engine.checkpoint_id,
-            engine=engine.name,
-            max_prompt_tokens=self.limits.max_prompt_tokens,
-            max_n=self.limits.max_n,
-            max_new_tokens=self.limits.max_new_tokens,
-            max_batch_items=self.limits.max_batch_items,
-            promoted=self.served.promoted,
-        )
-
-
-def checkpoint_access(config: GenerationConfig) -> CheckpointAccess:
-    """Where LoadCheckpoint may load policies from: causal LMs under ``checkpoint_dir``."""
-    return CheckpointAccess(
-        service="generation",
-        task="causal-lm",
-        checkpoint_dir=config.checkpoint_dir,
-        loopback_only=is_loopback(config.server.host),
-        allowed_clients=tuple(config.server.tls_allowed_client_names),
-    )
-
 
 async def start_served_policy(config: GenerationConfig) -> ServedModel:
     """The policy engine, on the checkpoint last promoted to this service when one is recorded
     in the checkpoint directory, else on the configured model."""
-    promoted = await asyncio.to_thread(promoted_checkpoint, checkpoint_access(config))
-    if promoted is None:
-        return ServedModel(SERVICE, await start_engine(config.engine))
-    path, checkpoint_id = promoted
-    log.info(
-        "serving the promoted checkpoint %s (%s) recorded in %s/promoted/generation.json",
-        checkpoint_id,
-        path,
-        config.checkpoint_dir,
-    )
-    served = ServedModel(SERVICE, await start_engine(config.engine, path, checkpoint_id))
-    served.promoted = True
-    return served
+    servicer = GenerationServicer(None, config)
+    access = checkpoint_access_of(*servicer.checkpoint, config)
+    return await start_promoted(SERVICE, access, servicer.start_checkpoint)
 
 
 async def build_generation_service(config: GenerationConfig, served: ServedModel | None = None) -> GrpcService:
     """The generation service, ready to ``start()``. Starts its engine unless a served model is
     given (the embedded default shares one policy engine between generation and critique)."""
     service = GrpcService(config.server, None, [SERVICE], message_limits=generation_message_limits(config.limits))
-
-    async def load() -> ServedModel:
-        return served or await start_served_policy(config)
-
-    served = await service.bind_then(load)
-    servicer = GenerationServicer(served, config)
-    return service.attach(
-        lambda server: generation_pb2_grpc.add_GenerationServicer_to_server(servicer, server),
-        on_stop=served.close,
-        healthy=lambda: served.engine.healthy,
+    return await serve_model(
+        service,
+        served,
+        lambda: start_served_policy(config),
+        lambda served: GenerationServicer(served, config),
+        generation_pb2_grpc.add_GenerationServicer_to_server,
     )
 
 

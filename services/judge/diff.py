@@ -23,8 +23,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.client import conversation
+from services.common.jsonl import jsonl_records
 from services.constitution import Constitution, load_constitution
-from services.judge.validate import Pair, PairFileError, conversation, html_page, read_lines, read_pair
+from services.judge.validate import Pair, PairFileError, html_page, read_pair
 
 EXAMPLES = 3
 
@@ -32,16 +34,9 @@ EXAMPLES = 3
 def load_comparisons(path: str | Path) -> list[Pair]:
     """Comparison records (``answer_a``/``answer_b``) or TRL pairs (``chosen``/``rejected``), JSONL."""
     path = Path(path)
-    lines = read_lines(path)
-    pairs = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PairFileError(f"{path}:{number}: not valid JSON: {exc.msg} (column {exc.colno})") from None
-        pairs.append(read_pair(record, f"{path}:{number}", number, answers=None))
+    pairs = [
+        read_pair(record, where, number, answers=None) for where, number, record in jsonl_records(path, PairFileError)
+    ]
     if not pairs:
         raise PairFileError(f"{path}:1: holds no comparisons")
     return pairs
@@ -71,12 +66,11 @@ def principle_changes(old: Constitution, new: Constitution) -> PrincipleChanges:
 async def _labels(
     address: str, pairs: list[Pair], seed: int, swap: bool, principle_id: str = "", batch_size: int = 64
 ) -> list[tuple[float, str]]:
-    from services.api.cai.v1 import judge_pb2, judge_pb2_grpc
-    from services.common.channels import open_aio_channel
+    from services.api.cai.v1 import judge_pb2
+    from services.judge.client import JudgeClient
 
     out = []
-    async with open_aio_channel(address) as channel:
-        stub = judge_pb2_grpc.JudgeStub(channel)
+    async with JudgeClient(address) as stub:
         for i in range(0, len(pairs), batch_size):
             response = await stub.Compare(
                 judge_pb2.CompareRequest(

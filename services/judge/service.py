@@ -19,10 +19,9 @@ from services.common.requests import (
     sampling_spec,
     seed_at,
 )
-from services.common.served_model import ServedModel
+from services.common.served_model import ServedModel, serve_model, start_served
 from services.common.server import GrpcService, within_deadline
 from services.constitution import Constitution, load_constitution
-from services.engines.config import start_engine
 from services.judge.config import JudgeConfig
 from services.judge.labeler import CHAIN_OF_THOUGHT, LOGPROB, ComparisonItem, Judge
 
@@ -149,19 +148,15 @@ async def build_judge_service(config: JudgeConfig, served: ServedModel | None = 
         config.server, None, [SERVICE], message_limits={"Compare": message_bytes_limit(config.limits, texts_per_item=3)}
     )
 
-    async def load() -> ServedModel:
-        return served or ServedModel(SERVICE, await start_engine(config.engine))
+    def servicer(served: ServedModel) -> JudgeServicer:
+        judging = JudgeServicer(served, constitution, config)
+        judging.judge_for(served.engine)  # the options (A) and (B) must be expressible
+        return judging
 
-    served = await service.bind_then(load)  # ports and the constitution first, then the model
-    servicer = JudgeServicer(served, constitution, config)
-    try:
-        servicer.judge_for(served.engine)
-    except ValueError:
-        await served.close()
-        await service.release()
-        raise
-    return service.attach(
-        lambda server: judge_pb2_grpc.add_JudgeServicer_to_server(servicer, server),
-        on_stop=served.close,
-        healthy=lambda: served.engine.healthy,
+    return await serve_model(  # ports and the constitution first, then the model
+        service,
+        served,
+        lambda: start_served(SERVICE, config.engine),
+        servicer,
+        judge_pb2_grpc.add_JudgeServicer_to_server,
     )

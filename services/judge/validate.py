@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.client import conversation
+from services.common.jsonl import jsonl_records
 from services.prompts import PromptFileError, check_messages
 
 BINS = 10
@@ -107,39 +109,13 @@ def read_pair(record, where: str, line: int, answers=("chosen", "rejected")) -> 
     return Pair(pid, messages, _text(record[first], where, first), _text(record[second], where, second), line)
 
 
-def read_lines(path: Path) -> list[str]:
-    """The lines of a text file; ``PairFileError`` naming FILE:1 when it cannot be read."""
-    try:
-        return path.read_text().splitlines()
-    except OSError as exc:
-        raise PairFileError(f"{path}:1: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise PairFileError(f"{path}:1: not UTF-8 text ({exc.reason})") from None
-
-
 def load_pairs(path: str | Path, answers=("chosen", "rejected")) -> list[Pair]:
     """Reads a JSONL comparison file; raises ``PairFileError`` naming FILE:LINE on a bad row."""
     path = Path(path)
-    lines = read_lines(path)
-    pairs = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PairFileError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
-        pairs.append(read_pair(record, where, number, answers))
+    pairs = [read_pair(record, where, number, answers) for where, number, record in jsonl_records(path, PairFileError)]
     if not pairs:
         raise PairFileError(f"{path}:1: holds no comparisons")
     return pairs
-
-
-def conversation(messages, pid: str):
-    from services.api.cai.v1 import common_pb2
-
-    return common_pb2.Conversation(id=pid, messages=[common_pb2.ChatMessage(**m) for m in messages])
 
 
 async def judge_orders(
@@ -147,12 +123,11 @@ async def judge_orders(
 ) -> tuple[list[float], list[float], list[str], dict]:
     """Raw p_a of each pair with answer_a first and with answer_a second (log-prob mode, no swap),
     the principle of each pair, and the judge as its labels' provenance names it."""
-    from services.api.cai.v1 import judge_pb2, judge_pb2_grpc
-    from services.common.channels import open_aio_channel
+    from services.api.cai.v1 import judge_pb2
+    from services.judge.client import JudgeClient
 
     first, second, principles, judge = [], [], [], {}
-    async with open_aio_channel(address) as channel:
-        stub = judge_pb2_grpc.JudgeStub(channel)
+    async with JudgeClient(address) as stub:
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i : i + batch_size]
             comparisons = []
@@ -160,19 +135,9 @@ async def judge_orders(
                 conv = conversation(p.messages, p.id)
                 comparisons += [
                     judge_pb2.Comparison(
-                        prompt=conv,
-                        answer_a=p.answer_a,
-                        answer_b=p.answer_b,
-                        principle_id=principle_id,
-                        id=f"{p.id}/ab",
-                    ),
-                    judge_pb2.Comparison(
-                        prompt=conv,
-                        answer_a=p.answer_b,
-                        answer_b=p.answer_a,
-                        principle_id=principle_id,
-                        id=f"{p.id}/ba",
-                    ),
+                        prompt=conv, answer_a=a, answer_b=b, principle_id=principle_id, id=f"{p.id}/{o}"
+                    )
+                    for o, a, b in (("ab", p.answer_a, p.answer_b), ("ba", p.answer_b, p.answer_a))
                 ]
             response = await stub.Compare(
                 judge_pb2.CompareRequest(

@@ -15,11 +15,10 @@ import logging
 from dataclasses import dataclass, field
 
 from services.common.served_model import ServedModel
-from services.common.server import ServerConfig
+from services.common.server import LOOPBACK, ServerConfig
 from services.engines.config import EngineConfig, start_engine
 
 log = logging.getLogger(__name__)
-LOOPBACK = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=5)
 
 
 @dataclass(frozen=True)
@@ -119,3 +118,21 @@ async def embedded_services(spec: EmbeddedSpec, services: tuple[str, ...]):
             addresses[name] = await pool.address(name, engine)
         log.info("embedded services: %s", addresses)
         yield addresses
+
+
+@contextlib.asynccontextmanager
+async def services_at(given: dict[str, str], spec: EmbeddedSpec, serve_metrics: bool = True):
+    """Yields ``{name: address}`` for the services named in ``given``: each given address as it
+    is, each empty one started here on loopback (``embedded_services``). The one "use this address
+    or start the service here" branch of every command. With every address given and
+    ``serve_metrics``, this process's /metrics is served on ``spec.metrics_port`` (if >= 0)."""
+    missing = tuple(name for name, address in given.items() if not address)
+    if missing:
+        async with embedded_services(spec, missing) as started:
+            yield {**given, **started}
+        return
+    if serve_metrics and spec.metrics_port >= 0:
+        from services.common.metrics import start_metrics_server
+
+        start_metrics_server(spec.metrics_port)
+    yield dict(given)

@@ -25,8 +25,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.channels import open_aio_channel
+from services.common.client import prompt_conversation
+from services.generation.client import GenerationClient
+from services.judge.client import JudgeClient
 from services.prompts import EVAL_FRACTION, Prompt
+from services.reward.client import RewardClient
 
 _APOS = "['\u2019]"  # straight or curly apostrophe
 REFUSAL = re.compile(
@@ -167,7 +170,7 @@ def _refusal_comparisons(sets: dict, answers: dict, cfg: EvalConfig) -> tuple[li
                 for k, t in enumerate(samples):
                     comparisons.append(
                         judge_pb2.Comparison(
-                            prompt=_conv(p),
+                            prompt=prompt_conversation(p),
                             answer_a=t,
                             answer_b=PLAIN_REFUSAL,
                             principle_id=cfg.refusal_principle,
@@ -187,14 +190,12 @@ async def _judge_refusals(address: str, sets: dict, answers: dict, cfg: EvalConf
     and set's comparisons are in flight at once."""
     import grpc
 
-    from services.api.cai.v1 import judge_pb2_grpc
-
     if not cfg.refusal_principle:
         return None, "regex"
     keys, batches, owners = _refusal_comparisons(sets, answers, cfg)
-    async with open_aio_channel(address) as channel:
+    async with JudgeClient(address) as judge:
         try:
-            labels = await _compare_all(judge_pb2_grpc.JudgeStub(channel), batches, cfg)
+            labels = await _compare_all(judge, batches, cfg)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "principle_id" in (exc.details() or ""):
                 return None, f"regex (the judge's constitution has no principle {cfg.refusal_principle!r})"
@@ -206,12 +207,6 @@ async def _judge_refusals(address: str, sets: dict, answers: dict, cfg: EvalConf
             per_prompt[i].append(0.0 if label.p_a > 0.5 else 1.0)
         out[name][set_name] = per_prompt
     return out, f"judge under {cfg.refusal_principle} (answer vs a plain refusal, both orders)"
-
-
-def _conv(p: Prompt):
-    from services.api.cai.v1 import common_pb2
-
-    return common_pb2.Conversation(id=p.id, messages=[common_pb2.ChatMessage(**m) for m in p.messages])
 
 
 async def evaluate(
@@ -226,11 +221,8 @@ async def evaluate(
     from services.api.cai.v1 import (
         common_pb2,
         generation_pb2,
-        generation_pb2_grpc,
         judge_pb2,
-        judge_pb2_grpc,
         reward_pb2,
-        reward_pb2_grpc,
     )
 
     answers: dict[str, dict[str, list[list[str]]]] = {}  # policy -> set -> prompt -> samples
@@ -245,7 +237,7 @@ async def evaluate(
             *(
                 gen.Generate(
                     generation_pb2.GenerateRequest(
-                        prompts=[_conv(p) for _, p in order[i : i + cfg.batch_size]], sampling=sampling
+                        prompts=[prompt_conversation(p) for _, p in order[i : i + cfg.batch_size]], sampling=sampling
                     ),
                     timeout=3600,
                 )
@@ -260,12 +252,11 @@ async def evaluate(
     own = addresses["generation"] if isinstance(addresses["generation"], dict) else {}
     for name in policies:  # a policy with its own generation service: no checkpoint swap
         if name in own:
-            async with open_aio_channel(own[name]) as gch:
-                await generate(generation_pb2_grpc.GenerationStub(gch), name)
+            async with GenerationClient(own[name]) as gen:
+                await generate(gen, name)
     swapped = [name for name in policies if name not in own]
     if swapped:  # one generation service: each policy loaded in turn, the original restored after
-        async with open_aio_channel(addresses["generation"]) as gch:
-            gen = generation_pb2_grpc.GenerationStub(gch)
+        async with GenerationClient(addresses["generation"]) as gen:
             original = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)
             for name in swapped:
                 await gen.LoadCheckpoint(
@@ -291,7 +282,9 @@ async def evaluate(
             for i, (p, xs, ys) in enumerate(zip(prompts, answers[a][set_name], answers[b][set_name])):
                 for k, (x, y) in enumerate(zip(xs, ys)):
                     comparisons.append(
-                        judge_pb2.Comparison(prompt=_conv(p), answer_a=x, answer_b=y, id=f"{set_name}/{p.id}/{k}")
+                        judge_pb2.Comparison(
+                            prompt=prompt_conversation(p), answer_a=x, answer_b=y, id=f"{set_name}/{p.id}/{k}"
+                        )
                     )
                     owner.append(i)
             pair_keys.append((a, b, set_name))
@@ -299,8 +292,8 @@ async def evaluate(
             pair_owners.append(owner)
 
     async def judge_pairs() -> list[list]:
-        async with open_aio_channel(addresses["judge"]) as jch:
-            return await _compare_all(judge_pb2_grpc.JudgeStub(jch), pair_batches, cfg)
+        async with JudgeClient(addresses["judge"]) as judge:
+            return await _compare_all(judge, pair_batches, cfg)
 
     # the refusal checks and every pair's comparisons in flight at once: the judge's engine batches them
     (by_judge, method), pair_labels = await asyncio.gather(
@@ -344,14 +337,13 @@ async def evaluate(
         }
     results["pairs"] = list(rows.values())
     if addresses.get("reward"):
-        async with open_aio_channel(addresses["reward"]) as rch:
-            reward = reward_pb2_grpc.RewardStub(rch)
+        async with RewardClient(addresses["reward"]) as reward:
             for name in policies:
                 for set_name, prompts in sets.items():
                     r = await reward.Score(
                         reward_pb2.ScoreRequest(
                             items=[
-                                reward_pb2.ScoreItem(prompt=_conv(p), answer=samples[0])
+                                reward_pb2.ScoreItem(prompt=prompt_conversation(p), answer=samples[0])
                                 for p, samples in zip(prompts, answers[name][set_name])
                             ]
                         ),

@@ -39,9 +39,11 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from services.common.channels import open_aio_channel
+from services.common.client import conversation, prompt_conversation
 from services.comparison import Comparison
 from services.engines.config import EngineConfig
+from services.generation.client import GenerationClient
+from services.judge.client import JudgeClient
 from services.prompts import HELPFULNESS_PAIRS, RED_TEAM, Prompt, load_prompts
 
 
@@ -178,12 +180,6 @@ def harmlessness_id(
     )
 
 
-def _conversation(prompt: Prompt):
-    from services.api.cai.v1 import common_pb2
-
-    return common_pb2.Conversation(id=prompt.id, messages=[common_pb2.ChatMessage(**m) for m in prompt.messages])
-
-
 def helpfulness_comparisons(pairs: list[Prompt], seed: int, source: str) -> list[dict]:
     """Preference pairs as comparisons with hard labels, A/B order randomised by the seed."""
     rng = random.Random(f"helpfulness/{seed}")
@@ -232,10 +228,10 @@ async def _judge_key_now(judge, address: str) -> str:
     ids of prompts already done can be known before anything is generated)."""
     import grpc
 
-    from services.api.cai.v1 import common_pb2, judge_pb2
+    from services.api.cai.v1 import judge_pb2
 
     probe = judge_pb2.Comparison(
-        prompt=common_pb2.Conversation(id=PROBE_ID, messages=[common_pb2.ChatMessage(role="user", content="Hi.")]),
+        prompt=conversation([{"role": "user", "content": "Hi."}], PROBE_ID),
         answer_a="Hello.",
         answer_b="Hi.",
         id=PROBE_ID,
@@ -260,19 +256,13 @@ async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge,
     seconds of each call to ``stats`` (``generate_seconds``, ``compare_seconds``)."""
     import grpc
 
-    from services.api.cai.v1 import common_pb2, generation_pb2, judge_pb2
+    from services.api.cai.v1 import judge_pb2
 
     names = ", ".join(repr(p.id) for p in batch)
     started = time.perf_counter()
     try:
-        answers = await gen.Generate(
-            generation_pb2.GenerateRequest(
-                prompts=[_conversation(p) for p in batch],
-                sampling=common_pb2.SamplingParams(
-                    n=cfg.samples_per_prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed
-                ),
-            ),
-            timeout=3600,
+        answers = await gen.generate(
+            batch, n=cfg.samples_per_prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed
         )
     except grpc.RpcError as exc:
         raise LabelError(f"Generate failed for prompt(s) {names}: {exc.code().name}: {exc.details()}") from None
@@ -290,7 +280,7 @@ async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge,
         for i, j in pairs:
             comparisons.append(
                 judge_pb2.Comparison(
-                    prompt=_conversation(p), answer_a=texts[i], answer_b=texts[j], id=f"{p.id}/{i}-{j}"
+                    prompt=prompt_conversation(p), answer_a=texts[i], answer_b=texts[j], id=f"{p.id}/{i}-{j}"
                 )
             )
             meta.append((p, i, j))
@@ -354,7 +344,7 @@ async def _label_batch(cfg: LabelConfig, batch: list[Prompt], pairs, gen, judge,
 async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from services.api.cai.v1 import common_pb2, generation_pb2_grpc, judge_pb2, judge_pb2_grpc
+    from services.api.cai.v1 import common_pb2, judge_pb2
 
     prompts = select_prompts(load_prompts(cfg.prompts), cfg)
     pairs = pair_indices(cfg.samples_per_prompt, cfg.pairs)
@@ -371,9 +361,7 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
         "timeline": [],
     }
     started = time.perf_counter()
-    async with open_aio_channel(addresses["generation"]) as gch, open_aio_channel(addresses["judge"]) as jch:
-        gen = generation_pb2_grpc.GenerationStub(gch)
-        judge = judge_pb2_grpc.JudgeStub(jch)
+    async with GenerationClient(addresses["generation"]) as gen, JudgeClient(addresses["judge"]) as judge:
         policy = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)
         key = await _judge_key_now(judge, addresses["judge"])
         mode = judge_pb2.JUDGE_MODE_CHAIN_OF_THOUGHT if cfg.mode == "chain-of-thought" else judge_pb2.JUDGE_MODE_LOGPROB
@@ -429,24 +417,18 @@ async def _label(cfg: LabelConfig, queue, addresses: dict, progress: bool) -> di
 
 async def run_label(cfg: LabelConfig, progress: bool = True) -> dict:
     """Labels the prompts and publishes to ``cfg.queue``; returns counts."""
-    from services.pipeline.embedded import EmbeddedSpec, embedded_services
+    from services.pipeline.embedded import EmbeddedSpec, services_at
     from services.queue import open_queue
 
     load_prompts(cfg.prompts)  # fail fast: a bad prompts file is reported before any engine starts
     if cfg.helpfulness_pairs:
         load_prompts(cfg.helpfulness_pairs)
     queue = open_queue(cfg.queue)
+    spec = EmbeddedSpec(
+        policy=cfg.policy, judge=cfg.judge_model, constitution=cfg.constitution, metrics_port=cfg.metrics_port
+    )
     try:
-        if cfg.generation:
-            if cfg.metrics_port >= 0:
-                from services.common.metrics import start_metrics_server
-
-                start_metrics_server(cfg.metrics_port)
-            return await _label(cfg, queue, {"generation": cfg.generation, "judge": cfg.judge}, progress)
-        spec = EmbeddedSpec(
-            policy=cfg.policy, judge=cfg.judge_model, constitution=cfg.constitution, metrics_port=cfg.metrics_port
-        )
-        async with embedded_services(spec, ("generation", "judge")) as addresses:
+        async with services_at({"generation": cfg.generation, "judge": cfg.judge}, spec) as addresses:
             return await _label(cfg, queue, addresses, progress)
     finally:
         queue.close()

@@ -34,10 +34,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from services.common.channels import open_aio_channel
+from services.common.client import prompt_conversation
 from services.common.jsonl import append_rows, read_rows
+from services.critique.client import CritiqueClient
 from services.critique.prompting import leaked_scaffolding
 from services.engines.config import EngineConfig
+from services.generation.client import GenerationClient
 from services.prompts import EVAL_FRACTION, HELPFULNESS, RED_TEAM, TRAIN, Prompt, load_prompts, split_prompts
 
 HARMLESS_FILE = "sl_cai.jsonl"
@@ -97,12 +99,6 @@ class SLDataConfig:
         return None
 
 
-def _conversation(prompt: Prompt):
-    from services.api.cai.v1 import common_pb2
-
-    return common_pb2.Conversation(id=prompt.id, messages=[common_pb2.ChatMessage(**m) for m in prompt.messages])
-
-
 def _provenance(p) -> dict:
     return {
         "constitution_file": p.constitution_file,
@@ -115,14 +111,8 @@ def _provenance(p) -> dict:
     }
 
 
-async def _answers(gen_stub, prompts: list[Prompt], cfg: SLDataConfig):
-    from services.api.cai.v1 import common_pb2, generation_pb2
-
-    request = generation_pb2.GenerateRequest(
-        prompts=[_conversation(p) for p in prompts],
-        sampling=common_pb2.SamplingParams(n=1, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed),
-    )
-    return await gen_stub.Generate(request, timeout=3600)
+async def _answers(gen: GenerationClient, prompts: list[Prompt], cfg: SLDataConfig):
+    return await gen.generate(prompts, n=1, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
 
 
 def _quality(text: str, truncated: bool, failed: bool = False) -> dict:
@@ -156,7 +146,7 @@ async def _harmless_batch(gen_stub, crit_stub, prompts: list[Prompt], cfg: SLDat
     answers = await _answers(gen_stub, prompts, cfg)
     request = critique_pb2.ReviseRequest(
         items=[
-            critique_pb2.ReviseItem(prompt=_conversation(p), answer=_nonempty(c.samples[0].text))
+            critique_pb2.ReviseItem(prompt=prompt_conversation(p), answer=_nonempty(c.samples[0].text))
             for p, c in zip(prompts, answers.completions)
         ],
         rounds=cfg.rounds,
@@ -232,8 +222,6 @@ def _check_constitution(out: Path, rows: list[dict], expected: str) -> None:
 async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool, expected_sha: str = "") -> dict:
     from tqdm import tqdm
 
-    from services.api.cai.v1 import critique_pb2_grpc, generation_pb2_grpc
-
     harmful = split_prompts(load_prompts(cfg.prompts), cfg.split, cfg.eval_fraction)
     helpful = split_prompts(load_prompts(cfg.helpfulness), cfg.split, cfg.eval_fraction) if cfg.helpfulness else []
     if cfg.limit:
@@ -244,9 +232,7 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
     todo_p = [p for p in helpful if p.id not in done_p]
     written = 0
     started = time.perf_counter()
-    async with open_aio_channel(addresses["generation"]) as gch, open_aio_channel(addresses["critique"]) as cch:
-        gen = generation_pb2_grpc.GenerationStub(gch)
-        crit = critique_pb2_grpc.CritiqueStub(cch)
+    async with GenerationClient(addresses["generation"]) as gen, CritiqueClient(addresses["critique"]) as crit:
         bar = tqdm(
             total=len(harmful) + len(helpful),
             initial=len(harmful) + len(helpful) - len(todo_h) - len(todo_p),
@@ -295,7 +281,7 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
 async def produce_sl_data(cfg: SLDataConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Writes (or completes) the SL-CAI dataset in ``out_dir``; returns the manifest."""
     from services.constitution import load_constitution
-    from services.pipeline.embedded import EmbeddedSpec, embedded_services
+    from services.pipeline.embedded import EmbeddedSpec, services_at
 
     load_prompts(cfg.prompts)  # fail fast: a bad prompts file is reported before any engine starts
     if cfg.helpfulness:
@@ -322,14 +308,9 @@ async def produce_sl_data(cfg: SLDataConfig, out_dir: str | Path, progress: bool
             )
             + "\n"
         )
-    if cfg.generation:
-        stats = await _produce(
-            cfg, out, {"generation": cfg.generation, "critique": cfg.critique}, progress, expected_sha
-        )
-    else:
-        spec = EmbeddedSpec(policy=cfg.policy, constitution=cfg.constitution)
-        async with embedded_services(spec, ("generation", "critique")) as addresses:
-            stats = await _produce(cfg, out, addresses, progress, expected_sha)
+    spec = EmbeddedSpec(policy=cfg.policy, constitution=cfg.constitution)
+    async with services_at({"generation": cfg.generation, "critique": cfg.critique}, spec) as addresses:
+        stats = await _produce(cfg, out, addresses, progress, expected_sha)
     rows_h = read_rows(out / HARMLESS_FILE)
     rows_p = read_rows(out / HELPFUL_FILE)
     manifest = {

@@ -10,11 +10,10 @@ assistant message lists, as TRL passes conversational completions).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
-from services.api.cai.v1 import common_pb2, reward_pb2, reward_pb2_grpc
-from services.common.channels import open_aio_channel
+from services.api.cai.v1 import reward_pb2, reward_pb2_grpc
+from services.common.client import ServiceClient, conversation
 
 
 def completion_text(completion) -> str:
@@ -23,37 +22,28 @@ def completion_text(completion) -> str:
     return "".join(m.get("content", "") for m in completion if m.get("role") == "assistant")
 
 
-class RewardClient:
+class RewardClient(ServiceClient):
     """Async reward function backed by ``cai.v1.Reward/Score``."""
 
+    service = "reward"
+
     def __init__(self, address: str, *, timeout: float = 300.0, batch_size: int = 256):
-        self.address = address
-        self.timeout = timeout
+        super().__init__(address, timeout=timeout)
         self.batch_size = batch_size
-        self._channels: dict[int, object] = {}
         self.checkpoint_id = ""
         self.__name__ = "reward_service"  # TRL logs reward functions by name
 
-    def _stub(self):
-        loop = id(asyncio.get_running_loop())
-        if loop not in self._channels:
-            self._channels[loop] = open_aio_channel(self.address)
-        return reward_pb2_grpc.RewardStub(self._channels[loop])
+    def _new_stub(self, channel):
+        return reward_pb2_grpc.RewardStub(channel)
 
     async def __call__(self, prompts: Sequence[Sequence[dict]], completions: Sequence, **_) -> list[float]:
-        stub = self._stub()
         scores: list[float] = []
         for start in range(0, len(prompts), self.batch_size):
             items = [
-                reward_pb2.ScoreItem(
-                    prompt=common_pb2.Conversation(
-                        messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in p]
-                    ),
-                    answer=completion_text(c),
-                )
+                reward_pb2.ScoreItem(prompt=conversation(p), answer=completion_text(c))
                 for p, c in zip(prompts[start : start + self.batch_size], completions[start : start + self.batch_size])
             ]
-            response = await stub.Score(reward_pb2.ScoreRequest(items=items), timeout=self.timeout)
+            response = await self.stub.Score(reward_pb2.ScoreRequest(items=items), timeout=self.timeout)
             self.checkpoint_id = response.checkpoint_id
             scores.extend(response.scores)
         return scores
