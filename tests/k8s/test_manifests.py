@@ -404,7 +404,12 @@ def test_service_configs_load_and_point_at_mounted_files(renders, name, tmp_path
             assert config["constitution"] == "/etc/cai/constitution/default.yaml"
             assert mounts["constitution"]["mountPath"] == "/etc/cai/constitution"
             assert volumes["constitution"]["configMap"]["name"].startswith("constitution")
-        model = config.get("engine", {}).get("model") or config.get("model") or config.get("reward_base_model")
+        model = (
+            config.get("engine", {}).get("model")
+            or config.get("model")
+            or config.get("reward_base_model")
+            or config.get("reward", {}).get("model")
+        )
         if model:
             assert model.startswith("/models/"), f"{component}: {model}"
             assert mounts["models"]["readOnly"] is True
