@@ -52,17 +52,9 @@ def cmd_eval(args) -> int:
         reward_service = None
         addresses = {"reward": args.reward or ""}
         if args.reward_model and not args.reward:
-            from services.common.server import ServerConfig
-            from services.reward.config import RewardServiceConfig
-            from services.reward.service import build_reward_service
+            from services.pipeline.embedded import start_reward_here
 
-            reward_service = await build_reward_service(
-                RewardServiceConfig(
-                    model=args.reward_model, server=ServerConfig(host="127.0.0.1", port=0, metrics_port=-1)
-                )
-            )
-            await reward_service.start()
-            addresses["reward"] = f"127.0.0.1:{reward_service.port}"
+            reward_service, addresses["reward"] = await start_reward_here(args.reward_model)
         try:
             if args.generation:
                 return await evaluate(

@@ -351,20 +351,25 @@ def model_info(served: ServedModel, limits, **extra) -> common_pb2.ModelInfo:
     )
 
 
-class ModelServicer:
-    """What the servicers of model-serving services share: ``served``, ``config`` and ``limits``,
-    and, for those that set ``checkpoint`` (``(service, task)`` of ``checkpoint_access_of``) and
-    ``start_checkpoint``, ``LoadCheckpoint`` and ``GetModelInfo``. List it before the generated
-    servicer base so its methods answer."""
+class ServicerBase:
+    """What every servicer over a served model holds: ``served``, ``config``, its request
+    ``limits`` and, for the services that apply one, the ``constitution``."""
+
+    def __init__(self, served: ServedModel, config, constitution=None):
+        self.served = served
+        self.config = config
+        self.limits = config.limits
+        self.constitution = constitution
+
+
+class ModelServicer(ServicerBase):
+    """A servicer whose model can be promoted: with ``checkpoint`` (``(service, task)`` of
+    ``checkpoint_access_of``) and ``start_checkpoint`` set, ``LoadCheckpoint`` and
+    ``GetModelInfo``. List it before the generated servicer base so its methods answer."""
 
     checkpoint: tuple[str, str] = ("", "")
     info_limits: tuple[str, ...] = ()
     """Limits ``GetModelInfo`` reports besides the common ones (``max_n``...)."""
-
-    def __init__(self, served: ServedModel, config):
-        self.served = served
-        self.config = config
-        self.limits = config.limits
 
     def start_checkpoint(self, path: str | None, checkpoint_id: str) -> Awaitable[Engine]:
         raise NotImplementedError

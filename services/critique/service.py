@@ -17,7 +17,7 @@ from services.common.requests import (
     sampling_spec,
     seed_at,
 )
-from services.common.served_model import ServedModel, serve_model, start_served
+from services.common.served_model import ServedModel, ServicerBase, serve_model, start_served
 from services.common.server import GrpcService, within_deadline
 from services.constitution import Constitution, load_constitution
 from services.critique.config import CritiqueConfig
@@ -35,12 +35,9 @@ PRINCIPLE_USES = metrics.Counter(
 )
 
 
-class CritiqueServicer(critique_pb2_grpc.CritiqueServicer):
-    def __init__(self, served: ServedModel, constitution: Constitution, config: CritiqueConfig):
-        self.served = served
-        self.constitution = constitution
-        self.config = config
-        self.limits = config.limits
+class CritiqueServicer(ServicerBase, critique_pb2_grpc.CritiqueServicer):
+    config: CritiqueConfig
+    constitution: Constitution
 
     def _parse(self, request):
         cfg = self.config
@@ -121,6 +118,6 @@ async def build_critique_service(config: CritiqueConfig, served: ServedModel | N
         service,
         served,
         lambda: start_served(SERVICE, config.engine),
-        lambda served: CritiqueServicer(served, constitution, config),
+        lambda served: CritiqueServicer(served, config, constitution),
         critique_pb2_grpc.add_CritiqueServicer_to_server,
     )

@@ -19,7 +19,7 @@ from services.common.requests import (
     sampling_spec,
     seed_at,
 )
-from services.common.served_model import ServedModel, serve_model, start_served
+from services.common.served_model import ServedModel, ServicerBase, serve_model, start_served
 from services.common.server import GrpcService, within_deadline
 from services.constitution import Constitution, load_constitution
 from services.judge.config import JudgeConfig
@@ -41,12 +41,12 @@ PRINCIPLE_USES = metrics.Counter(
 )
 
 
-class JudgeServicer(judge_pb2_grpc.JudgeServicer):
-    def __init__(self, served: ServedModel, constitution: Constitution, config: JudgeConfig):
-        self.served = served
-        self.constitution = constitution
-        self.config = config
-        self.limits = config.limits
+class JudgeServicer(ServicerBase, judge_pb2_grpc.JudgeServicer):
+    config: JudgeConfig
+    constitution: Constitution
+
+    def __init__(self, served: ServedModel, config: JudgeConfig, constitution: Constitution):
+        super().__init__(served, config, constitution)
         self._judges: dict[int, Judge] = {}
 
     def judge_for(self, engine) -> Judge:
@@ -149,7 +149,7 @@ async def build_judge_service(config: JudgeConfig, served: ServedModel | None = 
     )
 
     def servicer(served: ServedModel) -> JudgeServicer:
-        judging = JudgeServicer(served, constitution, config)
+        judging = JudgeServicer(served, config, constitution)
         judging.judge_for(served.engine)  # the options (A) and (B) must be expressible
         return judging
 

@@ -223,16 +223,14 @@ async def run_pipeline(cfg: RunConfig, out: Path) -> dict:
 
 
 async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
-    from services.common.server import ServerConfig
     from services.engines.config import engine_starts
     from services.models.registry import resolve_model
+    from services.pipeline.embedded import start_reward_here
     from services.pipeline.evaluate import evaluate
     from services.pipeline.label import run_label
     from services.pipeline.sl_data import produce_sl_data
     from services.prompts import EVAL, TRAIN, split_prompts, split_record
     from services.queue import open_queue
-    from services.reward.config import RewardServiceConfig
-    from services.reward.service import build_reward_service
     from services.trainer.config import TrainerConfig
     from services.trainer.worker import TrainerWorker
     from services.training.policy import optimize_policy
@@ -354,7 +352,6 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         f"held-out accuracy {status['metrics'].get('eval_accuracy')}",
     )
 
-    loop_server = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=5)
     reward_service = None
     reward_addr = svc.reward
     if reward_addr:
@@ -362,9 +359,7 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
 
         promote(reward_addr, "reward", reward_path)
     else:
-        reward_service = await build_reward_service(RewardServiceConfig(model=str(reward_path), server=loop_server))
-        await reward_service.start()
-        reward_addr = f"127.0.0.1:{reward_service.port}"
+        reward_service, reward_addr = await start_reward_here(str(reward_path))
     try:
         stages.start(
             "rl",
