@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import grpc
 import pytest
@@ -13,20 +14,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.common.probe import main
 
 
-def test_probe_reports_serving_and_not_serving():
+@contextmanager
+def health_server():
+    """A gRPC health server on loopback: the whole server SERVING, cai.v1.Judge NOT_SERVING; yields its port."""
     server = grpc.server(ThreadPoolExecutor(2))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    servicer.set("cai.v1.Judge", health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
-        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        servicer.set("cai.v1.Judge", health_pb2.HealthCheckResponse.NOT_SERVING)
+        yield port
+    finally:
+        server.stop(0)
+
+
+def test_probe_reports_serving_and_not_serving():
+    with health_server() as port:
         assert main(["--port", str(port)]) == 0
         assert main(["--port", str(port), "--service", "cai.v1.Judge"]) == 1
         assert main(["--port", str(port), "--service", "cai.v1.Unknown", "--timeout", "2"]) == 1
-    finally:
-        server.stop(0)
 
 
 def test_unreadable_tls_files_are_a_clear_error(tmp_path, capsys):

@@ -801,24 +801,13 @@ def test_deprecated_render_flags_still_compose_the_overlay(renders, tmp_path):
 
 def test_the_probe_keeps_its_old_name_and_reports_serving_and_not_serving():
     """Manifests rendered before the probe moved to services.common.probe run `services.k8s.cli probe`."""
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
     from services.k8s.cli import main
+    from tests.common.test_probe import health_server
 
-    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(2))
-    servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        servicer.set("cai.v1.Judge", health_pb2.HealthCheckResponse.NOT_SERVING)
+    with health_server() as port:
         assert main(["probe", "--port", str(port)]) == 0
         assert main(["probe", "--port", str(port), "--service", "cai.v1.Judge"]) == 1
         assert main(["probe", "--port", str(port), "--service", "cai.v1.Unknown", "--timeout", "2"]) == 1
-    finally:
-        server.stop(0)
 
 
 # --- status against a stand-in API server -----------------------------------------------------
