@@ -82,22 +82,23 @@ def add_parser(sub) -> None:
         p = serve.add_parser(name, help=SERVICES[name].help)
         p.add_argument("--config", help="YAML file with the service's sections (engine, server, limits, ...)")
         p.add_argument("--model", help="model folder, hub id or packaged name (trainer: the reward model's base)")
-        if name == "trainer":
+        fields = {f.name for f in dataclasses.fields(SERVICES[name].config_type())}  # the flags its config takes
+        if "queue" in fields:
             p.add_argument("--queue", help="sqlite:///path.db or redis://host:port/db")
             p.add_argument("--queue-file", help=QUEUE_FILE_HELP)
             p.add_argument("--work-dir", help="folder for training data and checkpoints")
         else:
             p.add_argument("--checkpoint-id", help="id reported for the initial checkpoint")
-        if name in ("generation", "reward"):
+        if "checkpoint_dir" in fields:
             p.add_argument(
                 "--checkpoint-dir",
                 help="LoadCheckpoint loads only from under this folder and records "
                 "the promoted checkpoint there (a restart serves it); without it, only a loopback "
                 "server accepts LoadCheckpoint",
             )
-        if name not in ("reward", "trainer"):
+        if "engine" in fields:
             p.add_argument("--engine", choices=["vllm", "transformers"], help="inference engine (default vllm)")
-        if name in ("critique", "judge"):
+        if "constitution" in fields:
             p.add_argument("--constitution", help="constitution file (default constitutions/default.yaml)")
         # One flag per ServerConfig field (--host, --port, --metrics-port, --grace-seconds, --tls-cert-file, ...)
         add_config_flags(p, ServerConfig, exclude=SERVER_EXCLUDE, defaults=SERVICES[name].config_type()().server)
