@@ -83,7 +83,8 @@ def _serve_reward(model: str, workdir: Path):
 def ppo_step_rates(policy: str, reward_model: str, address: str, rounds: int, max_new_tokens: int) -> dict:
     """Median PPO step seconds with the reward (a) in-process, (b) over gRPC overlapped with the
     value/reference pass (the trainer's path), (c) over gRPC awaited before that pass (serial),
-    the three trainers stepping in turn on the same prompts, so load changes hit all alike."""
+    the three trainers stepping in turn on the same prompts (the order reversed every other round),
+    so load changes hit all alike."""
     import statistics
 
     from services.prompts import RED_TEAM, load_prompts
@@ -106,7 +107,10 @@ def ppo_step_rates(policy: str, reward_model: str, address: str, rounds: int, ma
         for r in range(rounds + 1):
             batch = prompts[(8 * r) % len(prompts) :][:8]
             batch = (batch + prompts)[:8]
-            for name, trainer in trainers.items():
+            # alternate the order each round, so that a trainer stepping right after another one
+            # (or after the reward server's burst) is not always the same
+            order = list(trainers.items()) if r % 2 else list(trainers.items())[::-1]
+            for name, trainer in order:
                 with Timer() as t:
                     metrics = trainer.step(batch)
                 if r:  # round 0 warms up

@@ -228,23 +228,31 @@ def _chat_ids(tokenizer, prompt: Sequence[dict], answer: str) -> list[int]:
     return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
 
 
-@torch.inference_mode()
+def chat_token_ids(tokenizer, prompts: Sequence[Sequence[dict]], answers: Sequence[str]) -> list[list[int]]:
+    """Token ids of each (prompt, answer) pair as ``score`` feeds them to the model."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"score: {len(prompts)} prompts but {len(answers)} answers")
+    return [_chat_ids(tokenizer, p, a) for p, a in zip(prompts, answers)]
+
+
 def score(
     model, tokenizer, prompts: Sequence[Sequence[dict]], answers: Sequence[str], batch_size: int = 32
 ) -> list[float]:
     """Rewards of (prompt, answer) pairs, formatted with the chat template exactly as in training
     and right-padded with ``model.config.pad_token_id``, ``batch_size`` pairs per forward pass."""
-    if len(prompts) != len(answers):
-        raise ValueError(f"score: {len(prompts)} prompts but {len(answers)} answers")
+    return score_token_ids(model, chat_token_ids(tokenizer, prompts, answers), batch_size)
+
+
+@torch.inference_mode()
+def score_token_ids(model, token_ids: Sequence[Sequence[int]], batch_size: int = 32) -> list[float]:
+    """Rewards of already tokenized pairs (``chat_token_ids``): what ``score`` computes, without
+    tokenizing again (the reward service tokenizes once to check lengths, then scores)."""
     pad_id = model.config.get_text_config().pad_token_id
     if pad_id is None:
         raise ValueError("score: model.config.pad_token_id is not set (needed to find each sequence's end)")
     scores: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        ids = [
-            torch.tensor(_chat_ids(tokenizer, p, a))
-            for p, a in zip(prompts[start : start + batch_size], answers[start : start + batch_size])
-        ]
+    for start in range(0, len(token_ids), batch_size):
+        ids = [torch.tensor(t) for t in token_ids[start : start + batch_size]]
         input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
         mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(t) for t in ids], batch_first=True)
         logits = model(
