@@ -148,6 +148,23 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def _rollout(kubectl, kind: str, selector: str, where: list[str], wait: float) -> bool:
+    """``kubectl rollout status``, printed; whether every rollout finished (kubectl says "Waiting
+    for ..." while one has not; with ``wait`` it waits that long)."""
+    from services.k8s.manifests import K8sError
+
+    watch = [f"--timeout={wait:g}s"] if wait else ["--watch=false"]
+    try:
+        out = kubectl("rollout", "status", kind, "-l", selector, *where, *watch, timeout=wait + 60).stdout
+    except K8sError as exc:
+        if "timed out waiting" not in str(exc):
+            raise
+        print(exc)
+        return False
+    print(out, end="")
+    return not any(line.startswith("Waiting for") for line in out.splitlines())
+
+
 def cmd_status(args) -> int:
     """kubectl's own tables, why pods wait, whether every rollout finished, the trainer's queue."""
     from services.k8s.manifests import PART_OF, K8sError, kubectl, require_kubeconfig, trainer_status_over_grpc
@@ -165,13 +182,7 @@ def cmd_status(args) -> int:
         ).stdout  # fmt: skip
         for line in waiting.splitlines():
             print(f"pending: {line}")
-        watch = [f"--timeout={args.wait:g}s"] if args.wait else ["--watch=false"]
-        ready = True
-        for kind in ("deployment", "statefulset"):
-            out = kubectl("rollout", "status", kind, "-l", PART_OF, *where, *watch, timeout=args.wait + 60).stdout
-            for line in out.splitlines():
-                print(line)
-                ready = ready and "successfully rolled out" in line
+        ready = all([_rollout(kubectl, kind, PART_OF, where, args.wait) for kind in ("deployment", "statefulset")])
     except K8sError as exc:
         return _fail(str(exc))
     if args.trainer:

@@ -13,7 +13,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import kubernetes_validate
 import pytest
@@ -831,7 +831,8 @@ class _FakeApiServer:
     }
 
     def __init__(self):
-        self.patches: list[dict] = []
+        self.judge_status: dict = {"observedGeneration": 1, "replicas": 1}
+        """The judge Deployment's status (not rolled out: no replica updated and available)."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -849,19 +850,6 @@ class _FakeApiServer:
             def do_GET(self):
                 code, body = fake.get(urlparse(self.path).path.rstrip("/") or "/")
                 self._send(code, body)
-
-            def do_PATCH(self):
-                url = urlparse(self.path)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                fake.patches.append(
-                    {
-                        "path": url.path,
-                        "query": parse_qs(url.query),
-                        "content_type": self.headers["Content-Type"],
-                        "body": json.loads(body),
-                    }
-                )
-                self._send(200, json.loads(body))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -935,9 +923,9 @@ class _FakeApiServer:
                 "metadata": {},
                 "items": [
                     {
-                        "metadata": {"name": "judge"},
+                        "metadata": {"name": "judge", "generation": 1},
                         "spec": {"replicas": 1, "selector": {}, "template": {}},
-                        "status": {},
+                        "status": self.judge_status,
                     }
                 ],
             }
@@ -998,6 +986,15 @@ def test_status_lists_pods_why_they_wait_and_the_queue(fake_api, capsys):
     assert 'Waiting for deployment "judge" rollout to finish' in out
     # unreachable trainer: UNAVAILABLE, or DEADLINE_EXCEEDED once channels retry UNAVAILABLE
     assert re.search(r"queue: unknown \((UNAVAILABLE|DEADLINE_EXCEEDED)", out), out
+
+
+def test_status_is_ready_once_every_rollout_finished(fake_api, capsys):
+    from services.k8s.cli import main
+
+    fake_api.judge_status = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+    assert main(["status", "--timeout", "2"]) == 0
+    out = capsys.readouterr().out
+    assert 'deployment "judge" successfully rolled out' in out and "queue: see --trainer" in out
 
 
 def _bytes(quantity: str) -> int:
