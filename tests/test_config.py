@@ -125,15 +125,29 @@ def test_run_config_errors_name_the_section_and_field(tmp_path, text, expected):
     assert str(err.value) == f"{path}: {expected}" or str(err.value).startswith(f"{path}: {expected}")
 
 
-def test_the_k8s_trainer_config_of_today_loads_with_its_old_keys_moved_into_the_sections(tmp_path):
-    """k8s/base/config/trainer.yaml (flat reward_* keys) still loads; so do policy_training's old keys."""
+def test_a_trainer_config_with_the_old_flat_keys_loads_with_them_moved_into_the_sections(tmp_path):
+    """The k8s trainer config as it was (flat reward_* keys) still loads; so do policy_training's
+    old keys; the shipped one (new shape) loads without a warning."""
+    import warnings
+
     from services.config import ConfigDeprecationWarning
     from services.paths import REPO_ROOT
     from services.trainer.config import TrainerConfig
 
+    old = tmp_path / "k8s-trainer.yaml"
+    old.write_text(
+        "group: trainer\nwork_dir: /var/lib/cai/work\nreward_base_model: /models/reward-base\ntrain_every: 256\n"
+        "reward_service: dns:///reward-headless:50051\n"
+        "policy_training: {enabled: false, generation_service: dns:///generation-headless:50051,\n"
+        "  reward_service: dns:///reward-headless:50051}\n"
+        "server: {grace_seconds: 30}\n"
+    )
     with pytest.warns(ConfigDeprecationWarning, match="reward_base_model is deprecated, use reward.model"):
-        cfg = load_config(TrainerConfig, REPO_ROOT / "k8s" / "base" / "config" / "trainer.yaml", check=False)
+        cfg = load_config(TrainerConfig, old, check=False)
     assert cfg.reward.model == "/models/reward-base" and cfg.reward.batch_size == 8  # the trainer's default
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigDeprecationWarning)
+        assert load_config(TrainerConfig, REPO_ROOT / "k8s" / "base" / "config" / "trainer.yaml", check=False) == cfg
     path = tmp_path / "trainer.yaml"
     path.write_text(
         "queue: sqlite:///q.db\nwork_dir: /w\nreward_batch_size: 4\nhelpfulness_ratio: 0.5\n"
