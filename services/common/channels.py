@@ -107,14 +107,9 @@ def _stamp(env: str) -> tuple[str, int, int] | None:
 def _read(env: str, stamp) -> bytes | None:
     if stamp is None:
         return None
-    try:
-        with open(stamp[0], "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise TLSFilesError(f"${env}={stamp[0]}: {exc.strerror or exc}") from None
-    if b"-----BEGIN" not in data:
-        raise TLSFilesError(f"${env}={stamp[0]}: not a PEM file")
-    return data
+    from services.common.tls import read_pem
+
+    return read_pem(stamp[0], f"${env}={stamp[0]}", TLSFilesError)
 
 
 def credentials() -> grpc.ChannelCredentials | None:

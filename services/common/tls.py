@@ -21,15 +21,21 @@ class TLSConfigError(ValueError):
     """A TLS file of the server configuration cannot be used (the message names the field and file)."""
 
 
-def _read_pem(field: str, path: str) -> bytes:
+def read_pem(path: str, name: str, error: type[Exception]) -> bytes:
+    """The PEM file ``path``; ``error("<name>: reason")`` when it cannot be read or is not PEM
+    (``name`` says where the path came from)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise TLSConfigError(f"server.{field}: {path}: {exc.strerror or exc}") from None
+        raise error(f"{name}: {exc.strerror or exc}") from None
     if b"-----BEGIN" not in data:
-        raise TLSConfigError(f"server.{field}: {path}: not a PEM file")
+        raise error(f"{name}: not a PEM file")
     return data
+
+
+def _read_pem(field: str, path: str) -> bytes:
+    return read_pem(path, f"server.{field}: {path}", TLSConfigError)
 
 
 class _CertificateFiles:

@@ -397,13 +397,7 @@ class RedisQueue(ComparisonQueue):
         with self._errors():
             # Entries ever added at or before the position, so Redis can keep computing the group's
             # lag: all added minus those still in the stream after it (trimmed ones count as read).
-            after, cursor = 0, "(" + text
-            while True:
-                batch = self._r.xrange(self.stream, cursor, "+", count=10_000)
-                after += len(batch)
-                if len(batch) < 10_000:
-                    break
-                cursor = "(" + batch[-1][0]
+            after = self._entries_after(text)
             added = int(self._r.xinfo_stream(self.stream)["entries-added"]) if self._r.exists(self.stream) else 0
             read = max(added - after, 0)
             if self._group_info(group) is None:
@@ -413,6 +407,16 @@ class RedisQueue(ComparisonQueue):
             self._groups.add(group)
 
     # -- numbers -----------------------------------------------------------------------------
+
+    def _entries_after(self, entry_id: str) -> int:
+        """How many entries the stream holds after ``entry_id`` (read in pages of 10,000)."""
+        count, cursor = 0, "(" + entry_id
+        while True:
+            batch = self._r.xrange(self.stream, cursor, "+", count=10_000)
+            count += len(batch)
+            if len(batch) < 10_000:
+                return count
+            cursor = "(" + batch[-1][0]
 
     def depth(self) -> int:
         with self._errors():
@@ -425,13 +429,7 @@ class RedisQueue(ComparisonQueue):
                 return self._update_lag(group, self.depth())
             undelivered = info.get("lag")
             if undelivered is None:  # Redis cannot tell (e.g. after a seek); count the entries
-                undelivered, cursor = 0, "(" + info["last-delivered-id"]
-                while True:
-                    batch = self._r.xrange(self.stream, cursor, "+", count=10_000)
-                    undelivered += len(batch)
-                    if len(batch) < 10_000:
-                        break
-                    cursor = "(" + batch[-1][0]
+                undelivered = self._entries_after(info["last-delivered-id"])
             return self._update_lag(group, int(undelivered) + int(info["pending"]))
 
     def pending(self, group: str) -> int:
