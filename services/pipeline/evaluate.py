@@ -18,6 +18,7 @@ of training). The reward model, when given, scores every answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import random
@@ -129,8 +130,6 @@ def training_constitutions(policies: dict[str, str]) -> dict[str, str]:
 async def _compare_all(judge, batches: list[list], cfg: EvalConfig) -> list[list]:
     """Labels of every batch of comparisons, all requests in flight at once (the judge's engine
     batches across them), each batch cut into requests of at most ``COMPARE_CHUNK`` comparisons."""
-    import asyncio
-
     from services.api.cai.v1 import judge_pb2
 
     requests = [
@@ -138,16 +137,16 @@ async def _compare_all(judge, batches: list[list], cfg: EvalConfig) -> list[list
         for b, comparisons in enumerate(batches)
         for i in range(0, len(comparisons), COMPARE_CHUNK)
     ]
-    responses = await asyncio.gather(
-        *(
-            judge.Compare(judge_pb2.CompareRequest(comparisons=chunk, swap_debias=True, seed=cfg.seed), timeout=3600)
+    responses = await _in_flight(
+        [
+            functools.partial(
+                judge.Compare,
+                judge_pb2.CompareRequest(comparisons=chunk, swap_debias=True, seed=cfg.seed),
+                timeout=3600,
+            )
             for _, chunk in requests
-        ),
-        return_exceptions=True,  # every request finishes before the first error is raised
+        ]
     )
-    for response in responses:
-        if isinstance(response, BaseException):
-            raise response
     labels: list[list] = [[] for _ in batches]
     for (b, _), response in zip(requests, responses):
         labels[b] += list(response.labels)
@@ -156,6 +155,26 @@ async def _compare_all(judge, batches: list[list], cfg: EvalConfig) -> list[list
 
 COMPARE_CHUNK = 128
 """Comparisons per Compare request (the judge's default max_batch_items is 256)."""
+IN_FLIGHT = 8
+"""Requests in flight at once to one service: enough for its engine to batch across them, well
+under a service's default max_concurrent_work (32) + max_queued_work (64), beyond which it refuses."""
+
+
+async def _in_flight(calls: list, limit: int = IN_FLIGHT) -> list:
+    """The results of ``calls`` (functions that start a request and return its awaitable: a gRPC
+    aio call starts when it is made), at most ``limit`` running at once, in order; every started
+    call finishes before the first error is raised."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call):
+        async with gate:
+            return await call()
+
+    results = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def _refusal_comparisons(sets: dict, answers: dict, cfg: EvalConfig) -> tuple[list, list, list]:
@@ -233,16 +252,17 @@ async def evaluate(
         sampling = common_pb2.SamplingParams(
             n=cfg.samples, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed
         )
-        responses = await asyncio.gather(
-            *(
-                gen.Generate(
+        responses = await _in_flight(
+            [
+                functools.partial(
+                    gen.Generate,
                     generation_pb2.GenerateRequest(
                         prompts=[prompt_conversation(p) for _, p in order[i : i + cfg.batch_size]], sampling=sampling
                     ),
                     timeout=3600,
                 )
                 for i in range(0, len(order), cfg.batch_size)
-            )
+            ]
         )
         completions = [c for r in responses for c in r.completions]
         answers[name] = {set_name: [] for set_name in sets}
