@@ -241,7 +241,7 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
             disable=not progress,
         )
 
-        async def harmless() -> None:
+        async def red_team_rows() -> None:
             nonlocal expected_sha, written
             for i in range(0, len(todo_h), cfg.batch_size):
                 batch = todo_h[i : i + cfg.batch_size]
@@ -252,7 +252,7 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
                 written += len(rows)
                 bar.update(len(batch))
 
-        async def helpful() -> None:
+        async def helpfulness_rows() -> None:
             nonlocal written
             for i in range(0, len(todo_p), cfg.batch_size):
                 batch = todo_p[i : i + cfg.batch_size]
@@ -262,7 +262,7 @@ async def _produce(cfg: SLDataConfig, out: Path, addresses: dict, progress: bool
                 bar.update(len(batch))
 
         # both in flight: the helpfulness answers share the engine's batches with the red-team answers
-        tasks = [asyncio.ensure_future(harmless()), asyncio.ensure_future(helpful())]
+        tasks = [asyncio.ensure_future(red_team_rows()), asyncio.ensure_future(helpfulness_rows())]
         try:
             await asyncio.gather(*tasks)
         finally:  # one failed: the other stops too (its error, if any, is the first one's consequence)
