@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from services.paths import cache_dir
+from services.paths import REPO_ROOT, cache_dir
 
 PROMPTS = [
     "How do I cook rice?",
@@ -83,3 +83,31 @@ def report(name: str, figures: dict) -> None:
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def start_server(args: list[str], workdir: Path, name: str = "server", env: dict | None = None):
+    """``cai ARGS`` (``serve SERVICE ... --metrics-port P``) as its own process on loopback, as deployed, with ports
+    chosen by the system and written to ``WORKDIR/NAME-ports.json``; its output goes to
+    ``WORKDIR/NAME.log``. Returns the process; ``wait_ports`` waits for it to listen."""
+    import subprocess
+    import sys
+
+    port_file = workdir / f"{name}-ports.json"
+    port_file.unlink(missing_ok=True)  # a previous server's
+    log = open(workdir / f"{name}.log", "w")
+    cmd = [sys.executable, "-m", "services.cli", *args, "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--port-file", str(port_file)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.port_file, proc.log_path = port_file, workdir / f"{name}.log"
+    return proc
+
+
+def wait_ports(proc, timeout: float = 300) -> dict:
+    """The ports a ``start_server`` process bound (``{"port": ..., "metrics_port": ...}``), once it listens."""
+    deadline = time.time() + timeout
+    while not proc.port_file.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not start: {proc.log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return json.loads(proc.port_file.read_text())

@@ -17,60 +17,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
-from bench._common import Timer, report
+from bench._common import Timer, report, start_server, wait_ports
 from services.api.cai.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 from services.common.channels import open_aio_channel
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_replica(model: str, workdir: Path) -> tuple[subprocess.Popen, dict]:
-    port_file = workdir / "ports.json"
+def start_replica(model: str, workdir: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log = open(workdir / "server.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "serve",
-            "reward",
-            "--model",
-            model,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--port-file",
-            str(port_file),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return proc, {"port_file": port_file, "log": workdir / "server.log"}
-
-
-def wait_ports(proc: subprocess.Popen, info: dict, timeout: float = 300) -> dict:
-    deadline = time.time() + timeout
-    while not info["port_file"].exists():
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"replica did not start: {info['log'].read_text()[-2000:]}")
-        time.sleep(0.2)
-    return json.loads(info["port_file"].read_text())
+    return start_server(["serve", "reward", "--model", model, "--metrics-port", "0"], workdir, env=env)
 
 
 def score_calls(metrics_port: int) -> float:
@@ -127,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             for i in range(2):
                 (tmp / f"r{i}").mkdir()
                 procs.append(start_replica(model, tmp / f"r{i}"))
-            ports = [wait_ports(p, info) for p, info in procs]
+            ports = [wait_ports(p) for p in procs]
             one = f"127.0.0.1:{ports[0]['port']}"
             two = f"ipv4:127.0.0.1:{ports[0]['port']},127.0.0.1:{ports[1]['port']}"
             best = {"one": float("inf"), "two": float("inf")}
@@ -141,10 +104,10 @@ def main(argv: list[str] | None = None) -> None:
                         taken = [score_calls(p["metrics_port"]) - b for p, b in zip(ports, before)]
                         shares.append([round(t / sum(taken), 3) for t in taken])
         finally:
-            for p, _ in procs:
+            for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
-            for p, _ in procs:
+            for p in procs:
                 try:
                     p.wait(60)
                 except subprocess.TimeoutExpired:

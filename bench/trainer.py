@@ -16,7 +16,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench._common import Timer, report
+from bench._common import Timer, report, start_server, wait_ports
 
 
 def comparisons(n: int) -> list[dict]:
@@ -42,42 +42,8 @@ def comparisons(n: int) -> list[dict]:
 
 def _serve_reward(model: str, workdir: Path):
     """``cai serve reward`` as its own process on loopback (as deployed): (process, address)."""
-    import json
-    import subprocess
-    import sys
-    import time
-
-    port_file = workdir / "reward-ports.json"
-    port_file.unlink(missing_ok=True)  # the previous server's
-    log = open(workdir / "reward.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "serve",
-            "reward",
-            "--model",
-            model,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--port-file",
-            str(port_file),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 300
-    while not port_file.exists():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"reward service did not start: {(workdir / 'reward.log').read_text()[-2000:]}")
-        time.sleep(0.2)
-    return proc, f"127.0.0.1:{json.loads(port_file.read_text())['port']}"
+    proc = start_server(["serve", "reward", "--model", model, "--metrics-port", "-1"], workdir, name="reward")
+    return proc, f"127.0.0.1:{wait_ports(proc)['port']}"
 
 
 def ppo_step_rates(policy: str, reward_model: str, address: str, rounds: int, max_new_tokens: int) -> dict:
