@@ -3,8 +3,11 @@
 Round ``r`` of every item is one batch through the engine for the critiques and one for the
 revisions; the next round works on the revisions. Each (item, round) samples its principle
 independently from a generator seeded by (seed, item key, round), so a chain is reproducible from
-its seed whatever batch it travels in and wherever it sits in it; each few-shot example is shown with its own sampled
-principle.
+its seed whatever batch it travels in and wherever it sits in it. The few-shot examples (each shown
+with its own sampled principle) are drawn per (seed, round), not per item: every critique chat of a
+round begins with the same system text and examples, so the engine's prefix cache prefills that
+block once per round instead of once per item (on SmolLM2-135M two examples are most of a
+critique prompt's tokens).
 """
 
 from __future__ import annotations
@@ -66,12 +69,17 @@ class Reviser:
         self.max_prompt_tokens = max_prompt_tokens
 
     def draw(self, seed: int, key: str, round_: int, among: Sequence[str] = ()):
-        """The principle of one (item, round) and the few-shot examples with their principles."""
-        rng = random.Random(f"{seed}/{key}/{round_}")
-        principle = self.constitution.sample_critique(rng, among)
+        """The principle of one (item, round), and the round's few-shot examples with their
+        principles (the same for every item of the round: a shared, cached prefix)."""
+        principle = self.constitution.sample_critique(random.Random(f"{seed}/{key}/{round_}"), among)
+        return principle, self.examples(seed, round_)
+
+    def examples(self, seed: int, round_: int) -> list:
+        """The few-shot examples of round ``round_`` under ``seed``, each with its own sampled principle."""
+        rng = random.Random(f"{seed}/few-shot/{round_}")
         pool = list(self.constitution.critique_examples)
         examples = rng.sample(pool, min(self.few_shot, len(pool)))
-        return principle, [(e, self.constitution.sample_critique(rng)) for e in examples]
+        return [(e, self.constitution.sample_critique(rng)) for e in examples]
 
     def _fit(self, messages, answer, principle: CritiquePrinciple, examples, field: str):
         """The critique chat with as many examples as fit in max_prompt_tokens."""

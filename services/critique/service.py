@@ -61,6 +61,13 @@ class CritiqueServicer(ServicerBase, critique_pb2_grpc.CritiqueServicer):
             spec = dataclasses.replace(spec, seed=seed)
         explicit = request.sampling.max_tokens > 0
         critique_spec = spec if explicit else dataclasses.replace(spec, max_tokens=cfg.critique_max_tokens)
+        if request.critique_max_tokens:
+            if request.critique_max_tokens > self.limits.max_new_tokens:
+                raise InvalidRequest(
+                    "critique_max_tokens",
+                    f"{request.critique_max_tokens} exceeds max_new_tokens={self.limits.max_new_tokens}",
+                )
+            critique_spec = dataclasses.replace(spec, max_tokens=request.critique_max_tokens)
         revision_spec = spec if explicit else dataclasses.replace(spec, max_tokens=cfg.revision_max_tokens)
         items = []
         for i, item in enumerate(request.items):

@@ -33,9 +33,19 @@ from services.pipeline.label import LabelConfig
 from services.pipeline.sl_data import SLDataConfig
 from services.prompts import HELPFULNESS, HELPFULNESS_PAIRS, RED_TEAM, load_prompts
 from services.trainer.config import PolicyTrainingConfig
+from services.training.checkpoint import cpu_has_bf16
 from services.training.ppo_config import PPOConfig
 from services.training.reward_config import RewardRunConfig
 from services.training.sft_config import SFTRunConfig
+
+FAST_PRECISION = "bf16" if cpu_has_bf16() else "auto"
+"""The main job's training precision: bfloat16 autocast where the CPU computes it natively
+(AVX512-BF16 or AMX; on a GPU "bf16" is what "auto" gives there), else the trainers' default.
+Measured here (2 cores with AVX512-BF16, SmolLM2-135M, 4x256 tokens): a forward+backward+AdamW
+step 4.0-4.6 s vs 6.6-7.2 s in float32."""
+FAST_DTYPE = "bfloat16" if cpu_has_bf16() else "auto"
+"""The main job's vLLM dtype, by the same test: on these CPUs a batch of 8 SmolLM2 answers of 192
+tokens took 6.3 s in bfloat16 vs 9.1 s in float32 (``auto`` is float32 on a CPU)."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,9 @@ class RunConfig:
 
     tiny: bool = False
     """Build tiny models on the fly instead of using ``policy.model`` (fast, for trying things)."""
-    policy: EngineConfig = field(default_factory=EngineConfig)
-    """The base policy and its engine (default: SmolLM2-135M-Instruct on vLLM)."""
+    policy: EngineConfig = field(default_factory=lambda: EngineConfig(dtype=FAST_DTYPE))
+    """The base policy and its engine (default: SmolLM2-135M-Instruct on vLLM, in bfloat16 on a
+    CPU that computes it natively, ``FAST_DTYPE``)."""
     feedback_model: str = ""
     """Model of the judge (the feedback model); empty: the base policy."""
     constitution: str = ""
@@ -91,7 +102,9 @@ class RunConfig:
     """SL-CAI data, ``cai sl-data``'s settings: ``limit`` red-team (and helpfulness) prompts,
     ``rounds`` of critique and revision, ``max_tokens`` (revisions that hit it are flagged and not
     trained on, so it must let most finish), ``batch_size``, ``temperature``."""
-    sft: SFTRunConfig = field(default_factory=lambda: SFTRunConfig(epochs=2.0, learning_rate=2e-5))
+    sft: SFTRunConfig = field(
+        default_factory=lambda: SFTRunConfig(epochs=2.0, learning_rate=2e-5, precision=FAST_PRECISION)
+    )
     """Supervised fine-tuning on the revisions, ``cai train sft``'s settings (``epochs``,
     ``learning_rate``, ``batch_size``, ``lora``, ...)."""
     label: LabelConfig = field(default_factory=lambda: LabelConfig(limit=16, max_tokens=64, batch_size=4))
@@ -100,13 +113,20 @@ class RunConfig:
     ("logprob" or "chain-of-thought"), ``batch_size`` prompts per Generate/Compare call (several
     batches are in flight, so the policy generates the next batch while the judge labels this one)."""
     reward: RewardRunConfig = field(
-        default_factory=lambda: RewardRunConfig(epochs=2.0, learning_rate=2e-5, batch_size=8)
+        default_factory=lambda: RewardRunConfig(epochs=2.0, learning_rate=2e-5, batch_size=8, precision=FAST_PRECISION)
     )
     """Reward-model training on the labels, the trainer's ``reward`` section (``epochs``,
     ``learning_rate``, ``batch_size``, ``helpfulness_ratio``, ``eval_fraction``, ...)."""
     rl: PolicyTrainingConfig = field(
         default_factory=lambda: PolicyTrainingConfig(
-            ppo=PPOConfig(steps=6, batch_size=4, mini_batch_size=2, max_new_tokens=32)
+            ppo=PPOConfig(
+                steps=6,
+                batch_size=4,
+                mini_batch_size=4,
+                ppo_epochs=2,
+                max_new_tokens=32,
+                precision=FAST_PRECISION,
+            )
         )
     )
     """Policy optimisation against the reward service, the trainer's ``policy_training`` section:

@@ -71,7 +71,9 @@ class SLDataConfig:
     batch_size: int = 16
     """Prompts per Generate/Revise request."""
     max_tokens: int = 128
-    """Longest initial answer, critique and revision, in tokens."""
+    """Longest initial answer and revision, in tokens (and critique, unless ``critique_max_tokens``)."""
+    critique_max_tokens: int = 0
+    """Longest critique, in tokens (critiques are asked to be two or three sentences); 0: ``max_tokens``."""
     temperature: float = 1.0
     """Sampling temperature (the method samples at 1)."""
     seed: int = 0
@@ -90,6 +92,8 @@ class SLDataConfig:
             return "rounds", "must be at least 1"
         if self.batch_size < 1:
             return "batch_size", "must be at least 1"
+        if self.critique_max_tokens < 0:
+            return "critique_max_tokens", "must be 0 (max_tokens) or more"
         if self.split not in ("train", "eval", "all"):
             return "split", "must be train, eval or all"
         if not 0.0 <= self.eval_fraction <= 1.0:
@@ -151,6 +155,7 @@ async def _harmless_batch(gen_stub, crit_stub, prompts: list[Prompt], cfg: SLDat
         ],
         rounds=cfg.rounds,
         sampling=common_pb2.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature),
+        critique_max_tokens=cfg.critique_max_tokens,
         seed=cfg.seed,
     )
     from services.api.cai.v1 import common_pb2 as common
@@ -358,6 +363,7 @@ def data_identity(cfg: SLDataConfig, constitution_sha256: str) -> dict:
         "rounds": cfg.rounds,
         "seed": cfg.seed,
         "max_tokens": cfg.max_tokens,
+        "critique_max_tokens": cfg.critique_max_tokens or cfg.max_tokens,
         "temperature": cfg.temperature,
         "prompts": cfg.prompts,
         "prompts_sha256": _file_sha256(cfg.prompts),

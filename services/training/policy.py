@@ -245,7 +245,7 @@ def _trl(pt, start, reference, reward_fn, prompts, out, seed, on_step, info) -> 
         beta=pt.ppo.kl_coef,
         seed=seed,
         disable_tqdm=True,
-        **training_args(),
+        **training_args(pt.ppo.precision),
     )
     if pt.algorithm == "grpo":
         from trl import GRPOConfig as Config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.training.checkpoint import PRECISIONS
+
 KL_MODES = ("adaptive", "fixed")
 
 
@@ -68,6 +70,9 @@ class PPOConfig:
     the reward service usually shares the trainer's cores, and the two computing at once slow
     each other down more than the overlap saves (bench/trainer.py: on 2 cores, tiny model, 0.60
     of the in-process step rate overlapped vs 0.88 awaited)."""
+    precision: str = "auto"
+    """"auto" (bf16 on a GPU that supports it, float32 on a CPU), "bf16" (autocast to bfloat16,
+    on a CPU too: faster where the CPU has AVX512-BF16 or AMX) or "fp32"."""
     steps: int = 20
     """PPO iterations that ``PPOTrainer.train`` runs when it is not given a number."""
 
@@ -115,4 +120,6 @@ class PPOConfig:
             return "missing_eos_penalty", "must be 0 or more (it is subtracted), or None"
         if self.steps < 0:
             return "steps", "must be 0 or more"
+        if self.precision not in PRECISIONS:
+            return "precision", f"must be one of {', '.join(PRECISIONS)}"
         return None

@@ -163,7 +163,12 @@ class PPOTrainer:
             raise ConfigError(f"PPOConfig: {problem[0]}: {problem[1]}")
         if accelerator is None:
             on_gpu = torch.cuda.is_available()
-            accelerator = Accelerator() if on_gpu else Accelerator(cpu=True, mixed_precision="no")
+            # "auto": accelerate's own setting on a GPU, float32 on a CPU
+            mixed = {"bf16": "bf16", "fp32": "no"}.get(config.precision)
+            if on_gpu:
+                accelerator = Accelerator(mixed_precision=mixed) if mixed else Accelerator()
+            else:
+                accelerator = Accelerator(cpu=True, mixed_precision=mixed or "no")
         processes = accelerator.num_processes
         if config.batch_size % processes or config.mini_batch_size % processes:
             raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.models.registry import DEFAULT_MODEL
+from services.training.checkpoint import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class RewardRunConfig:
     """LoRA rank."""
     lora_alpha: int = 32
     """LoRA scaling."""
+    precision: str = "auto"
+    """"auto" (bf16 on a GPU that supports it, float32 on a CPU), "bf16" (autocast to bfloat16,
+    on a CPU too: faster where the CPU has AVX512-BF16 or AMX) or "fp32"."""
     seed: int = 0
     """Seed of the helpfulness sample, the held-out split, shuffling and the reward head's initialisation."""
 
@@ -64,4 +68,6 @@ class RewardRunConfig:
             return "eval_fraction", "must be in [0, 1)"
         if self.lora and (self.lora_r < 1 or self.lora_alpha < 1):
             return "lora_r" if self.lora_r < 1 else "lora_alpha", "must be at least 1"
+        if self.precision not in PRECISIONS:
+            return "precision", f"must be one of {', '.join(PRECISIONS)}"
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.models.registry import DEFAULT_MODEL
+from services.training.checkpoint import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class SFTRunConfig:
     """Longest training sequence, in tokens (longer ones are cut)."""
     seed: int = 0
     """Seed of shuffling and initialisation."""
+    precision: str = "auto"
+    """"auto" (bf16 on a GPU that supports it, float32 on a CPU), "bf16" (autocast to bfloat16,
+    on a CPU too: faster where the CPU has AVX512-BF16 or AMX) or "fp32"."""
 
     def validate(self):
         if not self.data:
@@ -53,4 +57,6 @@ class SFTRunConfig:
             return "rounds", "must be 0 (every round) or more"
         if self.learning_rate <= 0:
             return "learning_rate", "must be positive"
+        if self.precision not in PRECISIONS:
+            return "precision", f"must be one of {', '.join(PRECISIONS)}"
         return None

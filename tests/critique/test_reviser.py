@@ -155,3 +155,18 @@ async def test_revisions_that_hit_the_token_limit_are_marked_truncated(constitut
     chains = await Reviser(hf_engine, constitution).revise(items, 2, spec, spec, seed=0)
     rounds = [r for c in chains for r in c.rounds]
     assert any(r.truncated for r in rounds if not r.kept_previous)
+
+
+def test_critique_chats_of_one_round_share_their_few_shot_prefix(constitution):
+    """The examples are drawn per (seed, round): every item's chat of a round starts with the same
+    system text and examples (one cached prefix), and another round draws its own."""
+    reviser = Reviser(None, constitution, few_shot=2)
+    chats = []
+    for i in range(12):
+        principle, examples = reviser.draw(3, f"p{i}", 1)
+        chats.append(prompting.critique_chat([{"role": "user", "content": f"question {i}"}], "Sure.", principle, examples))
+    prefix = chats[0][:-1]
+    assert len(prefix) == 1 + 4 * 2 and all(chat[:-1] == prefix for chat in chats)
+    assert len({chat[-1]["content"] for chat in chats}) == 12
+    rounds = {tuple(e.id for e, _ in reviser.draw(3, "p0", r)[1]) for r in range(1, 9)}
+    assert len(rounds) > 1

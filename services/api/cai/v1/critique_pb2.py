@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.api.cai.v1 import common_pb2 as cai_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61i/v1/critique.proto\x12\x06\x63\x61i.v1\x1a\x13\x63\x61i/v1/common.proto\"B\n\nReviseItem\x12$\n\x06prompt\x18\x01 \x01(\x0b\x32\x14.cai.v1.Conversation\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"\x9f\x01\n\rReviseRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.cai.v1.ReviseItem\x12\x0e\n\x06rounds\x18\x02 \x01(\r\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.cai.v1.SamplingParams\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rprinciple_ids\x18\x05 \x03(\tB\x07\n\x05_seed\"\x82\x01\n\rCritiqueRound\x12\r\n\x05round\x18\x01 \x01(\r\x12\x14\n\x0cprinciple_id\x18\x02 \x01(\t\x12\x10\n\x08\x63ritique\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x15\n\rkept_previous\x18\x05 \x01(\x08\x12\x11\n\ttruncated\x18\x06 \x01(\x08\"t\n\rRevisionChain\x12%\n\x06rounds\x18\x01 \x03(\x0b\x32\x15.cai.v1.CritiqueRound\x12\x14\n\x0c\x66inal_answer\x18\x02 \x01(\t\x12&\n\nprovenance\x18\x03 \x01(\x0b\x32\x12.cai.v1.Provenance\"7\n\x0eReviseResponse\x12%\n\x06\x63hains\x18\x01 \x03(\x0b\x32\x15.cai.v1.RevisionChain2C\n\x08\x43ritique\x12\x37\n\x06Revise\x12\x15.cai.v1.ReviseRequest\x1a\x16.cai.v1.ReviseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61i/v1/critique.proto\x12\x06\x63\x61i.v1\x1a\x13\x63\x61i/v1/common.proto\"B\n\nReviseItem\x12$\n\x06prompt\x18\x01 \x01(\x0b\x32\x14.cai.v1.Conversation\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"\xbc\x01\n\rReviseRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.cai.v1.ReviseItem\x12\x0e\n\x06rounds\x18\x02 \x01(\r\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.cai.v1.SamplingParams\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rprinciple_ids\x18\x05 \x03(\t\x12\x1b\n\x13\x63ritique_max_tokens\x18\x06 \x01(\rB\x07\n\x05_seed\"\x82\x01\n\rCritiqueRound\x12\r\n\x05round\x18\x01 \x01(\r\x12\x14\n\x0cprinciple_id\x18\x02 \x01(\t\x12\x10\n\x08\x63ritique\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x15\n\rkept_previous\x18\x05 \x01(\x08\x12\x11\n\ttruncated\x18\x06 \x01(\x08\"t\n\rRevisionChain\x12%\n\x06rounds\x18\x01 \x03(\x0b\x32\x15.cai.v1.CritiqueRound\x12\x14\n\x0c\x66inal_answer\x18\x02 \x01(\t\x12&\n\nprovenance\x18\x03 \x01(\x0b\x32\x12.cai.v1.Provenance\"7\n\x0eReviseResponse\x12%\n\x06\x63hains\x18\x01 \x03(\x0b\x32\x15.cai.v1.RevisionChain2C\n\x08\x43ritique\x12\x37\n\x06Revise\x12\x15.cai.v1.ReviseRequest\x1a\x16.cai.v1.ReviseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVISEITEM']._serialized_start=54
   _globals['_REVISEITEM']._serialized_end=120
   _globals['_REVISEREQUEST']._serialized_start=123
-  _globals['_REVISEREQUEST']._serialized_end=282
-  _globals['_CRITIQUEROUND']._serialized_start=285
-  _globals['_CRITIQUEROUND']._serialized_end=415
-  _globals['_REVISIONCHAIN']._serialized_start=417
-  _globals['_REVISIONCHAIN']._serialized_end=533
-  _globals['_REVISERESPONSE']._serialized_start=535
-  _globals['_REVISERESPONSE']._serialized_end=590
-  _globals['_CRITIQUE']._serialized_start=592
-  _globals['_CRITIQUE']._serialized_end=659
+  _globals['_REVISEREQUEST']._serialized_end=311
+  _globals['_CRITIQUEROUND']._serialized_start=314
+  _globals['_CRITIQUEROUND']._serialized_end=444
+  _globals['_REVISIONCHAIN']._serialized_start=446
+  _globals['_REVISIONCHAIN']._serialized_end=562
+  _globals['_REVISERESPONSE']._serialized_start=564
+  _globals['_REVISERESPONSE']._serialized_end=619
+  _globals['_CRITIQUE']._serialized_start=621
+  _globals['_CRITIQUE']._serialized_end=688
 # @@protoc_insertion_point(module_scope)

@@ -16,18 +16,20 @@ class ReviseItem(_message.Message):
     def __init__(self, prompt: _Optional[_Union[_common_pb2.Conversation, _Mapping]] = ..., answer: _Optional[str] = ...) -> None: ...
 
 class ReviseRequest(_message.Message):
-    __slots__ = ("items", "rounds", "sampling", "seed", "principle_ids")
+    __slots__ = ("items", "rounds", "sampling", "seed", "principle_ids", "critique_max_tokens")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PRINCIPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    CRITIQUE_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ReviseItem]
     rounds: int
     sampling: _common_pb2.SamplingParams
     seed: int
     principle_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, items: _Optional[_Iterable[_Union[ReviseItem, _Mapping]]] = ..., rounds: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., principle_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    critique_max_tokens: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviseItem, _Mapping]]] = ..., rounds: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., principle_ids: _Optional[_Iterable[str]] = ..., critique_max_tokens: _Optional[int] = ...) -> None: ...
 
 class CritiqueRound(_message.Message):
     __slots__ = ("round", "principle_id", "critique", "revision", "kept_previous", "truncated")
