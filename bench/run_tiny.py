@@ -37,6 +37,10 @@ def main() -> None:
             "labels": summary["label"]["comparisons_published"],
             "labels_per_second_label_stage": summary["labels_per_second"],
             "labels_per_second_labelling": summary["label"]["comparisons_per_second"],
+            "label_stage": {
+                k: summary["label"].get(k)
+                for k in ("seconds", "setup_seconds", "generate_seconds", "compare_seconds", "peak_in_flight")
+            },
             "sl_rows": summary["sl_data"]["files"],
             "sl_quality": summary["sl_data"].get("quality"),
             "eval_prompts": summary["config"]["eval"]["prompts"],

@@ -97,26 +97,40 @@ class RunConfig:
     seed: int = 0
     """Seed of every stage."""
     sl_data: SLDataConfig = field(
-        default_factory=lambda: SLDataConfig(limit=8, batch_size=8, max_tokens=192, temperature=0.7)
+        default_factory=lambda: SLDataConfig(
+            limit=8, batch_size=8, max_tokens=192, critique_max_tokens=64, temperature=0.7
+        )
     )
     """SL-CAI data, ``cai sl-data``'s settings: ``limit`` red-team (and helpfulness) prompts,
     ``rounds`` of critique and revision, ``max_tokens`` (revisions that hit it are flagged and not
-    trained on, so it must let most finish), ``batch_size``, ``temperature``."""
+    trained on, so it must let most finish), ``critique_max_tokens`` (the critiques are asked to be
+    two or three sentences), ``batch_size``, ``temperature``."""
     sft: SFTRunConfig = field(
-        default_factory=lambda: SFTRunConfig(epochs=2.0, learning_rate=2e-5, precision=FAST_PRECISION)
+        default_factory=lambda: SFTRunConfig(
+            epochs=2.0, learning_rate=2e-5, batch_size=1, gradient_accumulation_steps=4, precision=FAST_PRECISION
+        )
     )
     """Supervised fine-tuning on the revisions, ``cai train sft``'s settings (``epochs``,
-    ``learning_rate``, ``batch_size``, ``lora``, ...)."""
+    ``learning_rate``, ``batch_size``, ``lora``, ...). One row per forward pass, four per update:
+    on a CPU a padded batch of rows of different lengths costs the compute of its padding
+    (measured: about 1,200 tokens computed for 670 real ones per batch of 4)."""
     label: LabelConfig = field(default_factory=lambda: LabelConfig(limit=16, max_tokens=64, batch_size=4))
     """AI labels, ``cai label``'s settings: ``limit`` red-team prompts answered by the SL-CAI
     policy, ``samples_per_prompt`` answers compared, ``max_tokens``, ``mode`` of the judge
     ("logprob" or "chain-of-thought"), ``batch_size`` prompts per Generate/Compare call (several
     batches are in flight, so the policy generates the next batch while the judge labels this one)."""
     reward: RewardRunConfig = field(
-        default_factory=lambda: RewardRunConfig(epochs=2.0, learning_rate=2e-5, batch_size=8, precision=FAST_PRECISION)
+        default_factory=lambda: RewardRunConfig(
+            epochs=2.0,
+            learning_rate=2e-5,
+            batch_size=1,
+            gradient_accumulation_steps=8,
+            precision=FAST_PRECISION,
+        )
     )
     """Reward-model training on the labels, the trainer's ``reward`` section (``epochs``,
-    ``learning_rate``, ``batch_size``, ``helpfulness_ratio``, ``eval_fraction``, ...)."""
+    ``learning_rate``, ``batch_size``, ``helpfulness_ratio``, ``eval_fraction``, ...); one
+    comparison per forward pass and eight per update, unpadded, as for ``sft``."""
     rl: PolicyTrainingConfig = field(
         default_factory=lambda: PolicyTrainingConfig(
             ppo=PPOConfig(
@@ -132,7 +146,7 @@ class RunConfig:
     """Policy optimisation against the reward service, the trainer's ``policy_training`` section:
     ``algorithm`` ("ppo", "grpo" or "rloo"), ``helpfulness_share``, ``num_generations`` and its
     ``ppo`` knobs (``steps``, ``batch_size``, ``learning_rate``, ``kl_coef``, ``max_new_tokens``, ...)."""
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(prompts=8, samples=2, max_tokens=64))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(prompts=8, samples=1, max_tokens=64))
     """Evaluation of base vs SL-CAI vs RL-CAI, ``cai eval``'s settings: ``prompts`` of each set (the
     first ones of the eval part of the prompt split, which no training stage uses), ``samples``
     answers per prompt and policy, ``max_tokens``, ``temperature``, ``bootstrap``, ..."""

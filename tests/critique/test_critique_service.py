@@ -56,6 +56,26 @@ def test_rounds_and_provenance(stub):
     assert [ch.final_answer for ch in again.chains] == [ch.final_answer for ch in response.chains]
 
 
+def test_critiques_stop_at_critique_max_tokens_and_revisions_at_max_tokens(stub, tiny_model):
+    from services.engines.base import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    request = critique_pb2.ReviseRequest(
+        items=[item(id="a"), item("Tell me about the moon", "It is cheese.", id="b")],
+        rounds=2,
+        seed=5,
+        sampling=common_pb2.SamplingParams(max_tokens=12, temperature=1.0),
+        critique_max_tokens=3,
+    )
+    rounds = [r for chain in stub.Revise(request, timeout=120).chains for r in chain.rounds]
+    assert max(len(tokenizer.encode(r.critique, add_special_tokens=False)) for r in rounds) <= 4  # re-encoded text
+    # the tiny model's noise rarely ends early: revisions run past the critiques' cap
+    assert max(len(tokenizer.encode(r.critique + r.revision, add_special_tokens=False)) for r in rounds) > 8
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Revise(critique_pb2.ReviseRequest(items=[item()], critique_max_tokens=10**6), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "critique_max_tokens" in err.value.details()
+
+
 def test_default_is_four_rounds(stub):
     response = stub.Revise(
         critique_pb2.ReviseRequest(items=[item()], sampling=common_pb2.SamplingParams(max_tokens=4)), timeout=120
