@@ -120,17 +120,12 @@ class RunConfig:
     ("logprob" or "chain-of-thought"), ``batch_size`` prompts per Generate/Compare call (several
     batches are in flight, so the policy generates the next batch while the judge labels this one)."""
     reward: RewardRunConfig = field(
-        default_factory=lambda: RewardRunConfig(
-            epochs=2.0,
-            learning_rate=2e-5,
-            batch_size=1,
-            gradient_accumulation_steps=8,
-            precision=FAST_PRECISION,
-        )
+        default_factory=lambda: RewardRunConfig(epochs=2.0, learning_rate=2e-5, batch_size=8, precision=FAST_PRECISION)
     )
     """Reward-model training on the labels, the trainer's ``reward`` section (``epochs``,
-    ``learning_rate``, ``batch_size``, ``helpfulness_ratio``, ``eval_fraction``, ...); one
-    comparison per forward pass and eight per update, unpadded, as for ``sft``."""
+    ``learning_rate``, ``batch_size``, ``helpfulness_ratio``, ``eval_fraction``, ...). Batches of
+    8 comparisons, not one at a time with accumulation as for ``sft``: that measured slower here
+    (45.9 s vs 35.9 s of training), the pairs' lengths being closer than the SFT rows'."""
     rl: PolicyTrainingConfig = field(
         default_factory=lambda: PolicyTrainingConfig(
             ppo=PPOConfig(
@@ -425,6 +420,8 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         )
         policies = {"base": base, "sl-cai": str(sl_policy), "rl-cai": str(rl_policy)}
         eval_cfg = replace(cfg.eval, seed=cfg.seed)
+        judge_addr = await address("judge", feedback)
+        rl_start = None
         if svc.generation:  # one service: the policies are swapped in with LoadCheckpoint
             generation: str | dict = svc.generation
         else:  # one engine per policy, each started once (the SL-CAI one is still up from labelling)
@@ -432,14 +429,17 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
             generation = {
                 "base": await embedded.address("generation", policy),
                 "sl-cai": await embedded.address("generation", sl_engine),
-                "rl-cai": await embedded.address("generation", rl_engine),
             }
-        results = await evaluate(
-            policies,
-            sets,
-            {"generation": generation, "judge": await address("judge", feedback), "reward": reward_addr},
-            eval_cfg,
-        )
+            # the RL-CAI engine starts while the other two policies answer and are judged
+            rl_start = asyncio.ensure_future(embedded.address("generation", rl_engine))
+            generation["rl-cai"] = rl_start
+        try:
+            results = await evaluate(
+                policies, sets, {"generation": generation, "judge": judge_addr, "reward": reward_addr}, eval_cfg
+            )
+        finally:  # an engine start is not cut off half way (it would leave its processes behind)
+            if rl_start is not None:
+                await asyncio.gather(rl_start, return_exceptions=True)
         results["split"] = {**split, "part": EVAL}
         (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
         stages.end("eval")
