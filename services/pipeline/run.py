@@ -98,16 +98,17 @@ class RunConfig:
     """Seed of every stage."""
     sl_data: SLDataConfig = field(
         default_factory=lambda: SLDataConfig(
-            limit=8, batch_size=8, max_tokens=192, critique_max_tokens=64, temperature=0.7
+            limit=16, rounds=2, batch_size=16, max_tokens=192, critique_max_tokens=64, temperature=0.7
         )
     )
     """SL-CAI data, ``cai sl-data``'s settings: ``limit`` red-team (and helpfulness) prompts,
-    ``rounds`` of critique and revision, ``max_tokens`` (revisions that hit it are flagged and not
+    ``rounds`` of critique and revision (16 prompts x 2 rounds: the 32 revisions of 8 x 4 in
+    5 sequential waves of generation instead of 9), ``max_tokens`` (revisions that hit it are flagged and not
     trained on, so it must let most finish), ``critique_max_tokens`` (the critiques are asked to be
     two or three sentences), ``batch_size``, ``temperature``."""
     sft: SFTRunConfig = field(
         default_factory=lambda: SFTRunConfig(
-            epochs=2.0, learning_rate=2e-5, batch_size=1, gradient_accumulation_steps=4, precision=FAST_PRECISION
+            epochs=1.0, learning_rate=2e-5, batch_size=1, gradient_accumulation_steps=4, precision=FAST_PRECISION
         )
     )
     """Supervised fine-tuning on the revisions, ``cai train sft``'s settings (``epochs``,
@@ -120,7 +121,7 @@ class RunConfig:
     ("logprob" or "chain-of-thought"), ``batch_size`` prompts per Generate/Compare call (several
     batches are in flight, so the policy generates the next batch while the judge labels this one)."""
     reward: RewardRunConfig = field(
-        default_factory=lambda: RewardRunConfig(epochs=2.0, learning_rate=2e-5, batch_size=8, precision=FAST_PRECISION)
+        default_factory=lambda: RewardRunConfig(epochs=1.0, learning_rate=2e-5, batch_size=8, precision=FAST_PRECISION)
     )
     """Reward-model training on the labels, the trainer's ``reward`` section (``epochs``,
     ``learning_rate``, ``batch_size``, ``helpfulness_ratio``, ``eval_fraction``, ...). Batches of
