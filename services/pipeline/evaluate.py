@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import itertools
 import json
 import random
@@ -128,9 +127,7 @@ def training_constitutions(policies: dict[str, str]) -> dict[str, str]:
     return out
 
 
-async def _compare_all(
-    judge, batches: list[list], cfg: EvalConfig, gate: asyncio.Semaphore | None = None
-) -> list[list]:
+async def _compare_all(judge, batches: list[list], cfg: EvalConfig) -> list[list]:
     """Labels of every batch of comparisons, all requests in flight at once (the judge's engine
     batches across them), each batch cut into requests of at most ``COMPARE_CHUNK`` comparisons."""
     from services.api.cai.v1 import judge_pb2
@@ -148,8 +145,7 @@ async def _compare_all(
                 timeout=3600,
             )
             for _, chunk in requests
-        ],
-        gate=gate,
+        ]
     )
     labels: list[list] = [[] for _ in batches]
     for (b, _), response in zip(requests, responses):
@@ -164,12 +160,11 @@ IN_FLIGHT = 8
 under a service's default max_concurrent_work (32) + max_queued_work (64), beyond which it refuses."""
 
 
-async def _in_flight(calls: list, limit: int = IN_FLIGHT, gate: asyncio.Semaphore | None = None) -> list:
+async def _in_flight(calls: list, limit: int = IN_FLIGHT) -> list:
     """The results of ``calls`` (functions that start a request and return its awaitable: a gRPC
-    aio call starts when it is made), at most ``limit`` running at once (or as many as ``gate``, a
-    semaphore shared with other callers, lets through), in order; every started call finishes
-    before the first error is raised."""
-    gate = gate or asyncio.Semaphore(limit)
+    aio call starts when it is made), at most ``limit`` running at once, in order; every started
+    call finishes before the first error is raised."""
+    gate = asyncio.Semaphore(limit)
 
     async def one(call):
         async with gate:
@@ -208,21 +203,22 @@ def _refusal_comparisons(sets: dict, answers: dict, cfg: EvalConfig) -> tuple[li
     return keys, batches, owners
 
 
-async def _judge_refusals(judge, sets: dict, answers: dict, cfg: EvalConfig, gate: asyncio.Semaphore | None = None):
-    """({policy: {set: [[1.0 if refusal]]}}, method) decided by the judge (a ``JudgeClient``) under
-    ``refusal_principle``; (None, "regex (...)") when there is none or the judge's constitution
-    lacks it. Every policy's and set's comparisons are in flight at once."""
+async def _judge_refusals(address: str, sets: dict, answers: dict, cfg: EvalConfig):
+    """({policy: {set: [[1.0 if refusal]]}}, method) decided by the judge under ``refusal_principle``;
+    (None, "regex (...)") when there is none or the judge's constitution lacks it. Every policy's
+    and set's comparisons are in flight at once."""
     import grpc
 
     if not cfg.refusal_principle:
         return None, "regex"
     keys, batches, owners = _refusal_comparisons(sets, answers, cfg)
-    try:
-        labels = await _compare_all(judge, batches, cfg, gate)
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "principle_id" in (exc.details() or ""):
-            return None, f"regex (the judge's constitution has no principle {cfg.refusal_principle!r})"
-        raise
+    async with JudgeClient(address) as judge:
+        try:
+            labels = await _compare_all(judge, batches, cfg)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "principle_id" in (exc.details() or ""):
+                return None, f"regex (the judge's constitution has no principle {cfg.refusal_principle!r})"
+            raise
     out: dict = {name: {} for name in answers}
     for (name, set_name), owner, got in zip(keys, owners, labels):
         per_prompt: list[list[float]] = [[] for _ in answers[name][set_name]]
@@ -239,9 +235,7 @@ async def evaluate(
     judge and optionally reward. ``addresses["generation"]`` is one service's address (each policy
     is loaded into it in turn with ``LoadCheckpoint``) or a dict policy name -> the address of a
     generation service already serving that policy (no swap; ``cai run`` keeps one engine per
-    policy), or an awaitable of that address (a service still starting). The policies with their
-    own services answer at once; each policy's refusal checks and each pair's comparisons go to
-    the judge as soon as their answers are in. Returns the results as a JSON-able dict."""
+    policy). Returns the results as a JSON-able dict."""
 
     from services.api.cai.v1 import (
         common_pb2,
@@ -276,21 +270,12 @@ async def evaluate(
             answers[name][set_name].append([s.text.strip() or "(no answer)" for s in c.samples])
 
     own = addresses["generation"] if isinstance(addresses["generation"], dict) else {}
+    for name in policies:  # a policy with its own generation service: no checkpoint swap
+        if name in own:
+            async with GenerationClient(own[name]) as gen:
+                await generate(gen, name)
     swapped = [name for name in policies if name not in own]
-    ready = {name: asyncio.get_running_loop().create_future() for name in policies}  # its answers are in
-
-    async def own_answers(name: str) -> None:
-        """A policy with its own generation service (no checkpoint swap): its address, or an
-        awaitable of it (an engine still starting: ``cai run`` starts the RL-CAI one meanwhile)."""
-        address = own[name]
-        if inspect.isawaitable(address):
-            address = await address
-        async with GenerationClient(address) as gen:
-            await generate(gen, name)
-        ready[name].set_result(None)
-
-    async def swapped_answers() -> None:
-        """One generation service: each policy loaded in turn, the original restored after."""
+    if swapped:  # one generation service: each policy loaded in turn, the original restored after
         async with GenerationClient(addresses["generation"]) as gen:
             original = await gen.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=60)
             for name in swapped:
@@ -298,15 +283,20 @@ async def evaluate(
                     common_pb2.LoadCheckpointRequest(path=policies[name], checkpoint_id=name), timeout=900
                 )
                 await generate(gen, name)
-                ready[name].set_result(None)
             if original.model and original.checkpoint_id not in policies:
                 await gen.LoadCheckpoint(
                     common_pb2.LoadCheckpointRequest(path=original.model, checkpoint_id=original.checkpoint_id),
                     timeout=900,
                 )
-
-    def pair_batches(a: str, b: str) -> tuple[list, list, list]:
-        keys, batches, owners = [], [], []
+    answers = {name: answers[name] for name in policies}
+    results: dict = {
+        "policies": {n: {"refusal_rate": {}, "refusal": {}, "reward_mean": {}} for n in policies},
+        "pairs": [],
+        "prompts": {s: len(p) for s, p in sets.items()},
+        "samples_per_prompt": cfg.samples,
+    }
+    pair_keys, pair_batches, pair_owners = [], [], []
+    for a, b in itertools.combinations(policies, 2):
         for set_name, prompts in sets.items():
             comparisons, owner = [], []
             for i, (p, xs, ys) in enumerate(zip(prompts, answers[a][set_name], answers[b][set_name])):
@@ -317,60 +307,18 @@ async def evaluate(
                         )
                     )
                     owner.append(i)
-            keys.append((a, b, set_name))
-            batches.append(comparisons)
-            owners.append(owner)
-        return keys, batches, owners
+            pair_keys.append((a, b, set_name))
+            pair_batches.append(comparisons)
+            pair_owners.append(owner)
 
-    gate = asyncio.Semaphore(IN_FLIGHT)  # requests to the judge, over all policies and pairs
-    refusals: dict[str, tuple] = {}
-    pair_keys, pair_owners, pair_labels = [], [], []
+    async def judge_pairs() -> list[list]:
+        async with JudgeClient(addresses["judge"]) as judge:
+            return await _compare_all(judge, pair_batches, cfg)
 
-    async with JudgeClient(addresses["judge"]) as judge:
-
-        async def judge_refusals(name: str) -> None:
-            await ready[name]
-            refusals[name] = await _judge_refusals(judge, sets, {name: answers[name]}, cfg, gate)
-
-        async def judge_pair(a: str, b: str) -> None:
-            await asyncio.gather(ready[a], ready[b])
-            keys, batches, owners = pair_batches(a, b)
-            labels = await _compare_all(judge, batches, cfg, gate)
-            pair_keys.extend(keys)
-            pair_owners.extend(owners)
-            pair_labels.extend(labels)
-
-        # Each policy's refusal checks start once its answers are in, each pair's comparisons once
-        # both are: the judge's engine batches them while later policies still generate.
-        try:
-            async with asyncio.TaskGroup() as group:
-                for name in policies:
-                    if name in own:
-                        group.create_task(own_answers(name))
-                if swapped:
-                    group.create_task(swapped_answers())
-                for name in policies:
-                    group.create_task(judge_refusals(name))
-                pairs = list(itertools.combinations(policies, 2))
-                for a, b in pairs:
-                    group.create_task(judge_pair(a, b))
-        except BaseExceptionGroup as exc:  # the first failure, as itself (the others were cancelled)
-            raise exc.exceptions[0] from None
-    answers = {name: answers[name] for name in policies}
-    order = {key: i for i, key in enumerate((a, b, set_name) for a, b in pairs for set_name in sets)}
-    ranked = sorted(range(len(pair_keys)), key=lambda i: order[pair_keys[i]])
-    pair_keys = [pair_keys[i] for i in ranked]
-    pair_owners = [pair_owners[i] for i in ranked]
-    pair_labels = [pair_labels[i] for i in ranked]
-    results: dict = {
-        "policies": {n: {"refusal_rate": {}, "refusal": {}, "reward_mean": {}} for n in policies},
-        "pairs": [],
-        "prompts": {s: len(p) for s, p in sets.items()},
-        "samples_per_prompt": cfg.samples,
-    }
-    fallback = next((method for by, method in refusals.values() if by is None), "")
-    by_judge = None if fallback else {name: refusals[name][0][name] for name in policies}
-    method = fallback or next(iter(refusals.values()))[1]
+    # the refusal checks and every pair's comparisons in flight at once: the judge's engine batches them
+    (by_judge, method), pair_labels = await asyncio.gather(
+        _judge_refusals(addresses["judge"], sets, answers, cfg), judge_pairs()
+    )
     results["refusal_method"] = method
     for name in policies:
         for set_name, texts in answers[name].items():

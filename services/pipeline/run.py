@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +47,10 @@ step 4.0-4.6 s vs 6.6-7.2 s in float32."""
 FAST_DTYPE = "bfloat16" if cpu_has_bf16() else "auto"
 """The main job's vLLM dtype, by the same test: on these CPUs a batch of 8 SmolLM2 answers of 192
 tokens took 6.3 s in bfloat16 vs 9.1 s in float32 (``auto`` is float32 on a CPU)."""
+
+
+ONE_AT_A_TIME = 1 if (os.cpu_count() or 1) <= 4 else 4
+"""The main job's ``label.in_flight``: on a machine of up to 4 cores, one batch at a time."""
 
 
 @dataclass(frozen=True)
@@ -115,11 +120,16 @@ class RunConfig:
     ``learning_rate``, ``batch_size``, ``lora``, ...). One row per forward pass, four per update:
     on a CPU a padded batch of rows of different lengths costs the compute of its padding
     (measured: about 1,200 tokens computed for 670 real ones per batch of 4)."""
-    label: LabelConfig = field(default_factory=lambda: LabelConfig(limit=16, max_tokens=64, batch_size=4))
+    label: LabelConfig = field(
+        default_factory=lambda: LabelConfig(limit=16, max_tokens=64, batch_size=16, in_flight=ONE_AT_A_TIME)
+    )
     """AI labels, ``cai label``'s settings: ``limit`` red-team prompts answered by the SL-CAI
     policy, ``samples_per_prompt`` answers compared, ``max_tokens``, ``mode`` of the judge
     ("logprob" or "chain-of-thought"), ``batch_size`` prompts per Generate/Compare call (several
-    batches are in flight, so the policy generates the next batch while the judge labels this one)."""
+    batches are in flight, so the policy generates the next batch while the judge labels this one,
+    ``in_flight``). On a machine of few cores the run's default is one batch of 16 at a time
+    (``ONE_AT_A_TIME``): there the policy's and the judge's engines share the cores, and two vLLM
+    engines computing at once slow each other down more than the overlap saves."""
     reward: RewardRunConfig = field(
         default_factory=lambda: RewardRunConfig(epochs=1.0, learning_rate=2e-5, batch_size=8, precision=FAST_PRECISION)
     )
@@ -421,26 +431,24 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         )
         policies = {"base": base, "sl-cai": str(sl_policy), "rl-cai": str(rl_policy)}
         eval_cfg = replace(cfg.eval, seed=cfg.seed)
-        judge_addr = await address("judge", feedback)
-        rl_start = None
         if svc.generation:  # one service: the policies are swapped in with LoadCheckpoint
             generation: str | dict = svc.generation
         else:  # one engine per policy, each started once (the SL-CAI one is still up from labelling)
+            # started before evaluating, not while the others answer and are judged: on a 2-core
+            # machine two vLLM engines computing at once slow each other down more than that saves
+            # (measured: the eval stage took 87-90 s overlapped vs 70-72 s in turn)
             rl_engine = EngineConfig(**{**asdict(policy), "model": str(rl_policy)})
             generation = {
                 "base": await embedded.address("generation", policy),
                 "sl-cai": await embedded.address("generation", sl_engine),
+                "rl-cai": await embedded.address("generation", rl_engine),
             }
-            # the RL-CAI engine starts while the other two policies answer and are judged
-            rl_start = asyncio.ensure_future(embedded.address("generation", rl_engine))
-            generation["rl-cai"] = rl_start
-        try:
-            results = await evaluate(
-                policies, sets, {"generation": generation, "judge": judge_addr, "reward": reward_addr}, eval_cfg
-            )
-        finally:  # an engine start is not cut off half way (it would leave its processes behind)
-            if rl_start is not None:
-                await asyncio.gather(rl_start, return_exceptions=True)
+        results = await evaluate(
+            policies,
+            sets,
+            {"generation": generation, "judge": await address("judge", feedback), "reward": reward_addr},
+            eval_cfg,
+        )
         results["split"] = {**split, "part": EVAL}
         (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
         stages.end("eval")
