@@ -103,7 +103,7 @@ class RunConfig:
     """Seed of every stage."""
     sl_data: SLDataConfig = field(
         default_factory=lambda: SLDataConfig(
-            limit=16, rounds=2, batch_size=16, max_tokens=192, critique_max_tokens=64, temperature=0.7
+            limit=16, rounds=2, batch_size=16, max_tokens=160, critique_max_tokens=64, temperature=0.7
         )
     )
     """SL-CAI data, ``cai sl-data``'s settings: ``limit`` red-team (and helpfulness) prompts,
@@ -142,8 +142,8 @@ class RunConfig:
             ppo=PPOConfig(
                 steps=6,
                 batch_size=4,
-                mini_batch_size=4,
-                ppo_epochs=2,
+                mini_batch_size=2,
+                ppo_epochs=1,
                 max_new_tokens=32,
                 precision=FAST_PRECISION,
             )
@@ -151,7 +151,9 @@ class RunConfig:
     )
     """Policy optimisation against the reward service, the trainer's ``policy_training`` section:
     ``algorithm`` ("ppo", "grpo" or "rloo"), ``helpfulness_share``, ``num_generations`` and its
-    ``ppo`` knobs (``steps``, ``batch_size``, ``learning_rate``, ``kl_coef``, ``max_new_tokens``, ...)."""
+    ``ppo`` knobs (``steps``, ``batch_size``, ``learning_rate``, ``kl_coef``, ``max_new_tokens``, ...).
+    The run's PPO uses each rollout once (``ppo_epochs`` 1, as OpenRLHF's default) in two
+    minibatches, so the second update is clipped against the rollout's policy."""
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(prompts=8, samples=1, max_tokens=64))
     """Evaluation of base vs SL-CAI vs RL-CAI, ``cai eval``'s settings: ``prompts`` of each set (the
     first ones of the eval part of the prompt split, which no training stage uses), ``samples``
