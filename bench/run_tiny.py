@@ -19,6 +19,15 @@ from services.paths import REPO_ROOT
 from services.pipeline.run import RunConfig, run_pipeline
 
 
+def _rl_steps(summary: dict) -> list[float]:
+    """Seconds of each RL step, from the RL-CAI checkpoint's manifest."""
+    import json
+
+    manifest = Path(summary["checkpoints"]["rl-cai"]) / "manifest.json"
+    history = json.loads(manifest.read_text()).get("history", [])
+    return [round(step.get("step_seconds", 0.0), 2) for step in history]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--default", action="store_true", help="the default main job instead of configs/tiny.yaml")
@@ -37,6 +46,7 @@ def main() -> None:
             "labels": summary["label"]["comparisons_published"],
             "labels_per_second_label_stage": summary["labels_per_second"],
             "labels_per_second_labelling": summary["label"]["comparisons_per_second"],
+            "rl_step_seconds": _rl_steps(summary),
             "label_stage": {
                 k: summary["label"].get(k)
                 for k in ("seconds", "setup_seconds", "generate_seconds", "compare_seconds", "peak_in_flight")
