@@ -151,7 +151,7 @@ def test_run_flags_are_generated_from_the_run_config_and_its_sections_and_win_ov
     for path in paths:
         assert "--" + path.replace("_", "-") in flags[path].option_strings, path
     assert flags["rl.ppo.kl_coef"].help.startswith(field_docs(PPOConfig)["kl_coef"].replace("%", "%%"))
-    assert flags["sft.epochs"].help.endswith("(default: 2.0)")  # the run's default, not SFTRunConfig's 1.0
+    assert flags["sft.learning_rate"].help.endswith("(default: 2e-05)")  # the run's, not SFTRunConfig's 1e-05
     file = tmp_path / "run.yaml"
     file.write_text("sft_epochs: 5\nsft: {learning_rate: 1.0e-3}\nrl: {ppo: {steps: 3}}\n")  # an old key too
     parse = build_parser().parse_args
@@ -159,7 +159,7 @@ def test_run_flags_are_generated_from_the_run_config_and_its_sections_and_win_ov
         cfg = run_config(parse(["run", "--config", str(file), "--sft.epochs", "4", "--rl.ppo.kl-coef", "0.3"]))
     assert (cfg.sft.epochs, cfg.rl.ppo.kl_coef) == (4.0, 0.3)  # the flags
     assert (cfg.sft.learning_rate, cfg.rl.ppo.steps) == (1e-3, 3)  # the file
-    assert (cfg.sft.batch_size, cfg.rl.ppo.batch_size) == (4, 4)  # the run's defaults
+    assert (cfg.sft.batch_size, cfg.sft.gradient_accumulation_steps, cfg.rl.ppo.batch_size) == (1, 4, 4)  # the run's defaults
     assert run_config(parse(["run", "--no-label.swap-debias", "--sft.rounds", "all"])).label.swap_debias is False
 
 

@@ -98,7 +98,7 @@ def test_a_section_keeps_the_run_defaults_for_the_keys_the_file_leaves_out(tmp_p
     cfg = load_config(RunConfig, path)
     assert cfg.sft.epochs == 3.0 and cfg.sft.learning_rate == 2e-5 != SFTRunConfig().learning_rate  # the run's
     assert (cfg.rl.ppo.steps, cfg.rl.ppo.batch_size, cfg.rl.ppo.max_new_tokens) == (2, 4, 32)
-    assert RunConfig().sft.epochs == 2.0 and RunConfig().eval.prompts == 8
+    assert RunConfig().sft.epochs == 1.0 and RunConfig().eval.prompts == 8
 
 
 @pytest.mark.parametrize(
