@@ -159,7 +159,11 @@ def test_run_flags_are_generated_from_the_run_config_and_its_sections_and_win_ov
         cfg = run_config(parse(["run", "--config", str(file), "--sft.epochs", "4", "--rl.ppo.kl-coef", "0.3"]))
     assert (cfg.sft.epochs, cfg.rl.ppo.kl_coef) == (4.0, 0.3)  # the flags
     assert (cfg.sft.learning_rate, cfg.rl.ppo.steps) == (1e-3, 3)  # the file
-    assert (cfg.sft.batch_size, cfg.sft.gradient_accumulation_steps, cfg.rl.ppo.batch_size) == (1, 4, 4)  # the run's defaults
+    assert (cfg.sft.batch_size, cfg.sft.gradient_accumulation_steps, cfg.rl.ppo.batch_size) == (
+        1,
+        4,
+        4,
+    )  # the run's defaults
     assert run_config(parse(["run", "--no-label.swap-debias", "--sft.rounds", "all"])).label.swap_debias is False
 
 

@@ -164,7 +164,9 @@ def test_critique_chats_of_one_round_share_their_few_shot_prefix(constitution):
     chats = []
     for i in range(12):
         principle, examples = reviser.draw(3, f"p{i}", 1)
-        chats.append(prompting.critique_chat([{"role": "user", "content": f"question {i}"}], "Sure.", principle, examples))
+        chats.append(
+            prompting.critique_chat([{"role": "user", "content": f"question {i}"}], "Sure.", principle, examples)
+        )
     prefix = chats[0][:-1]
     assert len(prefix) == 1 + 4 * 2 and all(chat[:-1] == prefix for chat in chats)
     assert len({chat[-1]["content"] for chat in chats}) == 12
