@@ -149,7 +149,7 @@ async def main(args) -> None:
         "judge_alone_labels_per_s_in_flight": len(items) / judge_many,
         "ratio_label_end_to_end_over_judge_alone": pipelined / judge_own,
         "note": "end to end includes Generate, the judge probe, the done-check and publishing to SQLite; "
-        "shared 2-core machine, other work running",
+        "the machine's load is recorded beside the figures",
     }
     import os
     import platform
