@@ -19,13 +19,15 @@ from services.paths import REPO_ROOT
 from services.pipeline.run import RunConfig, run_pipeline
 
 
-def _rl_steps(summary: dict) -> list[float]:
-    """Seconds of each RL step, from the RL-CAI checkpoint's manifest."""
+def _rl_steps(summary: dict) -> dict:
+    """Seconds of each RL step and of the whole policy optimisation, from the RL-CAI checkpoint's manifest."""
     import json
 
-    manifest = Path(summary["checkpoints"]["rl-cai"]) / "manifest.json"
-    history = json.loads(manifest.read_text()).get("history", [])
-    return [round(step.get("step_seconds", 0.0), 2) for step in history]
+    manifest = json.loads((Path(summary["checkpoints"]["rl-cai"]) / "manifest.json").read_text())
+    return {
+        "step_seconds": [round(step.get("step_seconds", 0.0), 2) for step in manifest.get("history", [])],
+        "optimize_seconds": manifest.get("metrics", {}).get("seconds"),
+    }
 
 
 def main() -> None:
@@ -35,6 +37,7 @@ def main() -> None:
     cfg = RunConfig() if args.default else load_config(RunConfig, REPO_ROOT / "configs" / "tiny.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         summary = asyncio.run(run_pipeline(cfg, Path(tmp) / "run"))
+        rl = _rl_steps(summary)  # before the run folder goes
     stages = summary["stage_seconds"]
     report(
         "run_default" if args.default else "run_tiny",
@@ -46,7 +49,8 @@ def main() -> None:
             "labels": summary["label"]["comparisons_published"],
             "labels_per_second_label_stage": summary["labels_per_second"],
             "labels_per_second_labelling": summary["label"]["comparisons_per_second"],
-            "rl_step_seconds": _rl_steps(summary),
+            "rl": rl,
+            "eval_seconds": summary.get("eval_seconds"),
             "label_stage": {
                 k: summary["label"].get(k)
                 for k in ("seconds", "setup_seconds", "generate_seconds", "compare_seconds", "peak_in_flight")

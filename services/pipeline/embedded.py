@@ -138,13 +138,13 @@ async def services_at(given: dict[str, str], spec: EmbeddedSpec, serve_metrics: 
     yield dict(given)
 
 
-async def start_reward_here(model: str):
+async def start_reward_here(model: str, dtype: str = "float32"):
     """The reward service for the reward-model folder ``model``, started on loopback (the reward
-    model is trained by the job, so it is not a shared engine): ``(service, address)``; stop the
-    service when done."""
+    model is trained by the job, so it is not a shared engine), its weights in ``dtype``:
+    ``(service, address)``; stop the service when done."""
     from services.reward.config import RewardServiceConfig
     from services.reward.service import build_reward_service
 
-    service = await build_reward_service(RewardServiceConfig(model=model, server=LOOPBACK))
+    service = await build_reward_service(RewardServiceConfig(model=model, server=LOOPBACK, dtype=dtype))
     await service.start()
     return service, f"127.0.0.1:{service.port}"

@@ -23,6 +23,7 @@ import itertools
 import json
 import random
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,6 +270,7 @@ async def evaluate(
         for (set_name, _), c in zip(order, completions):
             answers[name][set_name].append([s.text.strip() or "(no answer)" for s in c.samples])
 
+    clock = {"started": time.perf_counter()}
     own = addresses["generation"] if isinstance(addresses["generation"], dict) else {}
     for name in policies:  # a policy with its own generation service: no checkpoint swap
         if name in own:
@@ -289,6 +291,7 @@ async def evaluate(
                     timeout=900,
                 )
     answers = {name: answers[name] for name in policies}
+    clock["generated"] = time.perf_counter()
     results: dict = {
         "policies": {n: {"refusal_rate": {}, "refusal": {}, "reward_mean": {}} for n in policies},
         "pairs": [],
@@ -316,6 +319,7 @@ async def evaluate(
             return await _compare_all(judge, pair_batches, cfg)
 
     # the refusal checks and every pair's comparisons in flight at once: the judge's engine batches them
+    clock["judging"] = time.perf_counter()
     (by_judge, method), pair_labels = await asyncio.gather(
         _judge_refusals(addresses["judge"], sets, answers, cfg), judge_pairs()
     )
@@ -356,6 +360,7 @@ async def evaluate(
             "wins_b": sum(p < 0.5 for p in labels),
         }
     results["pairs"] = list(rows.values())
+    clock["judged"] = time.perf_counter()
     if addresses.get("reward"):
         async with RewardClient(addresses["reward"]) as reward:
             for name in policies:
@@ -371,6 +376,11 @@ async def evaluate(
                     )
                     results["policies"][name]["reward_mean"][set_name] = sum(r.scores) / max(len(r.scores), 1)
                     results["reward_checkpoint"] = r.checkpoint_id
+    results["seconds"] = {
+        "generate": clock["generated"] - clock["started"],
+        "judge": clock["judged"] - clock["judging"],
+        "reward": time.perf_counter() - clock["judged"],
+    }
     results["samples"] = {
         name: {
             s: [{"prompt_id": p.id, "answer": t[0]} for p, t in zip(sets[s][:5], texts[:5])] for s, texts in per.items()

@@ -401,7 +401,9 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
 
         promote(reward_addr, "reward", reward_path)
     else:
-        reward_service, reward_addr = await start_reward_here(str(reward_path))
+        # in bfloat16 where the CPU computes it natively, as the engines (``FAST_DTYPE``)
+        reward_dtype = "bfloat16" if FAST_DTYPE == "bfloat16" else "float32"
+        reward_service, reward_addr = await start_reward_here(str(reward_path), reward_dtype)
     try:
         stages.start(
             "rl",
@@ -475,6 +477,7 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         "label": label_stats,
         "reward_model": status,
         "checkpoints": {"sl-cai": str(sl_policy), "reward": str(reward_path), "rl-cai": str(rl_policy)},
+        "eval_seconds": results.get("seconds"),
     }
     report = write_report(out, summary, results)
     stages.end("report", str(report))
