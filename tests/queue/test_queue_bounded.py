@@ -198,6 +198,7 @@ def test_a_comparison_republished_after_the_window_is_not_trained_on_twice(tmp_p
     from services.models.tiny import build_tiny_model
     from services.trainer.config import TrainerConfig
     from services.trainer.worker import TrainerWorker
+    from services.training.reward_config import RewardRunConfig
 
     url = f"sqlite:///{tmp_path / 'q.db'}?dedup_window_s={WINDOW_S}&trim_every=1"  # the trainer trims as it acks
     q = open_queue(url)
@@ -209,11 +210,9 @@ def test_a_comparison_republished_after_the_window_is_not_trained_on_twice(tmp_p
         group="trainer",
         consumer="t0",
         work_dir=str(tmp_path / "work"),
-        reward_base_model=str(build_tiny_model(tmp_path / "rm", reward=True)),
+        reward=RewardRunConfig(model=str(build_tiny_model(tmp_path / "rm", reward=True)), max_steps=1, batch_size=4),
         train_every=10**6,
         exit_when_idle_seconds=0.5,
-        reward_max_steps=1,
-        reward_batch_size=4,
     )
     TrainerWorker(cfg).loop()  # takes the 10, trains once on them
     time.sleep(2 * WINDOW_S + 0.05)

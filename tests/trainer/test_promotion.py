@@ -20,6 +20,7 @@ from services.api.cai.v1 import common_pb2, reward_pb2_grpc, trainer_pb2, traine
 from services.queue import open_queue
 from services.trainer.config import TrainerConfig
 from services.trainer.worker import TrainerWorker, replica_addresses
+from services.training.reward_config import RewardRunConfig
 from tests.conftest import REPO, ServerProcess, metric, scrape
 from tests.ports import free_port
 from tests.trainer.test_trainer_service import comparisons
@@ -103,11 +104,8 @@ def test_promotion_reaches_every_replica_is_recorded_only_when_all_confirmed_and
         TrainerConfig(
             queue=url,
             work_dir=str(work),
-            reward_base_model=base_reward_model,
+            reward=RewardRunConfig(model=base_reward_model, max_steps=1, batch_size=4, eval_fraction=0.25),
             train_every=8,
-            reward_max_steps=1,
-            reward_batch_size=4,
-            eval_fraction=0.25,
             reward_service=f"ipv4:127.0.0.1:{up.port},127.0.0.1:{down_port}",
         )
     )

@@ -15,11 +15,14 @@ from safetensors.torch import load_file
 from services.trainer.config import PolicyTrainingConfig, TrainerConfig
 from services.trainer.worker import TrainerWorker
 from services.training.policy import folder_fingerprint, prompt_sets, rollout_prompts, weights_fingerprint
+from services.training.ppo_config import PPOConfig
 
 
-def _two_rounds(tmp_path: Path, tiny_model: str, reward_model: str, **pt_fields) -> list[dict]:
+def _two_rounds(tmp_path: Path, tiny_model: str, reward_model: str, ppo: dict, **pt_fields) -> list[dict]:
     """Two RL rounds run by the trainer's worker, as after two reward-model checkpoints."""
-    pt = PolicyTrainingConfig(enabled=True, policy=tiny_model, steps=1, batch_size=4, max_new_tokens=4, **pt_fields)
+    pt = PolicyTrainingConfig(
+        enabled=True, policy=tiny_model, ppo=PPOConfig(steps=1, batch_size=4, max_new_tokens=4, **ppo), **pt_fields
+    )
     worker = TrainerWorker(
         TrainerConfig(queue=f"sqlite:///{tmp_path / 'q.db'}", work_dir=str(tmp_path / "work"), policy_training=pt)
     )
@@ -32,7 +35,7 @@ def _two_rounds(tmp_path: Path, tiny_model: str, reward_model: str, **pt_fields)
 
 def test_reference_stays_the_sl_cai_policy_across_two_rounds(tiny_model, tiny_reward_model_path, tmp_path):
     first, second = _two_rounds(
-        tmp_path, tiny_model, tiny_reward_model_path, algorithm="grpo", learning_rate=5e-2, num_generations=4
+        tmp_path, tiny_model, tiny_reward_model_path, {"learning_rate": 5e-2}, algorithm="grpo", num_generations=4
     )
     sl_cai = folder_fingerprint(tiny_model)
     assert second["start"].endswith("policy-00001")  # round 2 continues from round 1's policy ...
@@ -43,7 +46,7 @@ def test_reference_stays_the_sl_cai_policy_across_two_rounds(tiny_model, tiny_re
 
 
 def test_prompt_order_differs_between_rounds_with_both_halves_mixed():
-    pt = PolicyTrainingConfig(steps=6, batch_size=8, helpfulness_share=0.25)
+    pt = PolicyTrainingConfig(ppo=PPOConfig(steps=6, batch_size=8), helpfulness_share=0.25)
     sets = prompt_sets(pt)
     assert set(sets) == {"red_team", "helpfulness"}
     helpful = {json.dumps(c) for c in sets["helpfulness"]}
@@ -76,7 +79,9 @@ def test_kl_coefficient_and_value_head_restored(tiny_model, tiny_reward_model_pa
             }
         )
     )
-    first, second = _two_rounds(tmp_path, tiny_model, str(reward), algorithm="ppo", learning_rate=1e-3, kl_coef=0.2)
+    first, second = _two_rounds(
+        tmp_path, tiny_model, str(reward), {"learning_rate": 1e-3, "kl_coef": 0.2}, algorithm="ppo"
+    )
     # RL manifests carry the reward model's id and the constitution its labels came from
     assert second["constitution_sha256"] == "c" * 64 and second["reward_model_id"] == "reward-00007"
     round1 = Path(second["start"])

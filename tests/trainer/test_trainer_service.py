@@ -186,6 +186,7 @@ def test_ppo_steps_with_the_reward_service_over_grpc(tiny_model, tiny_reward_mod
     """A few PPO steps scored by a `cai serve reward` process change the policy and log reward and KL."""
     from services.trainer.config import PolicyTrainingConfig
     from services.training.policy import optimize_policy
+    from services.training.ppo_config import PPOConfig
     from tests.conftest import ServerProcess
 
     (tmp_path / "srv").mkdir()
@@ -195,10 +196,7 @@ def test_ppo_steps_with_the_reward_service_over_grpc(tiny_model, tiny_reward_mod
             enabled=True,
             algorithm="ppo",
             policy=tiny_model,
-            steps=3,
-            batch_size=4,
-            max_new_tokens=6,
-            learning_rate=1e-3,
+            ppo=PPOConfig(steps=3, batch_size=4, max_new_tokens=6, learning_rate=1e-3),
             reward_service=server.address,
         )
         out = optimize_policy(pt, tiny_model, tiny_model, Path(tiny_reward_model), tmp_path / "policy", seed=0)
