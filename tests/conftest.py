@@ -143,6 +143,20 @@ def metric(values: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
+def metric_reaches(port: int, target: float, name: str, deadline_s: float = 10.0, **labels: str) -> float:
+    """``metric`` of ``name`` scraped until it reaches ``target`` or ``deadline_s`` passes; the last
+    value. A server counts a call when its handler ends, which may be just after the client has
+    the status, so a scrape right after a call can miss it."""
+    import time
+
+    give_up = time.monotonic() + deadline_s
+    while True:
+        value = metric(scrape(port), name, **labels)
+        if value >= target or time.monotonic() > give_up:
+            return value
+        time.sleep(0.05)
+
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

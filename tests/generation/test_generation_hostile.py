@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.api.cai.v1 import common_pb2, critique_pb2, critique_pb2_grpc, generation_pb2, generation_pb2_grpc
-from tests.conftest import metric, scrape
+from tests.conftest import metric, metric_reaches, scrape
 
 
 def conv(text="Hi"):
@@ -33,7 +33,9 @@ def test_undecodable_request_is_invalid_argument_naming_the_type_and_counted(gen
         channel.unary_unary("/cai.v1.Generation/Generate")(b"\xff\xff\xff\x01", timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("request is not a valid cai.v1.GenerateRequest: ")
-    after = metric(scrape(server.metrics_port), "cai_grpc_errors_total", method="Generate", code="INVALID_ARGUMENT")
+    after = metric_reaches(
+        server.metrics_port, before + 1, "cai_grpc_errors_total", method="Generate", code="INVALID_ARGUMENT"
+    )
     assert after == before + 1
     assert "DecodeError" not in server.output() and "Traceback" not in server.output()
 
