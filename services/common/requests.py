@@ -168,14 +168,20 @@ def check_prompt_tokens(token_ids: list[int], field: str, limits: RequestLimits)
         )
 
 
+def check_max_tokens(max_tokens: int, field: str, limits: RequestLimits) -> int:
+    """``max_tokens`` if it is within the server's ``max_new_tokens``; INVALID_ARGUMENT naming
+    ``field`` otherwise."""
+    if max_tokens > limits.max_new_tokens:
+        raise InvalidRequest(field, f"{max_tokens} exceeds max_new_tokens={limits.max_new_tokens}")
+    return max_tokens
+
+
 def sampling_spec(params, limits: RequestLimits, field: str = "sampling") -> SamplingSpec:
     """A ``SamplingSpec`` from ``cai.v1.SamplingParams``, defaults filled in, limits enforced."""
     n = params.n or 1
     if n > limits.max_n:
         raise InvalidRequest(f"{field}.n", f"{n} exceeds max_n={limits.max_n}")
-    max_tokens = params.max_tokens or limits.default_max_tokens
-    if max_tokens > limits.max_new_tokens:
-        raise InvalidRequest(f"{field}.max_tokens", f"{max_tokens} exceeds max_new_tokens={limits.max_new_tokens}")
+    max_tokens = check_max_tokens(params.max_tokens or limits.default_max_tokens, f"{field}.max_tokens", limits)
     temperature = params.temperature if params.HasField("temperature") else 1.0
     if not 0.0 <= temperature <= 2.0 or temperature != temperature:
         raise InvalidRequest(f"{field}.temperature", f"must be in [0, 2], got {temperature}")

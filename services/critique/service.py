@@ -11,6 +11,7 @@ from services.common.provenance import provenance
 from services.common.requests import (
     InvalidRequest,
     check_count,
+    check_max_tokens,
     check_text,
     conversation_messages,
     message_bytes_limit,
@@ -62,12 +63,8 @@ class CritiqueServicer(ServicerBase, critique_pb2_grpc.CritiqueServicer):
         explicit = request.sampling.max_tokens > 0
         critique_spec = spec if explicit else dataclasses.replace(spec, max_tokens=cfg.critique_max_tokens)
         if request.critique_max_tokens:
-            if request.critique_max_tokens > self.limits.max_new_tokens:
-                raise InvalidRequest(
-                    "critique_max_tokens",
-                    f"{request.critique_max_tokens} exceeds max_new_tokens={self.limits.max_new_tokens}",
-                )
-            critique_spec = dataclasses.replace(spec, max_tokens=request.critique_max_tokens)
+            cap = check_max_tokens(request.critique_max_tokens, "critique_max_tokens", self.limits)
+            critique_spec = dataclasses.replace(spec, max_tokens=cap)
         revision_spec = spec if explicit else dataclasses.replace(spec, max_tokens=cfg.revision_max_tokens)
         items = []
         for i, item in enumerate(request.items):

@@ -39,12 +39,13 @@ from services.training.ppo_config import PPOConfig
 from services.training.reward_config import RewardRunConfig
 from services.training.sft_config import SFTRunConfig
 
-FAST_PRECISION = "bf16" if cpu_has_bf16() else "auto"
+_BF16_CPU = cpu_has_bf16()
+FAST_PRECISION = "bf16" if _BF16_CPU else "auto"
 """The main job's training precision: bfloat16 autocast where the CPU computes it natively
 (AVX512-BF16 or AMX; on a GPU "bf16" is what "auto" gives there), else the trainers' default.
 Measured here (2 cores with AVX512-BF16, SmolLM2-135M, 4x256 tokens): a forward+backward+AdamW
 step 4.0-4.6 s vs 6.6-7.2 s in float32."""
-FAST_DTYPE = "bfloat16" if cpu_has_bf16() else "auto"
+FAST_DTYPE = "bfloat16" if _BF16_CPU else "auto"
 """The main job's vLLM dtype, by the same test: on these CPUs a batch of 8 SmolLM2 answers of 192
 tokens took 6.3 s in bfloat16 vs 9.1 s in float32 (``auto`` is float32 on a CPU)."""
 
@@ -402,8 +403,7 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         promote(reward_addr, "reward", reward_path)
     else:
         # in bfloat16 where the CPU computes it natively, as the engines (``FAST_DTYPE``)
-        reward_dtype = "bfloat16" if FAST_DTYPE == "bfloat16" else "float32"
-        reward_service, reward_addr = await start_reward_here(str(reward_path), reward_dtype)
+        reward_service, reward_addr = await start_reward_here(str(reward_path), "bfloat16" if _BF16_CPU else "float32")
     try:
         stages.start(
             "rl",

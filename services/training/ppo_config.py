@@ -71,8 +71,9 @@ class PPOConfig:
     each other down more than the overlap saves (bench/trainer.py: on 2 cores, tiny model, 0.60
     of the in-process step rate overlapped vs 0.88 awaited)."""
     precision: str = "auto"
-    """"auto" (bf16 on a GPU that supports it, float32 on a CPU), "bf16" (autocast to bfloat16,
-    on a CPU too: faster where the CPU has AVX512-BF16 or AMX) or "fp32"."""
+    """"auto" (accelerate's own mixed-precision setting on a GPU, float32 on a CPU), "bf16"
+    (autocast to bfloat16, on a CPU too: faster where the CPU has AVX512-BF16 or AMX) or "fp32".
+    GRPO and RLOO run in TRL, where "auto" is bf16 on a GPU that supports it."""
     steps: int = 20
     """PPO iterations that ``PPOTrainer.train`` runs when it is not given a number."""
 
