@@ -111,6 +111,11 @@ class ServedModel:
         task.add_done_callback(self._closing.discard)
         return old
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called: the engine was shut down on purpose, it did not die."""
+        return self._closed
+
     async def close(self) -> None:
         """Closes the serving engine (and waits for retired ones to close). Idempotent: services
         sharing one served model each call it on stop."""
@@ -402,7 +407,9 @@ async def serve_model(service, served: ServedModel | None, load, make_servicer, 
         await served.close()
         await service.release()
         raise
-    hooks = {"healthy": lambda: served.engine.healthy} if watch_health else {}
+    # a model closed on purpose is not a dead engine: services sharing it (embedded) stop one by
+    # one, and the ones still up must not log an engine failure while the first one's stop closes it
+    hooks = {"healthy": lambda: served.closed or served.engine.healthy} if watch_health else {}
     return service.attach(lambda server: register(servicer, server), on_stop=served.close, **hooks)
 
 

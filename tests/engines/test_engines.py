@@ -93,3 +93,13 @@ async def test_stream_reassembles_generate(engines):
     assert finished == {(p, s) for p in range(2) for s in range(2)}
     for (p, s), text in texts.items():
         assert text == final[p].samples[s].text
+
+
+async def test_cpu_engine_runs_its_model_in_the_engine_core_process(engines):
+    """On one CPU device the model runs inside vLLM's engine-core process (the ``uni`` executor):
+    the core spawns no worker process of its own, one Python start fewer per engine."""
+    import psutil
+
+    cores = [p for p in psutil.Process().children() if p.name() == "VLLM::EngineCore"]
+    assert cores, "the vLLM engine's core process is not a child of this process"
+    assert all(core.children() == [] for core in cores), [c.name() for core in cores for c in core.children()]

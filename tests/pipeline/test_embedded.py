@@ -33,3 +33,24 @@ def test_a_missing_address_is_started_here_on_loopback(tiny_model):
     addresses, answer = asyncio.run(main())
     assert addresses["judge"] == "10.0.0.1:50053" and addresses["generation"].startswith("127.0.0.1:")
     assert len(answer.completions) == 1
+
+
+def test_services_sharing_an_engine_stop_without_reporting_an_engine_failure(tiny_model, caplog):
+    """The first service to stop closes the shared engine on purpose; the others, still up until
+    their own stop, must not log "engine is no longer healthy" (that line means a dead engine)."""
+    from services.pipeline.embedded import EmbeddedServices
+
+    engine = EngineConfig(model=str(tiny_model), dtype="float32", max_model_len=512)
+
+    async def main():
+        async with EmbeddedServices() as embedded:
+            for name in ("generation", "critique", "judge"):
+                await embedded.address(name, engine)
+            first, *others = embedded._started
+            await first.stop(grace=0)  # closes the shared engine
+            await asyncio.sleep(3)  # longer than the health watch's 2 s period
+            assert all(not s._stopped.is_set() for s in others)
+
+    with caplog.at_level("ERROR", logger="services.common.server"):
+        asyncio.run(main())
+    assert "engine is no longer healthy" not in caplog.text
