@@ -41,18 +41,24 @@ def plot_label_throughput(timeline: list[list[float]]) -> str:
     return _png(fig)
 
 
-def reward_agreement(reward_path: str, data_file: Path) -> tuple[list[float], list[float], dict]:
-    """Reward-model probability that A wins, sigmoid(r_a - r_b), against the soft labels."""
+async def reward_agreement(scorer, data_file: Path) -> tuple[list[float], list[float], dict]:
+    """Reward-model probability that A wins, sigmoid(r_a - r_b), against the soft labels.
+
+    ``scorer`` is a reward function ``fn(prompts, completions)``, sync or async: the main job
+    passes the ``RewardClient`` of the reward service it already runs, which has the model loaded
+    (loading it a second time here took seconds of the run's budget)."""
+    import inspect
+
     from services.common.jsonl import read_rows
-    from services.reward.client import InProcessReward
 
     rows = [r for r in read_rows(data_file) if r.get("kind", "harmlessness") != "helpfulness"]
     if not rows:
         return [], [], {}
-    scorer = InProcessReward(reward_path)
     prompts = [r["prompt"] for r in rows]
-    ra = scorer(prompts, [r["answer_a"] for r in rows])
-    rb = scorer(prompts, [r["answer_b"] for r in rows])
+    answers = [r["answer_a"] for r in rows] + [r["answer_b"] for r in rows]
+    scores = scorer(prompts + prompts, answers)  # one call: A and B in the same batch
+    scores = list(await scores) if inspect.isawaitable(scores) else list(scores)
+    ra, rb = scores[: len(rows)], scores[len(rows) :]
     labels = [r["p_a"] for r in rows]
     predicted = [1 / (1 + math.exp(b - a)) for a, b in zip(ra, rb)]
     decided = [(p, q) for p, q in zip(labels, predicted) if p != 0.5]
@@ -114,12 +120,13 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def write_report(out: Path, summary: dict, results: dict) -> Path:
+def write_report(out: Path, summary: dict, results: dict, agreement: tuple[list, list, dict]) -> Path:
+    """Writes ``out/report.html``; ``agreement`` is what ``reward_agreement`` returned."""
     from services.training.checkpoint import read_manifest
 
     label = summary.get("label", {})
     reward_path = summary["checkpoints"]["reward"]
-    labels, predicted, agreement = reward_agreement(reward_path, out / "trainer" / "data" / "comparisons.jsonl")
+    labels, predicted, agreement = agreement
     history = read_manifest(summary["checkpoints"]["rl-cai"]).get("history", [])
     rm_metrics = read_manifest(reward_path).get("metrics", {})
     summary["reward_agreement"] = agreement

@@ -456,12 +456,17 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         results["split"] = {**split, "part": EVAL}
         (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
         stages.end("eval")
+
+        stages.start("report", "writing report.html")
+        from services.pipeline.report import reward_agreement, write_report
+        from services.reward.client import RewardClient
+
+        # scored by the reward service while it is still up (its model is loaded already)
+        async with RewardClient(reward_addr) as scorer:
+            agreement = await reward_agreement(scorer, out / "trainer" / "data" / "comparisons.jsonl")
     finally:
         if reward_service is not None:
             await reward_service.stop(grace=2)
-
-    stages.start("report", "writing report.html")
-    from services.pipeline.report import write_report
 
     starts = engine_starts() - starts_before
     labels_per_second = label_stats["comparisons_published"] / max(stages.done["label"], 1e-9)
@@ -479,7 +484,7 @@ async def _run(cfg: RunConfig, out: Path, embedded) -> dict:
         "checkpoints": {"sl-cai": str(sl_policy), "reward": str(reward_path), "rl-cai": str(rl_policy)},
         "eval_seconds": results.get("seconds"),
     }
-    report = write_report(out, summary, results)
+    report = write_report(out, summary, results, agreement)
     stages.end("report", str(report))
     summary["stage_seconds"] = stages.done
     summary["total_seconds"] = sum(stages.done.values())
