@@ -14,6 +14,14 @@ The judge's own labels/s: the comparisons a pipelined pass published, sent strai
 service in requests of the same size as `cai label`'s Compare requests (one at a time, and
 ``in_flight`` at once), under another seed (other principles and few-shot examples, so not served
 from the cache of the labeling pass). Run: ``.venv/bin/python -m bench.label``.
+
+``--judge-replicas 2`` measures instead what a second judge replica buys: the judge as deployed,
+``cai serve judge`` processes, each bound to its own core (``VLLM_CPU_OMP_THREADS_BIND``, a pod
+with fixed resources), and `cai label` (pipelined, generation embedded) addressing one replica or
+all of them (``ipv4:A,B``, round robin), alternating, ``--repeats`` times. Reports labels/s of
+each, the ratio, and each replica's share of the Compare calls (from its ``/metrics``). On a
+2-core machine the generation engine shares the replicas' cores, so the ratio says how much a
+second replica gains there, not on a cluster. Written to ``label-judge-replicas-*.json``.
 """
 
 from __future__ import annotations
@@ -167,6 +175,100 @@ async def main(args) -> None:
     report(f"label-{args.engine}" + ("-" + Path(args.model).name if args.model else ""), figures)
 
 
+def _compare_calls(metrics_port: int) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("cai_grpc_requests_total{") and 'method="Compare"' in line and 'code="OK"' in line
+    )
+
+
+async def judge_replicas(args) -> None:
+    """`cai label` against one judge replica and against ``args.judge_replicas`` of them."""
+    import os
+    import signal
+
+    from bench._common import start_server, wait_ports
+
+    cores = os.cpu_count() or 1
+    model = args.model or small_model()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-label-replicas-"))
+    procs = []
+    try:
+        for r in range(args.judge_replicas):
+            (tmp / f"judge{r}").mkdir()
+            env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": str(r % cores)}
+            cmd = ["serve", "judge", "--model", model, "--engine", args.engine, "--metrics-port", "0"]
+            procs.append(start_server(cmd, tmp / f"judge{r}", env=env))
+        ports = [await asyncio.to_thread(wait_ports, p) for p in procs]
+        targets = {
+            "one": f"127.0.0.1:{ports[0]['port']}",
+            "all": "ipv4:" + ",".join(f"127.0.0.1:{p['port']}" for p in ports),
+        }
+        base = dict(
+            limit=args.prompts,
+            batch_size=args.batch_size,
+            max_tokens=args.max_tokens,
+            helpfulness_pairs="",
+            swap_debias=not args.no_swap,
+            in_flight=args.in_flight,
+        )
+        spec = EmbeddedSpec(policy=EngineConfig(model=model, kind=args.engine))
+        seconds = {"one": 0.0, "all": 0.0}
+        labels = {"one": 0, "all": 0}
+        shares = []
+        async with embedded_services(spec, ("generation",)) as addresses:
+
+            async def label(name: str, judge: str, seed: int) -> dict:
+                url = f"sqlite:///{tmp / f'{name}.db'}"
+                queue = open_queue(url)
+                try:
+                    config = LabelConfig(queue=url, seed=seed, **base)
+                    return await _label(config, queue, {**addresses, "judge": judge}, progress=False)
+                finally:
+                    queue.close()
+
+            await label("warm-up", targets["all"], seed=1000)  # every replica's few-shot prefix cached
+            for r in range(args.repeats):
+                for k, (name, target) in enumerate(targets.items()):
+                    before = [_compare_calls(p["metrics_port"]) for p in ports]
+                    stats = await label(f"pass-{r}-{name}", target, seed=1 + 2 * r + k)
+                    seconds[name] += stats["seconds"]
+                    labels[name] += stats["comparisons_published"]
+                    if name == "all":
+                        taken = [_compare_calls(p["metrics_port"]) - b for p, b in zip(ports, before)]
+                        shares.append([round(t / max(sum(taken), 1), 3) for t in taken])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            await asyncio.to_thread(p.wait, 60)
+    one, many = labels["one"] / seconds["one"], labels["all"] / seconds["all"]
+    figures = {
+        "model": args.model or "bench-small-25m",
+        "engine": args.engine,
+        "judge_replicas": args.judge_replicas,
+        "replica_cores": [r % cores for r in range(args.judge_replicas)],
+        "prompts": args.prompts,
+        "batch_size": args.batch_size,
+        "in_flight": args.in_flight,
+        "repeats": args.repeats,
+        "labels_per_s_one_replica": one,
+        "labels_per_s_all_replicas": many,
+        "ratio_all_over_one": many / one,
+        "compare_call_share_per_replica": shares,
+        "note": "cai serve judge processes, each bound to one core; generation embedded in the bench "
+        "process shares those cores; pipelined cai label (in_flight batches at once)",
+        "load_average_1m_at_end": os.getloadavg()[0],
+    }
+    name = "label-judge-replicas" + ("-" + Path(args.model).name if args.model else "")
+    report(name, figures)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model (default: the local ~25M bench model)")
@@ -178,4 +280,8 @@ if __name__ == "__main__":
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--no-swap", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--judge-replicas", type=int, default=1, help="N > 1: one judge replica vs N (cai serve judge processes)"
+    )
+    args = parser.parse_args()
+    asyncio.run(judge_replicas(args) if args.judge_replicas > 1 else main(args))
