@@ -88,6 +88,26 @@ async def _judge_alone(
     return t.seconds
 
 
+async def _label_pass(args, tmp: Path, name: str, addresses: dict, **config) -> dict:
+    """One `cai label` pass over ``args.prompts`` into its own SQLite queue ``tmp/NAME.db``;
+    ``config``: the LabelConfig fields the pass sets (seed, in_flight)."""
+    url = f"sqlite:///{tmp / f'{name}.db'}"
+    queue = open_queue(url)
+    try:
+        cfg = LabelConfig(
+            queue=url,
+            limit=args.prompts,
+            batch_size=args.batch_size,
+            max_tokens=args.max_tokens,
+            helpfulness_pairs="",
+            swap_debias=not args.no_swap,
+            **config,
+        )
+        return await _label(cfg, queue, addresses, progress=False)
+    finally:
+        queue.close()
+
+
 async def main(args) -> None:
     import os
 
@@ -97,27 +117,13 @@ async def main(args) -> None:
     judge = None if args.shared_engine else EngineConfig(model=model, kind=args.engine, checkpoint_id="judge")
     spec = EmbeddedSpec(policy=policy, judge=judge)
     tmp = Path(tempfile.mkdtemp(prefix="bench-label-"))
-    base = dict(
-        limit=args.prompts,
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        helpfulness_pairs="",
-        swap_debias=not args.no_swap,
-    )
     seconds = {1: 0.0, args.in_flight: 0.0}
     labels = {1: 0, args.in_flight: 0}
     stages = {1: {}, args.in_flight: {}}
     async with embedded_services(spec, ("generation", "judge")) as addresses:
 
         async def label(name: str, in_flight: int, seed: int) -> dict:
-            url = f"sqlite:///{tmp / f'{name}.db'}"
-            queue = open_queue(url)
-            try:
-                return await _label(
-                    LabelConfig(queue=url, in_flight=in_flight, seed=seed, **base), queue, addresses, progress=False
-                )
-            finally:
-                queue.close()
+            return await _label_pass(args, tmp, name, addresses, in_flight=in_flight, seed=seed)
 
         await label("warm-up", args.in_flight, seed=1000)
         for r in range(args.repeats):
@@ -208,14 +214,6 @@ async def judge_replicas(args) -> None:
             "one": f"127.0.0.1:{ports[0]['port']}",
             "all": "ipv4:" + ",".join(f"127.0.0.1:{p['port']}" for p in ports),
         }
-        base = dict(
-            limit=args.prompts,
-            batch_size=args.batch_size,
-            max_tokens=args.max_tokens,
-            helpfulness_pairs="",
-            swap_debias=not args.no_swap,
-            in_flight=args.in_flight,
-        )
         spec = EmbeddedSpec(policy=EngineConfig(model=model, kind=args.engine))
         seconds = {"one": 0.0, "all": 0.0}
         labels = {"one": 0, "all": 0}
@@ -223,13 +221,8 @@ async def judge_replicas(args) -> None:
         async with embedded_services(spec, ("generation",)) as addresses:
 
             async def label(name: str, judge: str, seed: int) -> dict:
-                url = f"sqlite:///{tmp / f'{name}.db'}"
-                queue = open_queue(url)
-                try:
-                    config = LabelConfig(queue=url, seed=seed, **base)
-                    return await _label(config, queue, {**addresses, "judge": judge}, progress=False)
-                finally:
-                    queue.close()
+                judged_by = {**addresses, "judge": judge}
+                return await _label_pass(args, tmp, name, judged_by, in_flight=args.in_flight, seed=seed)
 
             await label("warm-up", targets["all"], seed=1000)  # every replica's few-shot prefix cached
             for r in range(args.repeats):
