@@ -53,6 +53,7 @@ class ServedModel:
         self.load_lock = asyncio.Lock()
         self._closing: set[asyncio.Task] = set()
         self._closed = False
+        self._services = 0
         self.promoted = False
         """True once the checkpoint serving was promoted (LoadCheckpoint, or its record at start)."""
         self._publish(None)
@@ -111,14 +112,19 @@ class ServedModel:
         task.add_done_callback(self._closing.discard)
         return old
 
-    @property
-    def closed(self) -> bool:
-        """Whether ``close`` was called: the engine was shut down on purpose, it did not die."""
-        return self._closed
+    def attach_service(self) -> None:
+        """One more service serves this model (the embedded default shares one among several)."""
+        self._services += 1
+
+    async def detach_service(self) -> None:
+        """A service serving this model stopped: the last one to stop closes the model, so the
+        others keep a live engine (and report it healthy) until their own stop."""
+        self._services -= 1
+        if self._services <= 0:
+            await self.close()
 
     async def close(self) -> None:
-        """Closes the serving engine (and waits for retired ones to close). Idempotent: services
-        sharing one served model each call it on stop."""
+        """Closes the serving engine (and waits for retired ones to close). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -394,8 +400,8 @@ async def serve_model(service, served: ServedModel | None, load, make_servicer, 
     """``service`` (a bound-later ``GrpcService``) serving a model: binds the ports, then takes
     ``served`` or awaits ``load()``, builds ``make_servicer(served)`` (an error there closes the
     model and gives the ports back) and registers it with ``register(servicer, server)``; the
-    model closes when the service stops, and with ``watch_health`` its engine's health is the
-    service's."""
+    model closes when the last service serving it stops, and with ``watch_health`` its engine's
+    health is the service's."""
 
     async def model() -> ServedModel:
         return served or await load()
@@ -407,10 +413,9 @@ async def serve_model(service, served: ServedModel | None, load, make_servicer, 
         await served.close()
         await service.release()
         raise
-    # a model closed on purpose is not a dead engine: services sharing it (embedded) stop one by
-    # one, and the ones still up must not log an engine failure while the first one's stop closes it
-    hooks = {"healthy": lambda: served.closed or served.engine.healthy} if watch_health else {}
-    return service.attach(lambda server: register(servicer, server), on_stop=served.close, **hooks)
+    served.attach_service()
+    hooks = {"healthy": lambda: served.engine.healthy} if watch_health else {}
+    return service.attach(lambda server: register(servicer, server), on_stop=served.detach_service, **hooks)
 
 
 async def start_served(name: str, engine_config) -> ServedModel:

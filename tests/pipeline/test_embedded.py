@@ -36,8 +36,8 @@ def test_a_missing_address_is_started_here_on_loopback(tiny_model):
 
 
 def test_services_sharing_an_engine_stop_without_reporting_an_engine_failure(tiny_model, caplog):
-    """The first service to stop closes the shared engine on purpose; the others, still up until
-    their own stop, must not log "engine is no longer healthy" (that line means a dead engine)."""
+    """Services sharing one engine stop one by one: the engine stays up for those still serving
+    (the last one to stop closes it), so none logs "engine is no longer healthy" (a dead engine)."""
     from services.pipeline.embedded import EmbeddedServices
 
     engine = EngineConfig(model=str(tiny_model), dtype="float32", max_model_len=512)
@@ -47,9 +47,10 @@ def test_services_sharing_an_engine_stop_without_reporting_an_engine_failure(tin
             for name in ("generation", "critique", "judge"):
                 await embedded.address(name, engine)
             first, *others = embedded._started
-            await first.stop(grace=0)  # closes the shared engine
+            await first.stop(grace=0)
             await asyncio.sleep(3)  # longer than the health watch's 2 s period
             assert all(not s._stopped.is_set() for s in others)
+            assert all(served.engine.healthy for served in embedded._served.values())
 
     with caplog.at_level("ERROR", logger="services.common.server"):
         asyncio.run(main())
