@@ -16,6 +16,13 @@ autocasts to bfloat16 on a CPU too (about 1.6x faster on one with AVX512-BF16 or
 ``cpu_has_bf16``; weights and optimizer state stay float32); "fp32" never autocasts."""
 
 
+def precision_problem(precision: str) -> tuple[str, str] | None:
+    """What a config's ``validate`` answers for a ``precision`` field outside ``PRECISIONS``."""
+    if precision not in PRECISIONS:
+        return "precision", f"must be one of {', '.join(PRECISIONS)}"
+    return None
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo)."""
     try:

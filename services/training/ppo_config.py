@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.training.checkpoint import PRECISIONS
+from services.training.checkpoint import precision_problem
 
 KL_MODES = ("adaptive", "fixed")
 
@@ -121,6 +121,4 @@ class PPOConfig:
             return "missing_eos_penalty", "must be 0 or more (it is subtracted), or None"
         if self.steps < 0:
             return "steps", "must be 0 or more"
-        if self.precision not in PRECISIONS:
-            return "precision", f"must be one of {', '.join(PRECISIONS)}"
-        return None
+        return precision_problem(self.precision)

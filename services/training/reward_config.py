@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.models.registry import DEFAULT_MODEL
-from services.training.checkpoint import PRECISIONS
+from services.training.checkpoint import precision_problem
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,4 @@ class RewardRunConfig:
             return "eval_fraction", "must be in [0, 1)"
         if self.lora and (self.lora_r < 1 or self.lora_alpha < 1):
             return "lora_r" if self.lora_r < 1 else "lora_alpha", "must be at least 1"
-        if self.precision not in PRECISIONS:
-            return "precision", f"must be one of {', '.join(PRECISIONS)}"
-        return None
+        return precision_problem(self.precision)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.models.registry import DEFAULT_MODEL
-from services.training.checkpoint import PRECISIONS
+from services.training.checkpoint import precision_problem
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,4 @@ class SFTRunConfig:
             return "rounds", "must be 0 (every round) or more"
         if self.learning_rate <= 0:
             return "learning_rate", "must be positive"
-        if self.precision not in PRECISIONS:
-            return "precision", f"must be one of {', '.join(PRECISIONS)}"
-        return None
+        return precision_problem(self.precision)
