@@ -21,9 +21,9 @@ from services.pipeline.run import RunConfig, run_pipeline
 
 def _rl_steps(summary: dict) -> dict:
     """Seconds of each RL step and of the whole policy optimisation, from the RL-CAI checkpoint's manifest."""
-    import json
+    from services.training.checkpoint import read_manifest
 
-    manifest = json.loads((Path(summary["checkpoints"]["rl-cai"]) / "manifest.json").read_text())
+    manifest = read_manifest(summary["checkpoints"]["rl-cai"])
     return {
         "step_seconds": [round(step.get("step_seconds", 0.0), 2) for step in manifest.get("history", [])],
         "optimize_seconds": manifest.get("metrics", {}).get("seconds"),
